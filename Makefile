@@ -1,0 +1,37 @@
+# Two commands from a clean clone: `make demo` and `make test`. Everything installs into .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# CPU build of torch unless a CUDA driver is present (a plain `torch` would pull a multi-GB CUDA wheel).
+TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
+
+.PHONY: install test lint demo bench bench-flow clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+demo: $(STAMP)
+	$(PY) -m s2svr_lightning +task=demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+bench-flow: $(STAMP)
+	$(PY) benchmarks/flow_quality.py
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache
