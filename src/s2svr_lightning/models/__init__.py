@@ -1,0 +1,50 @@
+"""Networks of S2SVR: plain ``nn.Module`` s, no training logic, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .attention import LocalAttention
+from .convgru import ConvGRU, ResConvGRU, ResidualBlock
+from .pwclite import PWCLite, pwclite
+from .s2svr import S2SVR, s2svr_cve, s2svr_deblur, s2svr_vsr
+from .warp import flow_warp, pixel_grid, resize_flow
+
+__all__ = [
+    "BUILDERS",
+    "ConvGRU",
+    "LocalAttention",
+    "PWCLite",
+    "ResConvGRU",
+    "ResidualBlock",
+    "S2SVR",
+    "build_model",
+    "flow_warp",
+    "pixel_grid",
+    "pwclite",
+    "resize_flow",
+    "s2svr_cve",
+    "s2svr_deblur",
+    "s2svr_vsr",
+]
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "pwclite": pwclite,
+    "s2svr_vsr": s2svr_vsr,
+    "s2svr_deblur": s2svr_deblur,
+    "s2svr_cve": s2svr_cve,
+}
+
+
+def build_model(name: str, **overrides) -> nn.Module:
+    """Build a network by builder name (``pwclite``, ``s2svr_vsr``, ``s2svr_deblur``, ``s2svr_cve``).
+
+    ``overrides`` go to the builder as keyword arguments (``pwclite`` takes none).
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"expected a model name in {sorted(BUILDERS)}, got {name!r}")
+    if name == "pwclite" and overrides:
+        raise ValueError(f"expected no overrides for 'pwclite', got {sorted(overrides)}")
+    return BUILDERS[name](**overrides)

@@ -51,7 +51,9 @@ def flow_warp(
         ``(B, C, H, W)`` warped tensor.
     """
     if x.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
-        raise ValueError(f"expected x (B, C, H, W) and flow (B, 2, H, W), got {tuple(x.shape)} and {tuple(flow.shape)}")
+        raise ValueError(
+            f"expected x (B, C, H, W) and flow (B, 2, H, W), got {tuple(x.shape)} and {tuple(flow.shape)}"
+        )
     if x.shape[0] != flow.shape[0] or x.shape[-2:] != flow.shape[-2:]:
         raise ValueError(
             f"expected x and flow with the same batch and size, got {tuple(x.shape)} and {tuple(flow.shape)}"

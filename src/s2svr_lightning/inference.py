@@ -1,0 +1,307 @@
+"""Streaming inference: restore a video frame by frame with carried states and bounded memory.
+
+S2SVR's encoder is causal (Eq. 1) and its local attention looks r frames ahead (Eq. 5), so output t needs
+the inputs up to t + r only. :class:`StreamingRestorer` keeps the encoder and decoder states, the 2r+1
+latents of the attention window and the flows between them, and emits frame t as soon as frame t + r has
+arrived. It calls the very step functions that ``S2SVR.forward`` loops over, so the stream equals the
+whole-sequence output to float rounding, and its memory does not grow with the length of the video.
+
+A net with ``bidirectional_first_layer=True`` is not causal. It is restored in overlapping chunks of
+``chunk`` frames: each chunk runs ``S2SVR.forward`` on its own, and ``chunk_overlap`` frames at each inner
+seam serve as context only and are discarded (every output frame comes from exactly one chunk, at least
+``chunk_overlap`` frames away from that chunk's inner ends).
+
+Frames too large for memory can be cut into overlapping spatial tiles (``tile``, ``tile_overlap``, in LQ
+pixels). Each tile streams on its own with its own states; the output is stitched from tile interiors,
+with the seam in the middle of each overlap. Tiling is not exact: the flow network sees the whole tile
+(its 1/64 level and dilated context have a receptive field of the tile's size), and the recurrence lets
+the conv receptive field grow with every frame; ``tile_overlap`` bounds the error near seams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+
+import torch
+
+from .models.s2svr import S2SVR
+
+__all__ = ["StreamingRestorer"]
+
+Tensor = torch.Tensor
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _CausalStream:
+    """One causal stream over ``(1, 3, h, w)`` frames: the state of ``S2SVR.forward`` cut at frame t."""
+
+    def __init__(self, net: S2SVR) -> None:
+        self.net = net
+        self.radius = net.radius
+        self.count = 0  # frames received
+        self.next_out = 0  # index of the next frame to decode
+        self.frames: dict[int, Tensor] = {}
+        self.latents: dict[int, Tensor] = {}
+        self.to_prev: dict[int, Tensor] = {}  # to_prev[t] = o_t, flow t -> t-1
+        self.to_next: dict[int, Tensor] = {}  # to_next[t] = flow t -> t+1
+        self.encoder_states: list[Tensor] | None = None
+        self.decoder_states: list[Tensor] | None = None
+        self.y_prev: Tensor | None = None
+
+    def push(self, x_t: Tensor) -> list[Tensor]:
+        net, t = self.net, self.count
+        if t > 0:
+            self.to_prev[t], self.to_next[t - 1] = net.pair_flows(x_t, self.frames[t - 1])
+        z, self.encoder_states = net.encode_step(x_t, self.encoder_states, self.to_prev.get(t))
+        if t == 0:
+            self.decoder_states, self.y_prev = net.init_decoder(x_t, self.encoder_states)
+        self.frames[t] = x_t
+        self.latents[t] = z
+        self.count += 1
+        outputs = []
+        while self.next_out + self.radius <= t:
+            outputs.append(self._decode(last=t))
+        return outputs
+
+    def flush(self) -> list[Tensor]:
+        outputs = []
+        while self.next_out < self.count:
+            outputs.append(self._decode(last=self.count - 1))
+        return outputs
+
+    def _decode(self, *, last: int) -> Tensor:
+        net, i, r = self.net, self.next_out, self.radius
+        past = [(self.latents[j], self.to_prev[j + 1]) for j in range(i - 1, max(i - r, 0) - 1, -1)]
+        future = [(self.latents[j], self.to_next[j - 1]) for j in range(i + 1, min(i + r, last) + 1)]
+        window = net.align_window(self.latents[i], past, future)
+        y, self.decoder_states = net.decode_step(
+            self.frames[i], window, self.decoder_states, self.y_prev, self.to_prev.get(i)
+        )
+        self.y_prev = y
+        self.next_out = i + 1
+        # forget what no later step reads: the window of step i+1 starts at i+1-r
+        keep_from = i + 1 - r
+        for store, first in (
+            (self.latents, keep_from),
+            (self.to_prev, keep_from + 1),
+            (self.to_next, i + 1),
+            (self.frames, min(i + 1, self.count - 1)),
+        ):
+            for key in [k for k in store if k < first]:
+                del store[key]
+        return y
+
+
+class _ChunkedStream:
+    """Overlapping chunks for non-causal (bidirectional) nets: each chunk is one ``S2SVR.forward``.
+
+    A chunk covers ``chunk`` frames; the next one starts ``chunk - 2 * overlap`` frames later. Of each
+    chunk, the frames within ``overlap`` of an inner end are context only; the rest are emitted.
+    """
+
+    def __init__(self, net: S2SVR, *, chunk: int, overlap: int) -> None:
+        self.net = net
+        self.chunk = chunk
+        self.overlap = overlap
+        self.buffer: list[Tensor] = []  # frames from absolute index self.start on
+        self.start = 0
+        self.emitted = 0  # frames already emitted
+        self.fresh = 0  # frames pushed since the last chunk ran
+        self.tail: list[Tensor] = []  # last chunk's final `overlap` outputs, used if the video ends there
+
+    def push(self, x_t: Tensor) -> list[Tensor]:
+        self.buffer.append(x_t)
+        self.fresh += 1
+        if len(self.buffer) < self.chunk:
+            return []
+        y = self.net(torch.stack(self.buffer, dim=1))
+        end = self.start + self.chunk - self.overlap
+        outputs = [y[:, k - self.start] for k in range(self.emitted, end)]
+        self.tail = [y[:, k - self.start] for k in range(end, self.start + self.chunk)]
+        self.emitted = end
+        drop = self.chunk - 2 * self.overlap
+        self.buffer = self.buffer[drop:]
+        self.start += drop
+        self.fresh = 0
+        return outputs
+
+    def flush(self) -> list[Tensor]:
+        if self.fresh == 0:  # the video ended with the last chunk: its end frames are final
+            outputs = self.tail
+        else:
+            y = self.net(torch.stack(self.buffer, dim=1))
+            outputs = [y[:, k - self.start] for k in range(self.emitted, self.start + len(self.buffer))]
+        self.buffer, self.tail, self.fresh = [], [], 0
+        return outputs
+
+
+def _tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Cut ``[0, size)`` into tiles ``(start, end, keep_start, keep_end)``; the kept parts partition it."""
+    if size <= tile:
+        return [(0, size, 0, size)]
+    stride = tile - 2 * overlap
+    starts = list(range(0, size - tile, stride)) + [size - tile]
+    spans = []
+    for k, start in enumerate(starts):
+        # seams sit in the middle of each overlap, as far as possible from both tiles' edges
+        keep_start = 0 if k == 0 else (starts[k - 1] + tile + start) // 2
+        keep_end = size if k == len(starts) - 1 else (start + tile + starts[k + 1]) // 2
+        spans.append((start, start + tile, keep_start, keep_end))
+    return spans
+
+
+class StreamingRestorer:
+    """Restore a video one frame at a time with an :class:`~s2svr_lightning.models.S2SVR` network.
+
+    Args:
+        net: the restoration network; it is moved to ``device`` and put in eval mode.
+        device: where to run (default: the net's device).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast on ``device``; CPU supports both).
+        tile: optional tile size in LQ pixels (>= 16); None restores whole frames.
+        tile_overlap: LQ pixels of context on each side of an inner tile seam (``tile > 2 * overlap``).
+        chunk: frames per chunk for bidirectional nets (ignored for causal nets).
+        chunk_overlap: context frames at each inner chunk seam, discarded (``chunk > 2 * overlap``).
+
+    ``push(frame)`` takes ``(3, h, w)`` or ``(1, 3, h, w)``, float in [0, 1] (uint8 is divided by 255),
+    and returns the list of output frames now complete, each ``(3, scale*h, scale*w)`` float32 on the CPU,
+    unclamped, in order; ``flush()`` ends the video and returns the rest (the restorer can then take a
+    new video). A causal net emits frame t when frame t + r arrives.
+    """
+
+    def __init__(
+        self,
+        net: S2SVR,
+        *,
+        device: torch.device | str | None = None,
+        precision: str = "fp32",
+        tile: int | None = None,
+        tile_overlap: int = 16,
+        chunk: int = 25,
+        chunk_overlap: int = 5,
+    ) -> None:
+        if not isinstance(net, S2SVR):
+            raise ValueError(f"expected an S2SVR network, got {type(net).__name__}")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"expected precision in {sorted(_PRECISIONS)}, got {precision!r}")
+        if tile is not None and (tile < 16 or tile <= 2 * tile_overlap or tile_overlap < 0):
+            raise ValueError(
+                f"expected tile >= 16 and tile > 2 * tile_overlap >= 0, got tile={tile}, "
+                f"tile_overlap={tile_overlap}"
+            )
+        if chunk < 1 or chunk_overlap < 0 or chunk <= 2 * chunk_overlap:
+            raise ValueError(
+                f"expected chunk > 2 * chunk_overlap >= 0, got chunk={chunk}, chunk_overlap={chunk_overlap}"
+            )
+        if device is None:
+            device = next(net.parameters()).device
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.precision = precision
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.chunk = chunk
+        self.chunk_overlap = chunk_overlap
+        self._reset()
+
+    @property
+    def latency(self) -> int:
+        """Frames that must arrive after frame t before it is emitted (r, or up to a chunk)."""
+        return self.chunk - 1 if self.net.bidirectional_first_layer else self.net.radius
+
+    def _reset(self) -> None:
+        self._size: tuple[int, int] | None = None
+        self._streams: list = []
+        self._tiles: list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]] = []
+
+    def _new_stream(self):
+        if self.net.bidirectional_first_layer:
+            return _ChunkedStream(self.net, chunk=self.chunk, overlap=self.chunk_overlap)
+        return _CausalStream(self.net)
+
+    def _start(self, h: int, w: int) -> None:
+        self._size = (h, w)
+        if self.tile is None:
+            self._tiles = [((0, h, 0, h), (0, w, 0, w))]
+        else:
+            self._tiles = [
+                (ys, xs)
+                for ys in _tile_spans(h, self.tile, self.tile_overlap)
+                for xs in _tile_spans(w, self.tile, self.tile_overlap)
+            ]
+        self._streams = [self._new_stream() for _ in self._tiles]
+
+    def _prepare(self, frame: Tensor) -> Tensor:
+        if not isinstance(frame, torch.Tensor):
+            raise ValueError(f"expected a frame tensor (3, h, w) or (1, 3, h, w), got {type(frame).__name__}")
+        x = frame.unsqueeze(0) if frame.dim() == 3 else frame
+        if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3 or min(x.shape[-2:]) < 16:
+            raise ValueError(
+                "expected a frame of shape (3, h, w) or (1, 3, h, w) with h, w >= 16, "
+                f"got {tuple(frame.shape)}"
+            )
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        elif not x.is_floating_point():
+            raise ValueError(f"expected a float frame in [0, 1] or uint8, got {x.dtype}")
+        h, w = x.shape[-2:]
+        if self._size is None:
+            self._start(h, w)
+        elif (h, w) != self._size:
+            raise ValueError(
+                f"expected every frame of size {self._size}, got {(h, w)}; call flush() between videos"
+            )
+        return x.to(self.device, torch.float32)
+
+    def _autocast(self):
+        dtype = _PRECISIONS[self.precision]
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _stitch(self, per_tile: list[list[Tensor]]) -> list[Tensor]:
+        counts = {len(outs) for outs in per_tile}
+        assert len(counts) == 1, "tiles stream in lockstep"
+        s = self.net.scale
+        h, w = self._size
+        frames = []
+        for k in range(counts.pop()):
+            if len(self._tiles) == 1:
+                out = per_tile[0][k][0].float()
+            else:
+                out = torch.empty(3, s * h, s * w, device=self.device)
+                for ((y0, _, ky0, ky1), (x0, _, kx0, kx1)), outs in zip(self._tiles, per_tile):
+                    out[:, s * ky0 : s * ky1, s * kx0 : s * kx1] = outs[k][
+                        0, :, s * (ky0 - y0) : s * (ky1 - y0), s * (kx0 - x0) : s * (kx1 - x0)
+                    ].float()
+            frames.append(out.cpu())
+        return frames
+
+    @torch.inference_mode()
+    def push(self, frame: Tensor) -> list[Tensor]:
+        """Feed the next LQ frame; returns the output frames completed by it (possibly none)."""
+        x = self._prepare(frame)
+        with self._autocast():
+            per_tile = [
+                stream.push(x[..., y0:y1, x0:x1])
+                for ((y0, y1, _, _), (x0, x1, _, _)), stream in zip(self._tiles, self._streams)
+            ]
+        return self._stitch(per_tile)
+
+    @torch.inference_mode()
+    def flush(self) -> list[Tensor]:
+        """End the video: returns the frames still pending, then resets for a new video."""
+        if self._size is None:
+            return []
+        with self._autocast():
+            per_tile = [stream.flush() for stream in self._streams]
+        frames = self._stitch(per_tile)
+        self._reset()
+        return frames
+
+    def restore(self, frames: Iterable[Tensor]) -> Iterator[Tensor]:
+        """Restore a whole video lazily: yields ``(3, scale*h, scale*w)`` frames in order."""
+        for frame in frames:
+            yield from self.push(frame)
+        yield from self.flush()

@@ -1,0 +1,284 @@
+"""The restoration stage: S2SVR trained end to end, its flow net starting from the student flow stage.
+
+Training follows the paper (Section 4.1) and the authors' recipe (facts section 5): Charbonnier loss on
+every output frame, Adam with betas (0.9, 0.99), learning rate 2e-4 for the network and 5e-5 for the flow
+net, the flow net frozen for the first ``flow_freeze_steps`` steps, then a cosine decay of both rates to
+1e-7 over the whole run, stepped per iteration.
+
+Validation and test run the network on whole sequences (or the DataModule's chunks of them) and score
+the outputs with :class:`~s2svr_lightning.metrics.VideoMetrics` under the task's benchmark conventions,
+together with the baseline every paper table starts from: bicubic upsampling for super-resolution, the
+degraded input itself for deblurring and compressed video (whose delta is the paper's Table 3 metric).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from s2svr_lightning.lit.common import log_images, raise_if_nonfinite
+from s2svr_lightning.losses import charbonnier_loss
+from s2svr_lightning.metrics import VideoMetrics
+
+__all__ = ["RestorerModule", "TASK_KINDS", "baseline_restoration"]
+
+TASK_KINDS = ("vsr", "deblur", "cve")
+_FLOWNET_PREFIX = "flownet."
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers and tuples -> plain dicts / lists, so hparams load with ``weights_only``."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra, a dependency
+        pass
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def baseline_restoration(lq: torch.Tensor, *, kind: str, scale: int) -> torch.Tensor:
+    """The reference every benchmark table starts from, ``(B, T, 3, h, w)`` -> ``(B, T, 3, H, W)``.
+
+    Super-resolution: bicubic upsampling (the "Bicubic" rows of Table 1; PyTorch's bicubic kernel,
+    a = -0.75, clamped to [0, 1]). Deblurring and compressed video: the degraded input itself.
+    """
+    if lq.dim() != 5:
+        raise ValueError(f"expected lq of shape (B, T, 3, h, w), got {tuple(lq.shape)}")
+    if kind != "vsr":
+        return lq
+    b, t, c, h, w = lq.shape
+    up = F.interpolate(lq.flatten(0, 1), scale_factor=scale, mode="bicubic", align_corners=False)
+    return up.clamp(0.0, 1.0).view(b, t, c, h * scale, w * scale)
+
+
+class RestorerModule(L.LightningModule):
+    """Train, validate and test an S2SVR restorer.
+
+    Args:
+        model: builder name in :mod:`s2svr_lightning.models` (``s2svr_vsr``, ``s2svr_deblur``, ``s2svr_cve``).
+        model_overrides: keyword overrides for the builder (channels, blocks, ...), stored as plain data so
+            that a checkpoint rebuilds the network by itself.
+        task: the restoration task the checkpoint serves: ``{"kind": "vsr"|"deblur"|"cve", "scale": int,
+            "degradation": {...}}`` (the degradation settings used to make the LQ input), read by
+            ``restore``. ``scale`` must equal the network's.
+        flow_init: a student (or teacher) flow checkpoint whose ``flownet.*`` weights initialise the flow
+            net when a fresh fit starts (not when resuming, not on ``load_from_checkpoint``).
+        lr: learning rate of everything but the flow net (paper: 2e-4).
+        flow_lr: learning rate of the flow net (paper: 5e-5).
+        betas: Adam betas (0.9, 0.99).
+        weight_decay: Adam weight decay (0 in the reference recipe).
+        flow_freeze_steps: steps during which the flow net gets no gradient and no update.
+        total_steps: length of the cosine schedule; ``None`` uses ``trainer.max_steps``.
+        min_lr: the cosine schedule's final learning rate (1e-7).
+        charbonnier_eps: Charbonnier epsilon (``sqrt(d^2 + eps^2)``).
+        metrics: :class:`~s2svr_lightning.metrics.VideoMetrics` options: ``y_channel``, ``border``,
+            ``reduction`` (the benchmark's convention).
+        num_log_images: sequences per validation whose middle frame is logged as LQ | output | HQ.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = "s2svr_vsr",
+        model_overrides: Mapping[str, Any] | None = None,
+        task: Mapping[str, Any] | None = None,
+        flow_init: str | None = None,
+        lr: float = 2e-4,
+        flow_lr: float = 5e-5,
+        betas: tuple[float, float] | list[float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        flow_freeze_steps: int = 5000,
+        total_steps: int | None = None,
+        min_lr: float = 1e-7,
+        charbonnier_eps: float = 1e-6,
+        metrics: Mapping[str, Any] | None = None,
+        num_log_images: int = 1,
+    ) -> None:
+        super().__init__()
+        from s2svr_lightning.models import build_model
+
+        task = dict(_plain(task) or {})
+        task.setdefault("kind", "vsr" if "vsr" in model else "cve" if "cve" in model else "deblur")
+        task.setdefault("scale", 4 if task["kind"] == "vsr" else 1)
+        task.setdefault("degradation", {})
+        if task["kind"] not in TASK_KINDS:
+            raise ValueError(f"expected task kind in {TASK_KINDS}, got {task['kind']!r}")
+        if flow_freeze_steps < 0:
+            raise ValueError(f"expected flow_freeze_steps >= 0, got {flow_freeze_steps}")
+        if lr <= 0 or flow_lr < 0 or min_lr < 0:
+            raise ValueError(f"expected lr > 0, flow_lr >= 0 and min_lr >= 0, got {lr}, {flow_lr}, {min_lr}")
+        self.save_hyperparameters(
+            {
+                "model": model,
+                "model_overrides": _plain(model_overrides) or {},
+                "task": task,
+                "flow_init": None if flow_init is None else str(flow_init),
+                "lr": float(lr),
+                "flow_lr": float(flow_lr),
+                "betas": [float(b) for b in betas],
+                "weight_decay": float(weight_decay),
+                "flow_freeze_steps": int(flow_freeze_steps),
+                "total_steps": None if total_steps is None else int(total_steps),
+                "min_lr": float(min_lr),
+                "charbonnier_eps": float(charbonnier_eps),
+                "metrics": _plain(metrics) or {},
+                "num_log_images": int(num_log_images),
+            }
+        )
+        self.net = build_model(model, **self.hparams.model_overrides)
+        if int(self.net.scale) != int(task["scale"]):
+            raise ValueError(f"expected task scale {task['scale']} to equal the network's scale, got {self.net.scale}")
+        self.val_metrics = VideoMetrics(**self.hparams.metrics)
+        self.test_metrics = VideoMetrics(**self.hparams.metrics)
+        self.test_per_sequence: dict[str, dict[str, float]] = {}
+        self._flow_trainable: bool | None = None
+
+    # ------------------------------------------------------------------ network
+    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+        """``(B, T, 3, h, w)`` LQ in [0, 1] -> ``(B, T, 3, scale h, scale w)`` restored frames."""
+        return self.net(lq)
+
+    @property
+    def kind(self) -> str:
+        return self.hparams.task["kind"]
+
+    @property
+    def scale(self) -> int:
+        return int(self.hparams.task["scale"])
+
+    def load_flownet(self, path: str | Path) -> None:
+        """Copy a flow stage checkpoint's ``flownet.*`` weights into ``self.net.flownet``."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"flow checkpoint {path} does not exist (expected the student stage's .ckpt)")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        kind = ckpt.get("s2svr_kind")
+        if kind not in ("student", "teacher"):
+            raise ValueError(f"expected a student or teacher flow checkpoint in {path}, got s2svr_kind={kind!r}")
+        state = {
+            k[len(_FLOWNET_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(_FLOWNET_PREFIX)
+        }
+        if not state:
+            raise ValueError(f"expected flownet.* weights in {path}, found none")
+        self.net.flownet.load_state_dict(state, strict=True)
+
+    def setup(self, stage: str) -> None:
+        # Only a fresh fit takes the student's flow net; a resumed fit restores its own weights afterwards
+        # and a checkpoint loaded for inference must not need the student file any more.
+        if stage == "fit" and self.hparams.flow_init and self.trainer.ckpt_path is None:
+            self.load_flownet(self.hparams.flow_init)
+
+    # ------------------------------------------------------------------ training
+    def _set_flow_trainable(self, trainable: bool) -> None:
+        if self._flow_trainable is trainable:
+            return
+        # requires_grad False removes the flow net from the backward pass entirely (no gradient through
+        # PWC-Lite at all during the freeze, which is most of its cost); under DDP the pipeline sets
+        # find_unused_parameters so the reducer tolerates the frozen parameters.
+        for p in self.net.flownet.parameters():
+            p.requires_grad_(trainable)
+        self._flow_trainable = trainable
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._set_flow_trainable(self.global_step >= self.hparams.flow_freeze_steps)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        lq, hq = batch["lq"], batch["hq"]
+        out = self(lq)
+        if out.shape != hq.shape:
+            raise ValueError(f"expected the output shape {tuple(out.shape)} to equal the HQ shape {tuple(hq.shape)}")
+        loss = charbonnier_loss(out, hq, eps=self.hparams.charbonnier_eps)
+        raise_if_nonfinite(loss, what="restorer loss", step=self.global_step, batch=batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=lq.shape[0])
+        with torch.no_grad():
+            mse = (out.detach().clamp(0, 1) - hq).square().mean().clamp_min(1e-12)
+        self.log("train/psnr", -10.0 * torch.log10(mse), batch_size=lq.shape[0])
+        self.log("train/flow_frozen", float(not self._flow_trainable), batch_size=lq.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        flow_params = list(self.net.flownet.parameters())
+        flow_ids = {id(p) for p in flow_params}
+        other = [p for p in self.net.parameters() if id(p) not in flow_ids]
+        optimizer = torch.optim.Adam(
+            [
+                {"params": other, "lr": self.hparams.lr, "name": "restorer"},
+                {"params": flow_params, "lr": self.hparams.flow_lr, "name": "flownet"},
+            ],
+            betas=tuple(self.hparams.betas),
+            weight_decay=self.hparams.weight_decay,
+        )
+        total = self.hparams.total_steps
+        if total is None:
+            total = self.trainer.max_steps if self.trainer is not None else -1
+        if total is None or total <= 0:
+            raise ValueError(
+                f"expected total_steps > 0 (or a trainer with max_steps) for the cosine schedule, got {total}"
+            )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=self.hparams.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, batch: Mapping[str, Any], batch_idx: int, metrics: VideoMetrics, prefix: str) -> None:
+        lq, hq = batch["lq"], batch["hq"]
+        out = self(lq).float()
+        raise_if_nonfinite(out, what=f"{prefix} output", step=self.global_step, batch=batch)
+        base = baseline_restoration(lq.float(), kind=self.kind, scale=self.scale)
+        keys = batch.get("key", [f"{prefix}_{batch_idx}_{i}" for i in range(lq.shape[0])])
+        metrics.update(out, hq.float(), keys, baseline=base, frame_index=batch.get("frame_index"))
+        if batch_idx < self.hparams.num_log_images and self.trainer is not None and not self.trainer.sanity_checking:
+            self._log_strip(prefix, batch_idx, lq, out, hq)
+
+    def _log_strip(self, prefix: str, batch_idx: int, lq: torch.Tensor, out: torch.Tensor, hq: torch.Tensor) -> None:
+        t = lq.shape[1] // 2
+        size = hq.shape[-2:]
+        lq_up = F.interpolate(lq[:1, t].float(), size=size, mode="nearest")
+        images = [lq_up[0], out[0, t].clamp(0, 1), hq[0, t].float()]
+        log_images(self.trainer, f"{prefix}/lq_output_hq_{batch_idx}", images, self.global_step)
+        if lq.shape[1] > 1:
+            from s2svr_lightning.flow_viz import flow_to_color
+
+            flow = self.net.flownet(lq[:1, t - 1].float(), lq[:1, t].float())
+            color = flow_to_color(flow)
+            color = color.float() / 255.0 if color.dtype == torch.uint8 else color
+            log_images(self.trainer, f"{prefix}/flow_{batch_idx}", [lq[0, t - 1].float(), color[0]], self.global_step)
+
+    def _log_metrics(self, metrics: VideoMetrics, prefix: str) -> dict[str, float]:
+        values = metrics.compute()  # synced across ranks by torchmetrics
+        logged = {f"{prefix}/{k}": float(v) for k, v in values.items()}
+        # identical on every rank after the sync: no second reduction
+        self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in logged.items()}, sync_dist=False)
+        return logged
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer is not None and self.trainer.sanity_checking:
+            self.val_metrics.reset()
+            return
+        self._log_metrics(self.val_metrics, "val")
+        self.val_metrics.reset()
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+        self.test_per_sequence = self.test_metrics.per_sequence()
+        self.test_metrics.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["s2svr_kind"] = "restorer"
+

@@ -1,0 +1,142 @@
+"""The unsupervised flow objective of Eq. 14 for a frame pair, both directions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from s2svr_lightning.losses.occlusion import forward_backward_occlusion
+from s2svr_lightning.losses.photometric import photometric_loss
+from s2svr_lightning.losses.smoothness import smoothness_loss
+
+__all__ = ["UnsupervisedFlowLoss"]
+
+
+def _as_pyramid(flows: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [flows] if isinstance(flows, torch.Tensor) else list(flows)
+
+
+class UnsupervisedFlowLoss(nn.Module):
+    """``w_ph * L_ph + w_sm * L_sm`` (Eq. 14), each the mean of the two directions 1->2 and 2->1.
+
+    The defaults are the paper's: l1 photometric term (Eq. 11) masked by the forward-backward occlusion
+    check, first-order edge-aware smoothness (Eq. 13), ``w_ph = 0.15``, ``w_sm = 50``, at the finest
+    (input) resolution only. Options, off by default: SSIM and census photometric terms, and
+    ARFlow-style multi-scale photometric terms over a flow pyramid (``scale_weights``, finest first;
+    frames area-downsampled to each level, occlusion computed at the finest level and resized with
+    nearest). Smoothness is always taken at the finest level.
+
+    Args:
+        w_ph, w_sm: weights of Eq. 14.
+        w_l1, w_ssim, w_census: the per-pixel photometric terms (``photometric_map``).
+        edge_alpha: edge weight ``exp(-edge_alpha |dI|)`` of Eq. 13.
+        smooth_normalize: smoothness on ``flow / min(H, W)`` (see ``smoothness_loss``).
+        occlusion_alpha1, occlusion_alpha2: tolerances of ``forward_backward_occlusion``.
+        scale_weights: photometric weight of each pyramid level, finest first; ``(1.0,)`` = finest only.
+        padding_mode: ``flow_warp`` padding for the photometric warp.
+    """
+
+    def __init__(
+        self,
+        *,
+        w_ph: float = 0.15,
+        w_sm: float = 50.0,
+        w_l1: float = 1.0,
+        w_ssim: float = 0.0,
+        w_census: float = 0.0,
+        edge_alpha: float = 1.0,
+        smooth_normalize: bool = True,
+        occlusion_alpha1: float = 0.01,
+        occlusion_alpha2: float = 0.5,
+        scale_weights: Sequence[float] = (1.0,),
+        padding_mode: str = "border",
+    ) -> None:
+        super().__init__()
+        if w_ph < 0 or w_sm < 0:
+            raise ValueError(f"expected non-negative loss weights, got w_ph={w_ph}, w_sm={w_sm}")
+        scale_weights = tuple(float(w) for w in scale_weights)
+        if not scale_weights or scale_weights[0] <= 0 or min(scale_weights) < 0:
+            raise ValueError(f"expected scale_weights with a positive first (finest) entry, got {scale_weights}")
+        self.w_ph, self.w_sm = float(w_ph), float(w_sm)
+        self.photometric_kwargs = {"w_l1": w_l1, "w_ssim": w_ssim, "w_census": w_census, "padding_mode": padding_mode}
+        self.edge_alpha = float(edge_alpha)
+        self.smooth_normalize = bool(smooth_normalize)
+        self.occlusion_alpha1, self.occlusion_alpha2 = float(occlusion_alpha1), float(occlusion_alpha2)
+        self.scale_weights = scale_weights
+
+    @property
+    def num_scales(self) -> int:
+        """How many pyramid levels the loss reads (1 = the network's final flow only)."""
+        return len(self.scale_weights)
+
+    def occlusion(self, flow12: torch.Tensor, flow21: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Occlusion masks ``(B, 1, H, W)`` of frame 1 and of frame 2 (1 = occluded), no gradient."""
+        kwargs = {"alpha1": self.occlusion_alpha1, "alpha2": self.occlusion_alpha2}
+        return (
+            forward_backward_occlusion(flow12, flow21, **kwargs),
+            forward_backward_occlusion(flow21, flow12, **kwargs),
+        )
+
+    def _photometric(
+        self, im1: torch.Tensor, im2: torch.Tensor, flows: list[torch.Tensor], occ: torch.Tensor | None
+    ) -> torch.Tensor:
+        total = im1.new_zeros(())
+        for weight, flow in zip(self.scale_weights, flows):
+            if weight == 0:
+                continue
+            size = tuple(flow.shape[-2:])
+            if size == tuple(im1.shape[-2:]):
+                a, b, o = im1, im2, occ
+            else:
+                a, b = F.adaptive_avg_pool2d(im1, size), F.adaptive_avg_pool2d(im2, size)
+                o = None if occ is None else F.interpolate(occ, size=size, mode="nearest")
+            total = total + weight * photometric_loss(a, b, flow, occlusion=o, **self.photometric_kwargs)
+        return total
+
+    def forward(
+        self,
+        im1: torch.Tensor,
+        im2: torch.Tensor,
+        flow12: torch.Tensor | Sequence[torch.Tensor],
+        flow21: torch.Tensor | Sequence[torch.Tensor],
+        *,
+        use_occlusion: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms for the pairs ``(im1, im2)``.
+
+        Args:
+            im1, im2: ``(B, 3, H, W)`` frames in [0, 1].
+            flow12, flow21: ``(B, 2, H, W)`` flows in pixels, or pyramids of them (finest first, the
+                finest at ``(H, W)``), with at least ``num_scales`` levels.
+            use_occlusion: mask Eq. 11 with the forward-backward check; False during the warm-up, when
+                an untrained network would make every pixel "occluded" (0/0 in Eq. 11).
+
+        Returns:
+            dict with ``loss`` (Eq. 14), ``photometric``, ``smoothness`` and ``occlusion`` (the share of
+            occluded pixels by the check, computed even when it is not applied; no gradient).
+        """
+        flows12, flows21 = _as_pyramid(flow12), _as_pyramid(flow21)
+        if len(flows12) < self.num_scales or len(flows21) < self.num_scales:
+            raise ValueError(f"expected flow pyramids with >= {self.num_scales} levels, got {len(flows12)}")
+        finest12, finest21 = flows12[0], flows21[0]
+        if finest12.shape[-2:] != im1.shape[-2:] or finest12.shape != finest21.shape:
+            raise ValueError(
+                f"expected finest flows (B, 2, H, W) at the frame size {tuple(im1.shape)}, got "
+                f"{tuple(finest12.shape)} and {tuple(finest21.shape)}"
+            )
+        occ1, occ2 = self.occlusion(finest12, finest21)
+        mask1, mask2 = (occ1, occ2) if use_occlusion else (None, None)
+        photo = 0.5 * (self._photometric(im1, im2, flows12, mask1) + self._photometric(im2, im1, flows21, mask2))
+        smooth_kwargs = {"edge_alpha": self.edge_alpha, "normalize": self.smooth_normalize}
+        smooth = 0.5 * (
+            smoothness_loss(finest12, im1, **smooth_kwargs) + smoothness_loss(finest21, im2, **smooth_kwargs)
+        )
+        return {
+            "loss": self.w_ph * photo + self.w_sm * smooth,
+            "photometric": photo,
+            "smoothness": smooth,
+            "occlusion": 0.5 * (occ1.mean() + occ2.mean()),
+        }

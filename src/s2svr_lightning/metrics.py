@@ -1,0 +1,365 @@
+"""Restoration and flow metrics with the benchmark conventions (facts section 7).
+
+Every restoration score goes through one path, :func:`prepare`: clamp and round to 8 bits (outputs are
+saved as 8-bit images before the benchmarks score them), optional BT.601 limited-range Y channel, optional
+border crop, float64. On top of it:
+
+- :func:`psnr`: per-frame ``10 log10(1 / MSE)`` on the [0, 1] scale (= BasicSR's ``255^2 / MSE`` on 0-255),
+  in float64;
+- :func:`ssim`: per-frame SSIM with an 11x11 Gaussian window (sigma 1.5), ``C1 = 0.01^2``, ``C2 = 0.03^2``
+  on the [0, 1] scale, averaged over the *valid* region only (5 px dropped from each side of the SSIM map),
+  as the reference MATLAB code and BasicSR do, per channel then averaged;
+- :class:`VideoMetrics`: a torchmetrics accumulator giving per-frame score -> mean per sequence -> mean over
+  sequences (or frames pooled, the CDVD-TSP convention for GoPro), synchronised across DDP ranks at
+  ``compute()``, with optional baseline scores (bicubic upsampling or the degraded input) and their deltas
+  (the paper's Table 3 reports delta PSNR / delta SSIM against the compressed input);
+- :func:`endpoint_error` for optical flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+# The library's one BT.601 limited-range conversion (Y = 16 + 65.481 R + 128.553 G + 24.966 B on the 0-255
+# scale for RGB in [0, 1], not rounded); not kornia's full-range rgb_to_ycbcr, which scores differently.
+from s2svr_lightning.data.color import rgb_to_y
+
+__all__ = [
+    "VideoMetrics",
+    "crop_border",
+    "endpoint_error",
+    "prepare",
+    "psnr",
+    "quantize_8bit",
+    "rgb_to_y",
+    "ssim",
+]
+
+_SSIM_KERNEL = 11
+_SSIM_SIGMA = 1.5
+_SSIM_VALID_CROP = _SSIM_KERNEL // 2  # 5 px: where the 11x11 window would leave the image
+_REDUCTIONS = ("sequence", "frame")
+
+
+def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] and round to the nearest of the 256 levels of an 8-bit image (same dtype)."""
+    return torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0
+
+
+def crop_border(x: torch.Tensor, border: int) -> torch.Tensor:
+    """Drop ``border`` pixels from each side of the last two dimensions."""
+    if border < 0:
+        raise ValueError(f"expected border >= 0, got {border}")
+    if border == 0:
+        return x
+    h, w = x.shape[-2:]
+    if h <= 2 * border or w <= 2 * border:
+        raise ValueError(f"expected frames larger than twice the border {border}, got {h}x{w}")
+    return x[..., border:-border, border:-border]
+
+
+def _as_frames(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``(3, H, W)``, ``(N, 3, H, W)`` or ``(B, T, 3, H, W)`` -> ``(N, 3, H, W)``."""
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    elif x.dim() == 5:
+        x = x.flatten(0, 1)
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected {name} of shape (B, T, 3, H, W), (N, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected {name} float in [0, 1], got dtype {x.dtype}")
+    return x
+
+
+def prepare(
+    x: torch.Tensor, *, y_channel: bool = False, border: int = 0, quantize: bool = True
+) -> torch.Tensor:
+    """Frames as the benchmarks score them: 8-bit rounding, Y or RGB, border crop, float64 ``(N, C, H, W)``."""
+    x = _as_frames(x, "x")
+    if quantize:
+        # Round to levels in float32 as BasicSR's tensor2img does (x * 255 can fall on the other side of .5
+        # in float64), then divide in float64 so that each level is the exact float64 value of k / 255.
+        src = x if x.dtype == torch.float64 else x.float()
+        x = torch.round(src.clamp(0.0, 1.0) * 255.0).double() / 255.0
+    else:
+        x = x.double()
+    if y_channel:
+        x = rgb_to_y(x)
+    return crop_border(x, border)
+
+
+def _prepare_pair(
+    pred: torch.Tensor, target: torch.Tensor, y_channel: bool, border: int, quantize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    pred_f, target_f = _as_frames(pred, "pred"), _as_frames(target, "target")
+    if pred_f.shape != target_f.shape:
+        raise ValueError(f"expected pred and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    # The ground truth is an 8-bit image already; rounding it again is a no-op there and keeps float
+    # targets (synthetic data) on the same footing as the rounded output.
+    return (
+        prepare(pred_f, y_channel=y_channel, border=border, quantize=quantize),
+        prepare(target_f, y_channel=y_channel, border=border, quantize=quantize),
+    )
+
+
+def psnr(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    y_channel: bool = False,
+    border: int = 0,
+    quantize: bool = True,
+) -> torch.Tensor:
+    """Per-frame PSNR in dB, float64 ``(N,)`` for ``N`` frames (``inf`` where the frames are identical).
+
+    Args:
+        pred, target: ``(B, T, 3, H, W)``, ``(N, 3, H, W)`` or ``(3, H, W)`` float RGB in [0, 1].
+        y_channel: score the BT.601 limited-range Y channel (Vimeo-90K-T, compressed video) instead of RGB.
+        border: pixels cropped from each side before scoring.
+        quantize: round both to 8 bits first (the benchmark convention).
+    """
+    p, t = _prepare_pair(pred, target, y_channel, border, quantize)
+    # One MSE per frame (a pooled MSE over the batch is a different, wrong number for video benchmarks).
+    # Written out rather than torchmetrics' functional, whose float32 log(10) factor costs ~3e-6 dB.
+    mse = (p - t).square().mean(dim=(1, 2, 3))
+    return 10.0 * torch.log10(1.0 / mse)
+
+
+def ssim(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    y_channel: bool = False,
+    border: int = 0,
+    quantize: bool = True,
+) -> torch.Tensor:
+    """Per-frame SSIM, float64 ``(N,)``: 11x11 Gaussian window (sigma 1.5) over the valid region only.
+
+    torchmetrics pads the image (reflect) to return a full-size SSIM map; dropping 5 px from each side of
+    that map leaves exactly the positions where the window lies inside the image, which is the reference
+    MATLAB code's ``filter2(..., 'valid')``. Arguments as :func:`psnr`.
+    """
+    p, t = _prepare_pair(pred, target, y_channel, border, quantize)
+    h, w = p.shape[-2:]
+    if h < _SSIM_KERNEL or w < _SSIM_KERNEL:
+        raise ValueError(f"expected frames of at least {_SSIM_KERNEL}x{_SSIM_KERNEL} after the border crop, got {h}x{w}")
+    _, ssim_map = structural_similarity_index_measure(
+        p,
+        t,
+        gaussian_kernel=True,
+        sigma=_SSIM_SIGMA,
+        kernel_size=_SSIM_KERNEL,
+        data_range=1.0,
+        k1=0.01,
+        k2=0.03,
+        reduction="none",
+        return_full_image=True,
+    )
+    valid = crop_border(ssim_map, _SSIM_VALID_CROP)
+    return valid.mean(dim=(1, 2, 3))
+
+
+def sequence_id(key: str) -> int:
+    """A stable signed 64-bit id of a sequence key (the same in every process, unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+class VideoMetrics(Metric):
+    """PSNR and SSIM of restored videos: per frame, then mean per sequence, then mean over sequences.
+
+    ``update`` takes whole sequences or chunks of them; frames are grouped by their sequence ``key``, so
+    chunks of one sequence (even on different DDP ranks) count as one sequence. Give ``frame_index`` when
+    chunks overlap: a frame scored twice is then counted once (the first score is kept). States are
+    per-frame lists concatenated across ranks at ``compute()``, so the result is exact under DDP as long
+    as no rank scores padded duplicates (use an unpadded sampler).
+
+    Args:
+        y_channel: score the BT.601 limited-range Y channel instead of RGB.
+        border: pixels cropped from each side before scoring.
+        reduction: ``"sequence"`` (mean per sequence, then over sequences: REDS4, Vimeo, MFQE, BasicSR's
+            GoPro) or ``"frame"`` (all frames pooled: CDVD-TSP's GoPro numbers).
+        quantize: round outputs and targets to 8 bits before scoring.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(
+        self,
+        *,
+        y_channel: bool = False,
+        border: int = 0,
+        reduction: str = "sequence",
+        quantize: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"expected reduction in {_REDUCTIONS}, got {reduction!r}")
+        if border < 0:
+            raise ValueError(f"expected border >= 0, got {border}")
+        self.y_channel = bool(y_channel)
+        self.border = int(border)
+        self.reduction = reduction
+        self.quantize = bool(quantize)
+        for name in ("seq_ids", "frame_ids", "psnr", "ssim", "base_psnr", "base_ssim"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._names: dict[int, str] = {}
+
+    def update(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        keys: Sequence[str] | str,
+        *,
+        baseline: torch.Tensor | None = None,
+        frame_index: torch.Tensor | None = None,
+    ) -> None:
+        """Score a batch of sequences.
+
+        Args:
+            pred: ``(B, T, 3, H, W)`` restored frames in [0, 1].
+            target: ``(B, T, 3, H, W)`` ground truth.
+            keys: ``B`` sequence keys (a str when ``B == 1``).
+            baseline: optional ``(B, T, 3, H, W)`` reference restoration (bicubic upsampling, the degraded
+                input) scored the same way, for ``baseline_*`` and ``delta_*``.
+            frame_index: optional ``(B, T)`` or ``(T,)`` integer position of each frame in its sequence.
+        """
+        if pred.dim() != 5:
+            raise ValueError(f"expected pred of shape (B, T, 3, H, W), got {tuple(pred.shape)}")
+        b, t = pred.shape[:2]
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        if len(keys) != b:
+            raise ValueError(f"expected {b} keys for a batch of {b} sequences, got {len(keys)}")
+        kw = {"y_channel": self.y_channel, "border": self.border, "quantize": self.quantize}
+        ids = torch.tensor([sequence_id(k) for k in keys], dtype=torch.int64, device=self.device)
+        for key, sid in zip(keys, ids.tolist()):
+            self._names[sid] = key
+        self.seq_ids.append(ids.repeat_interleave(t))
+        if frame_index is None:
+            frames = torch.full((b * t,), -1, dtype=torch.int64, device=self.device)
+        else:
+            frames = torch.as_tensor(frame_index, device=self.device).to(torch.int64).expand(b, t).reshape(-1)
+        self.frame_ids.append(frames)
+        self.psnr.append(psnr(pred, target, **kw).to(self.device))
+        self.ssim.append(ssim(pred, target, **kw).to(self.device))
+        if baseline is not None:
+            if baseline.shape != target.shape:
+                raise ValueError(f"expected baseline of shape {tuple(target.shape)}, got {tuple(baseline.shape)}")
+            self.base_psnr.append(psnr(baseline, target, **kw).to(self.device))
+            self.base_ssim.append(ssim(baseline, target, **kw).to(self.device))
+        else:
+            nan = torch.full((b * t,), float("nan"), dtype=torch.float64, device=self.device)
+            self.base_psnr.append(nan)
+            self.base_ssim.append(nan.clone())
+
+    def _frames(self) -> dict[str, torch.Tensor]:
+        """The synced per-frame states, duplicates (same sequence and frame index) removed."""
+
+        def cat(x):
+            if isinstance(x, list):
+                return torch.cat(x) if x else torch.empty(0, device=self.device)
+            return x
+
+        names = ("seq_ids", "frame_ids", "psnr", "ssim", "base_psnr", "base_ssim")
+        states = {n: cat(getattr(self, n)) for n in names}
+        if states["seq_ids"].numel() == 0:
+            raise ValueError("expected at least one scored frame, got none: was update() called?")
+        known = states["frame_ids"] >= 0
+        if bool(known.any()):
+            pairs = torch.stack((states["seq_ids"], states["frame_ids"]), dim=1)
+            keep = torch.ones_like(known)
+            seen: set[tuple[int, int]] = set()
+            for i, (s, f) in enumerate(pairs.tolist()):
+                if f < 0:
+                    continue
+                if (s, f) in seen:
+                    keep[i] = False
+                seen.add((s, f))
+            states = {n: v[keep] for n, v in states.items()}
+        return states
+
+    @staticmethod
+    def _reduce(values: torch.Tensor, groups: torch.Tensor, reduction: str) -> torch.Tensor:
+        if reduction == "frame":
+            return values.mean()
+        _, inverse = torch.unique(groups, return_inverse=True)
+        n = int(inverse.max()) + 1
+        sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
+        counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(
+            0, inverse, torch.ones_like(values)
+        )
+        return (sums / counts).mean()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``psnr``, ``ssim``, ``num_sequences``, ``num_frames`` and, when baselines were given,
+        ``baseline_psnr``, ``baseline_ssim``, ``delta_psnr``, ``delta_ssim``."""
+        s = self._frames()
+        out = {
+            "psnr": self._reduce(s["psnr"], s["seq_ids"], self.reduction),
+            "ssim": self._reduce(s["ssim"], s["seq_ids"], self.reduction),
+            "num_sequences": torch.tensor(float(torch.unique(s["seq_ids"]).numel()), dtype=torch.float64),
+            "num_frames": torch.tensor(float(s["seq_ids"].numel()), dtype=torch.float64),
+        }
+        has_base = ~torch.isnan(s["base_psnr"])
+        if bool(has_base.all()):
+            out["baseline_psnr"] = self._reduce(s["base_psnr"], s["seq_ids"], self.reduction)
+            out["baseline_ssim"] = self._reduce(s["base_ssim"], s["seq_ids"], self.reduction)
+            out["delta_psnr"] = out["psnr"] - out["baseline_psnr"]
+            out["delta_ssim"] = out["ssim"] - out["baseline_ssim"]
+        return out
+
+    def per_sequence(self) -> dict[str, dict[str, float]]:
+        """``{key: {"psnr", "ssim", "frames"}}`` per sequence (keys seen by other ranks appear as their id)."""
+        s = self._frames()
+        result: dict[str, dict[str, float]] = {}
+        for sid in torch.unique(s["seq_ids"]).tolist():
+            mask = s["seq_ids"] == sid
+            row = {
+                "psnr": float(s["psnr"][mask].mean()),
+                "ssim": float(s["ssim"][mask].mean()),
+                "frames": int(mask.sum()),
+            }
+            if not bool(torch.isnan(s["base_psnr"][mask]).any()):
+                row["baseline_psnr"] = float(s["base_psnr"][mask].mean())
+                row["baseline_ssim"] = float(s["base_ssim"][mask].mean())
+            result[self._names.get(sid, str(sid))] = row
+        return result
+
+
+def endpoint_error(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Average end-point error ``mean ||pred - gt||_2`` over (valid) pixels.
+
+    Args:
+        pred: ``(B, 2, H, W)`` predicted flow in pixels.
+        gt: ``(B, 2, H, W)`` ground-truth flow in pixels.
+        valid: optional ``(B, 1, H, W)`` or ``(B, H, W)`` mask, nonzero where ``gt`` is defined.
+
+    Returns:
+        Scalar tensor: the mean EPE over all valid pixels of the batch.
+    """
+    if pred.dim() != 4 or pred.shape[1] != 2 or pred.shape != gt.shape:
+        raise ValueError(
+            f"expected pred and gt (B, 2, H, W) of the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}"
+        )
+    epe = torch.linalg.vector_norm(pred.float() - gt.float(), dim=1)  # (B, H, W)
+    if valid is None:
+        return epe.mean()
+    if valid.dim() == 4:
+        if valid.shape[1] != 1:
+            raise ValueError(f"expected valid (B, 1, H, W), got {tuple(valid.shape)}")
+        valid = valid[:, 0]
+    if valid.shape != epe.shape:
+        raise ValueError(
+            f"expected valid of shape {tuple(epe.shape)} (or with a channel dim), got {tuple(valid.shape)}"
+        )
+    mask = valid > 0
+    if not bool(mask.any()):
+        raise ValueError("expected at least one valid pixel, got an all-zero mask")
+    return epe[mask].mean()

@@ -1,0 +1,698 @@
+"""The ``restore`` command: a video of any length in, the restored video out, in constant memory.
+
+``python -m s2svr_lightning.restore --ckpt CKPT INPUT OUTPUT`` (installed as ``s2svr-restore``).
+
+Frames are decoded one at a time, pushed through :class:`~s2svr_lightning.inference.StreamingRestorer`
+(S2SVR's encoder is causal and its local attention looks ``r`` frames ahead, so output ``t`` is final
+once input ``t + r`` has arrived) and encoded as soon as they come out: memory does not grow with the
+length of the video, and the output equals a whole-sequence pass.
+
+- INPUT: a video file (anything PyAV / decord reads) or a folder of frames (png, jpg, ...).
+- OUTPUT: a video file (``.mp4``, ``.mkv``, ``.mov``, ``.avi``; the source frame rate is kept) or a
+  folder of PNGs (a path without an extension).
+- The checkpoint of the restorer stage carries the task (``vsr`` / ``deblur`` / ``cve``), its scale,
+  degradation and metric conventions and the network (builder name + overrides): nothing else is given.
+- ``--reference HQ`` scores PSNR / SSIM against ground truth with the task's conventions
+  (:mod:`s2svr_lightning.metrics`), next to a baseline: bicubic upsampling for SR, the input otherwise.
+  ``--degrade`` makes the LQ input from an HQ video with the task's degradation; INPUT is then the
+  reference too. ``--metrics-json`` writes the scores.
+- The output is written under a hidden temporary name in the output's folder and renamed when
+  complete, so an interrupted run never leaves a file that looks finished; an existing output is
+  refused unless ``--overwrite``.
+- ``--export onnx|torchscript`` writes one streaming step of the network for deployment instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "AtomicOutput",
+    "RestoreSummary",
+    "TaskSpec",
+    "build_parser",
+    "load_restorer",
+    "main",
+    "restore_video",
+]
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_FOLDER_FPS = Fraction(25)
+_TASKS = ("vsr", "deblur", "cve")
+
+
+class RestoreInterrupted(KeyboardInterrupt):
+    """SIGTERM turned into an interrupt, so that the partial output is cleaned up as for Ctrl-C."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic output
+# --------------------------------------------------------------------------------------------------
+class AtomicOutput:
+    """Write an output file or folder under a temporary name and move it into place only when complete.
+
+    The temporary sibling lives in the output's own folder (so the final ``os.replace`` is an atomic
+    rename on one filesystem) and is named ``.<name>.partial-<pid><suffix>``: hidden, clearly marked
+    as partial, and with the output's extension kept so that the container format is chosen from it.
+    On any exception (including ``KeyboardInterrupt``) the temporary is removed; if the process is
+    killed outright, only that hidden ``.partial`` entry can remain, never a file at ``path``.
+
+    Args:
+        path: the final output path.
+        overwrite: replace an existing ``path``; otherwise an existing one raises ``FileExistsError``.
+        is_dir: the output is a folder (of PNG frames) rather than a file.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, is_dir: bool = False) -> None:
+        self.path = Path(path)
+        self.overwrite = bool(overwrite)
+        self.is_dir = bool(is_dir)
+        self.tmp: Path | None = None
+        self.committed = False
+
+    def check(self) -> None:
+        """Raise early if the output exists (without ``overwrite``) or its folder does not."""
+        if self.path.exists() or self.path.is_symlink():
+            if not self.overwrite:
+                raise FileExistsError(f"output {self.path} already exists; pass --overwrite to replace it")
+            if self.path.is_dir() != self.is_dir:
+                what = "a folder" if self.path.is_dir() else "a file"
+                raise FileExistsError(f"output {self.path} exists and is {what}; refusing to replace it")
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise FileNotFoundError(f"output folder {parent} does not exist")
+
+    def __enter__(self) -> Path:
+        self.check()
+        name = f".{self.path.stem}.partial-{os.getpid()}{self.path.suffix}"
+        self.tmp = self.path.parent / name
+        _remove(self.tmp)  # a leftover of a killed run with the same pid
+        if self.is_dir:
+            self.tmp.mkdir()
+        return self.tmp
+
+    def commit(self) -> None:
+        """Move the finished temporary onto ``path`` (replacing it when ``overwrite``)."""
+        if self.tmp is None:
+            raise RuntimeError("expected commit() inside the with-block, got it outside")
+        self.check()
+        if self.is_dir and self.path.exists():
+            # os.replace cannot replace a non-empty folder: move the old one aside first.
+            trash = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
+            os.replace(self.path, trash)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
+        self.committed = True
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self.committed:
+            self.commit()
+        if not self.committed and self.tmp is not None:
+            _remove(self.tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint -> network + task
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a restorer checkpoint says about its task.
+
+    Attributes:
+        kind: ``"vsr"``, ``"deblur"`` or ``"cve"``.
+        scale: output size / input size (4 for VSR, 1 otherwise).
+        y_channel: score on the BT.601 Y channel (compressed video, Vimeo-90K-T) instead of RGB.
+        border: pixels cropped from each side before scoring.
+        degradation: keyword options of :func:`s2svr_lightning.data.degradations.degrade` for ``--degrade``.
+    """
+
+    kind: str
+    scale: int
+    y_channel: bool = False
+    border: int = 0
+    degradation: dict = field(default_factory=dict)
+
+
+def _task_from_hparams(hparams: Any, path: Path) -> TaskSpec:
+    from .lit.restorer import task_spec_from_hparams
+
+    spec = task_spec_from_hparams(hparams)
+    kind = spec["kind"]
+    if kind not in _TASKS:
+        raise ValueError(f"expected the checkpoint's task kind in {_TASKS}, got {kind!r} in {path}")
+    return TaskSpec(
+        kind=kind,
+        scale=int(spec["scale"]),
+        y_channel=bool(spec.get("y_channel", False)),
+        border=int(spec.get("border", 0)),
+        degradation=dict(spec.get("degradation", {})),
+    )
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file to a dict on the CPU, with a clear error for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        # Lightning checkpoints carry hyperparameters as plain Python objects, hence weights_only=False:
+        # only load checkpoints you trust.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, EOFError, ...)
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"expected a Lightning checkpoint (a dict) in {path}, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def load_restorer(path: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
+    """Build the restoration network of a restorer checkpoint, with its task.
+
+    Returns:
+        ``(net, task)``: the :class:`~s2svr_lightning.models.S2SVR` in eval mode and a :class:`TaskSpec`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a checkpoint, or not a restorer's (a teacher or student flow checkpoint).
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    kind = ckpt.get("s2svr_kind")
+    if kind != "restorer":
+        hint = ""
+        if kind in ("teacher", "student"):
+            hint = (
+                f": {path} is a {kind} optical-flow checkpoint; restore needs the restorer stage's "
+                "checkpoint (<run dir>/restorer/checkpoints/last.ckpt)"
+            )
+        raise ValueError(f"expected a restorer checkpoint (s2svr_kind 'restorer'), got {kind!r}{hint}")
+    from .lit.restorer import RestorerModule
+
+    module = RestorerModule.load_from_checkpoint(path, map_location=map_location)
+    task = _task_from_hparams(module.hparams, path)
+    net = module.net.eval()
+    return net, task
+
+
+# --------------------------------------------------------------------------------------------------
+# Frame sources and sinks
+# --------------------------------------------------------------------------------------------------
+def _to_float(frame) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` (numpy or torch) -> float ``(3, H, W)`` in [0, 1]."""
+    t = torch.as_tensor(frame)
+    if t.dim() != 3 or t.shape[-1] != 3:
+        raise ValueError(f"expected an RGB frame (H, W, 3), got {tuple(t.shape)}")
+    return t.permute(2, 0, 1).float().div_(255.0)
+
+
+def _to_uint8(frame: torch.Tensor):
+    """float ``(3, H, W)`` in [0, 1] -> uint8 numpy ``(H, W, 3)``, rounded as the metrics round."""
+    return frame.detach().float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+@dataclass
+class FrameSource:
+    """Decoded frames of a video or a frame folder, one at a time.
+
+    Attributes:
+        frames: iterator of float ``(3, H, W)`` frames in [0, 1].
+        fps: the source frame rate (``None`` for a frame folder).
+        length: number of frames, when known.
+        name: the path, for messages.
+    """
+
+    frames: Iterator[torch.Tensor]
+    fps: Fraction | None
+    length: int | None
+    name: str
+
+
+def open_source(path: str | os.PathLike) -> FrameSource:
+    """Open a video file or a folder of frames for streaming decode (clear errors for bad input)."""
+    from .data import video_io
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    if path.is_dir():
+        files = video_io.list_frame_files(path)
+        return FrameSource(
+            frames=(_to_float(video_io.read_image(f)) for f in files), fps=None, length=len(files), name=str(path)
+        )
+    reader = video_io.VideoReader(path)
+    return FrameSource(frames=(_to_float(f) for f in reader.iter_frames()), fps=reader.fps, length=len(reader), name=str(path))
+
+
+class FolderSink:
+    """Write frames as ``00000000.png``, ``00000001.png``, ... into a folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.count = 0
+
+    def write(self, frame: torch.Tensor) -> None:
+        from PIL import Image
+
+        Image.fromarray(_to_uint8(frame)).save(self.folder / f"{self.count:08d}.png")
+        self.count += 1
+
+    def close(self) -> None:
+        pass
+
+
+class VideoSink:
+    """Encode frames into a video file with PyAV at a given frame rate (opened at the first frame)."""
+
+    def __init__(self, path: Path, fps: Fraction, *, codec: str | None = None, crf: int | None = None) -> None:
+        self.path, self.fps, self.codec, self.crf = Path(path), fps, codec, crf
+        self.writer = None
+        self.count = 0
+
+    def write(self, frame: torch.Tensor) -> None:
+        from .data import video_io
+
+        if self.writer is None:
+            kwargs = {}
+            if self.codec is not None:
+                kwargs["codec"] = self.codec
+            if self.crf is not None:
+                kwargs["crf"] = self.crf
+            self.writer = video_io.VideoWriter(self.path, self.fps, **kwargs)
+            self.writer.__enter__()
+        self.writer.write(_to_uint8(frame))
+        self.count += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.__exit__(None, None, None)
+            self.writer = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Degradation in a stream
+# --------------------------------------------------------------------------------------------------
+def degraded_stream(
+    task: TaskSpec, hq_frames: Iterable[torch.Tensor], *, chunk: int = 32
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Make ``(lq, hq_target)`` pairs from HQ frames with the task's degradation, in bounded memory.
+
+    - ``vsr``: each frame mod-cropped to a multiple of the scale and bicubic-downsampled on its own.
+    - ``deblur``: a sliding buffer of ``blur_frames`` sub-frames, one blurred frame per window, advanced
+      by the window stride: exactly what :func:`~s2svr_lightning.data.degradations.degrade` gives on the
+      whole video.
+    - ``cve``: HEVC in chunks of ``chunk`` frames, each chunk its own low-delay-P stream (an I frame at
+      every chunk start, like a stream with periodic intra refresh); the rest are P frames at the
+      checkpoint's QP. Exact for videos of at most ``chunk`` frames.
+    """
+    from .data.degradations import degrade
+
+    opts = dict(task.degradation)
+    if task.kind == "vsr":
+        s = task.scale
+        for hq in hq_frames:
+            h, w = hq.shape[-2:]
+            hq = hq[..., : h - h % s, : w - w % s]
+            lq, target = degrade("vsr", hq.unsqueeze(0), scale=s, return_target=True)
+            yield lq[0].clamp(0.0, 1.0), target[0]
+    elif task.kind == "deblur":
+        k = int(opts.get("blur_frames", 7))
+        stride = opts.get("blur_stride")
+        stride = k if stride is None else int(stride)
+        window: deque[torch.Tensor] = deque()
+        skip = 0
+        for hq in hq_frames:
+            if skip:
+                skip -= 1
+                continue
+            window.append(hq)
+            if len(window) == k:
+                lq, target = degrade("deblur", torch.stack(list(window)), blur_frames=k, return_target=True)
+                yield lq[0], target[0]
+                for _ in range(min(stride, k)):
+                    window.popleft()
+                skip = max(stride - k, 0)
+    else:
+        qp = int(opts.get("qp", 37))
+        buf: list[torch.Tensor] = []
+        for hq in itertools.chain(hq_frames, [None]):
+            if hq is not None:
+                buf.append(hq)
+            if buf and (hq is None or len(buf) == chunk):
+                lq, target = degrade("cve", torch.stack(buf), qp=qp, return_target=True)
+                yield from zip(lq.unbind(0), target.unbind(0))
+                buf = []
+
+
+def baseline_frame(task: TaskSpec, lq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The baseline a restoration is compared with: bicubic upsampling for SR, the LQ frame otherwise."""
+    if task.scale == 1:
+        return lq
+    up = F.interpolate(lq.unsqueeze(0), size=size, mode="bicubic", align_corners=False)
+    return up[0].clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class RestoreSummary:
+    """What a run did: frames written, wall time, and the scores when a reference was given."""
+
+    frames: int
+    seconds: float
+    output: str
+    video_fps: float | None = None
+    psnr: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    baseline_psnr: list[float] = field(default_factory=list)
+    baseline_ssim: list[float] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        """Restored frames per second of wall time."""
+        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+    def metrics(self) -> dict[str, Any]:
+        """``{"psnr", "ssim", "baseline_psnr", "baseline_ssim", "frames", "fps", ...}``; means over frames."""
+
+        def mean(v: list[float]) -> float | None:
+            return float(sum(v) / len(v)) if v else None
+
+        return {
+            "psnr": mean(self.psnr),
+            "ssim": mean(self.ssim),
+            "baseline_psnr": mean(self.baseline_psnr),
+            "baseline_ssim": mean(self.baseline_ssim),
+            "frames": self.frames,
+            "fps": self.fps,
+            "seconds": self.seconds,
+            "video_fps": self.video_fps,
+            "per_frame_psnr": list(self.psnr),
+        }
+
+
+def _output_is_dir(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return False
+    if suffix == "" or path.is_dir():
+        return True
+    raise ValueError(
+        f"expected OUTPUT a video file ({', '.join(VIDEO_SUFFIXES)}) or a folder (no extension), got {path}"
+    )
+
+
+def _fit_reference(ref: torch.Tensor, size: tuple[int, int], scale: int, name: str) -> torch.Tensor:
+    """Mod-crop a reference frame to the output size (the benchmarks crop HQ to a multiple of the scale)."""
+    h, w = ref.shape[-2:]
+    if (h, w) == size:
+        return ref
+    if size[0] <= h < size[0] + scale and size[1] <= w < size[1] + scale:
+        return ref[..., : size[0], : size[1]]
+    raise ValueError(f"expected reference frames of size {size[0]}x{size[1]} in {name}, got {h}x{w}")
+
+
+def restore_video(
+    ckpt: str | os.PathLike,
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    max_frames: int | None = None,
+    reference: str | os.PathLike | None = None,
+    degrade: bool = False,
+    degrade_chunk: int = 32,
+    overwrite: bool = False,
+    codec: str | None = None,
+    crf: int | None = None,
+    fps: float | Fraction | None = None,
+    progress: bool = True,
+    net_and_task: tuple[Any, TaskSpec] | None = None,
+) -> RestoreSummary:
+    """Restore ``input`` into ``output`` frame by frame (the function behind the command line).
+
+    Args mirror the command's options; ``net_and_task`` gives an already loaded ``(net, TaskSpec)``
+    instead of reading ``ckpt``. Returns a :class:`RestoreSummary`.
+    """
+    from .inference import StreamingRestorer
+    from .metrics import psnr, ssim
+
+    in_path, out_path = Path(input), Path(output)
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"expected --max-frames >= 1, got {max_frames}")
+    if degrade and reference is not None:
+        raise ValueError("expected either --degrade (INPUT is the reference) or --reference, got both")
+    if not in_path.exists():
+        raise FileNotFoundError(f"input {in_path} does not exist")
+    if out_path.exists() and in_path.resolve() == out_path.resolve():
+        raise ValueError(f"expected OUTPUT different from INPUT, got {out_path} for both")
+    if reference is not None and not Path(reference).exists():
+        raise FileNotFoundError(f"reference {reference} does not exist")
+    out = AtomicOutput(out_path, overwrite=overwrite, is_dir=_output_is_dir(out_path))
+    out.check()  # refuse before any heavy work
+
+    net, task = net_and_task if net_and_task is not None else load_restorer(ckpt)
+    source = open_source(in_path)
+    frames: Iterable[torch.Tensor] = source.frames
+    if degrade:
+        pairs: Iterator[tuple[torch.Tensor, torch.Tensor | None]] = degraded_stream(task, frames, chunk=degrade_chunk)
+    elif reference is not None:
+        ref_source = open_source(reference)
+        pairs = _zip_reference(frames, ref_source)
+    else:
+        pairs = ((f, None) for f in frames)
+    if max_frames is not None:
+        pairs = itertools.islice(pairs, max_frames)
+    total = source.length
+    if degrade and total is not None and task.kind == "deblur":
+        k = int(task.degradation.get("blur_frames", 7))
+        stride = task.degradation.get("blur_stride") or k
+        total = 0 if total < k else (total - k) // int(stride) + 1
+    if max_frames is not None:
+        total = max_frames if total is None else min(total, max_frames)
+
+    video_fps = Fraction(fps).limit_denominator(1001 * 1000) if fps is not None else source.fps
+    if video_fps is None:
+        video_fps = DEFAULT_FOLDER_FPS
+    if degrade and task.kind == "deblur":
+        stride = task.degradation.get("blur_stride") or task.degradation.get("blur_frames", 7)
+        video_fps = video_fps / int(stride)  # one blurred frame per window of sub-frames
+
+    restorer = StreamingRestorer(net, device=device, precision=precision, tile=tile, **_tile_kwargs(tile_overlap))
+    summary = RestoreSummary(frames=0, seconds=0.0, output=str(out_path), video_fps=float(video_fps))
+    scored = degrade or reference is not None
+    pending: deque[tuple[torch.Tensor | None, torch.Tensor | None]] = deque()
+
+    bar = _progress(total, progress)
+    start = time.perf_counter()
+    with out as tmp:
+        sink = FolderSink(tmp) if out.is_dir else VideoSink(tmp, video_fps, codec=codec, crf=crf)
+        try:
+
+            def emit(restored: torch.Tensor) -> None:
+                restored = restored.detach().float().cpu()
+                if restored.dim() == 4:
+                    restored = restored[0]
+                lq, ref = pending.popleft()
+                sink.write(restored)
+                if scored and ref is not None:
+                    size = tuple(restored.shape[-2:])
+                    ref = _fit_reference(ref, size, task.scale, "the reference")
+                    base = baseline_frame(task, lq, size)
+                    kw = {"y_channel": task.y_channel, "border": task.border}
+                    summary.psnr.append(float(psnr(restored, ref, **kw)[0]))
+                    summary.ssim.append(float(ssim(restored, ref, **kw)[0]))
+                    summary.baseline_psnr.append(float(psnr(base, ref, **kw)[0]))
+                    summary.baseline_ssim.append(float(ssim(base, ref, **kw)[0]))
+                summary.frames += 1
+                if bar is not None:
+                    bar.update(1)
+                    if summary.psnr:
+                        bar.set_postfix(psnr=f"{summary.psnr[-1]:.2f}", refresh=False)
+
+            for lq, ref in pairs:
+                pending.append((lq if scored else None, ref))
+                for restored in restorer.push(lq):
+                    emit(restored)
+            for restored in restorer.flush():
+                emit(restored)
+            if summary.frames == 0:
+                raise ValueError(f"expected at least one frame in {source.name}, got none")
+        finally:
+            sink.close()
+            if bar is not None:
+                bar.close()
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _tile_kwargs(tile_overlap: int | None) -> dict:
+    return {} if tile_overlap is None else {"tile_overlap": tile_overlap}
+
+
+def _zip_reference(
+    frames: Iterable[torch.Tensor], ref: FrameSource
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ref_frames = iter(ref.frames)
+    for i, lq in enumerate(frames):
+        target = next(ref_frames, None)
+        if target is None:
+            raise ValueError(f"expected the reference {ref.name} to have as many frames as the input, got only {i}")
+        yield lq, target
+
+
+def _progress(total: int | None, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="frame", desc="restore", dynamic_ncols=True, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="s2svr-restore",
+        description="Restore a video (or a folder of frames) with an S2SVR restorer checkpoint, streaming: "
+        "memory does not grow with the video's length and the output equals a whole-sequence pass.",
+    )
+    p.add_argument("--ckpt", required=True, help="restorer checkpoint (<run>/restorer/checkpoints/last.ckpt)")
+    p.add_argument("input", metavar="INPUT", help="video file or folder of frames (the HQ video with --degrade)")
+    p.add_argument(
+        "output", metavar="OUTPUT", nargs="?", help="video file (.mp4, .mkv, ...) or folder of PNGs (no extension)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    p.add_argument("--tile", type=int, default=None, help="process in spatial tiles of this many LQ pixels")
+    p.add_argument("--tile-overlap", type=int, default=None, help="overlap between tiles, LQ pixels")
+    p.add_argument("--max-frames", type=int, default=None, help="restore only the first N frames")
+    p.add_argument("--reference", default=None, help="HQ video or frame folder to score PSNR / SSIM against")
+    p.add_argument(
+        "--degrade",
+        action="store_true",
+        help="INPUT is an HQ video: degrade it with the checkpoint's task, restore, and score against it",
+    )
+    p.add_argument(
+        "--degrade-chunk", type=int, default=32, help="compressed video: frames per HEVC stream (default 32)"
+    )
+    p.add_argument("--metrics-json", default=None, help="write the scores and speed to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--codec", default=None, help="video codec of OUTPUT (default: the writer's, libx264)")
+    p.add_argument("--crf", type=int, default=None, help="constant rate factor (quality) of OUTPUT")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's; 25 for folders)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--export",
+        choices=("onnx", "torchscript"),
+        default=None,
+        help="instead of restoring, write one streaming step of the network to OUTPUT for deployment "
+        "(INPUT gives the frame size)",
+    )
+    return p
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 -- signal handler signature
+    raise RestoreInterrupted()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``s2svr-restore`` / ``python -m s2svr_lightning.restore``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.output is None:
+        print("s2svr-restore: error: OUTPUT is required", file=sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _in_main_thread() else None
+    try:
+        if args.export is not None:
+            from .export import export_step  # noqa: F401 -- resolved below
+
+        summary = restore_video(
+            args.ckpt,
+            args.input,
+            args.output,
+            device=args.device,
+            precision=args.precision,
+            tile=args.tile,
+            tile_overlap=args.tile_overlap,
+            max_frames=args.max_frames,
+            reference=args.reference,
+            degrade=args.degrade,
+            degrade_chunk=args.degrade_chunk,
+            overwrite=args.overwrite,
+            codec=args.codec,
+            crf=args.crf,
+            fps=args.fps,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print("s2svr-restore: interrupted; the partial output was removed", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:
+        print(f"s2svr-restore: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    metrics = summary.metrics()
+    line = f"restored {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s) -> {args.output}"
+    if metrics["psnr"] is not None:
+        line += (
+            f"\nPSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "
+            f"(baseline {metrics['baseline_psnr']:.2f} dB, {metrics['baseline_ssim']:.4f})"
+        )
+    print(line)
+    if args.metrics_json is not None:
+        _write_json(Path(args.metrics_json), metrics)
+    return 0
+
+
+def _write_json(path: Path, data: dict) -> None:
+    def clean(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    payload = {k: ([clean(x) for x in v] if isinstance(v, list) else clean(v)) for k, v in data.items()}
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torch.nn.functional as F
+
+from s2svr_lightning.models import PWCLite, flow_warp, pwclite
+from s2svr_lightning.models.pwclite import correlation
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return pwclite().eval()
+
+
+def test_parameter_count_matches_arflow():
+    assert sum(p.numel() for p in pwclite().parameters()) == 2_236_660
+
+
+@pytest.mark.parametrize("size", [(17, 23), (50, 70), (64, 64)])
+def test_output_shapes_any_size(net, size):
+    h, w = size
+    im1, im2 = torch.rand(2, 3, h, w), torch.rand(2, 3, h, w)
+    with torch.no_grad():
+        flow = net(im1, im2)
+        f12, f21 = net(im1, im2, with_backward=True)
+        pyramid = net(im1, im2, return_pyramid=True)
+    assert flow.shape == f12.shape == f21.shape == (2, 2, h, w)
+    assert torch.allclose(flow, f12, atol=1e-5)
+    assert len(pyramid) == 5
+    for k, level in enumerate(pyramid):
+        assert level.shape == (2, 2, -(-h // 2**k), -(-w // 2**k))
+    assert torch.equal(pyramid[0], flow)
+
+
+def test_backward_flow_is_the_swapped_pair(net):
+    im1, im2 = torch.rand(1, 3, 32, 48), torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        _, f21 = net(im1, im2, with_backward=True)
+        assert torch.allclose(f21, net(im2, im1), atol=1e-5)
+
+
+def test_correlation_order_and_mean():
+    f1 = torch.randn(1, 4, 6, 7)
+    f2 = torch.randn(1, 4, 6, 7)
+    cost = correlation(f1, f2, max_displacement=2)
+    assert cost.shape == (1, 25, 6, 7)
+    dy, dx = 1, -2  # dy-major channel index
+    channel = (dy + 2) * 5 + (dx + 2)
+    expected = (f1[:, :, 2, 3] * f2[:, :, 2 + dy, 3 + dx]).mean(dim=1)
+    assert torch.allclose(cost[:, channel, 2, 3], expected, atol=1e-6)
+    # out of frame: f2 is zero there
+    assert cost[0, channel, 0, 0] == 0
+
+
+def test_recovers_a_translation_after_short_optimisation():
+    torch.manual_seed(0)
+    img = (
+        torch.from_numpy(np.ascontiguousarray(skimage.data.astronaut())).permute(2, 0, 1).float()[None] / 255
+    )
+    img = F.interpolate(img, size=(256, 256), mode="area")
+    dx, dy, size, y0, x0 = 3, -2, 96, 80, 80
+    im2 = img[..., y0 : y0 + size, x0 : x0 + size]
+    im1 = img[..., y0 + dy : y0 + dy + size, x0 + dx : x0 + dx + size]  # im1(p) = im2(p + (dx, dy))
+    net = PWCLite()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-4)
+    for _ in range(40):
+        flow = net(im1, im2)
+        loss = (flow_warp(im2, flow, padding_mode="border") - im1).abs()[..., 8:-8, 8:-8].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mean_flow = net(im1, im2)[..., 8:-8, 8:-8].mean(dim=(2, 3))[0]
+    assert abs(mean_flow[0].item() - dx) < 0.5
+    assert abs(mean_flow[1].item() - dy) < 0.5
+
+
+@pytest.mark.parametrize(
+    "im1",
+    [
+        torch.rand(3, 32, 32),  # wrong rank
+        torch.rand(1, 1, 32, 32),  # grey
+        torch.rand(1, 3, 15, 32),  # too small
+        torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8),  # not float
+    ],
+)
+def test_bad_input_raises_value_error(net, im1):
+    with pytest.raises(ValueError, match=r"expected im1 of shape \(B, 3, H, W\) with H, W >= 16"):
+        net(im1, torch.rand(1, 3, 32, 32))
+
+
+def test_mismatched_pair_raises(net):
+    with pytest.raises(ValueError, match="same shape"):
+        net(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 48))
