@@ -192,3 +192,12 @@ def test_endpoint_error_values_and_mask():
         endpoint_error(pred, gt, torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
         endpoint_error(pred[:, :1], gt[:, :1])
+
+
+def test_video_metrics_mask_scores_only_selected_frames():
+    p, t = _video(5, 4, 0.05)
+    m = VideoMetrics()
+    m.update(p, t, ["s"], mask=torch.tensor([False, True, False, True]), frame_index=torch.arange(4))
+    out = m.compute()
+    assert out["num_frames"].item() == 2
+    assert out["psnr"].item() == pytest.approx(psnr(p[:, [1, 3]], t[:, [1, 3]]).mean().item(), abs=1e-12)

@@ -1,3 +1,46 @@
-"""s2svr-lightning: S2SVR video restoration (ICML 2022) in PyTorch Lightning."""
+"""s2svr-lightning: S2SVR video restoration (ICML 2022) in PyTorch Lightning.
+
+The public API is imported lazily, so ``import s2svr_lightning`` stays cheap (Lightning and the data
+stack load only when a name that needs them is first used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    # networks
+    "pwclite": "s2svr_lightning.models",
+    "s2svr_vsr": "s2svr_lightning.models",
+    "s2svr_deblur": "s2svr_lightning.models",
+    "s2svr_cve": "s2svr_lightning.models",
+    "build_model": "s2svr_lightning.models",
+    "PWCLite": "s2svr_lightning.models",
+    "S2SVR": "s2svr_lightning.models",
+    "flow_warp": "s2svr_lightning.models",
+    # training
+    "TeacherFlowModule": "s2svr_lightning.lit",
+    "StudentFlowModule": "s2svr_lightning.lit",
+    "RestorerModule": "s2svr_lightning.lit",
+    "VideoRestorationDataModule": "s2svr_lightning.data",
+    # inference
+    "StreamingRestorer": "s2svr_lightning.inference",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 's2svr_lightning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -220,6 +220,7 @@ class VideoMetrics(Metric):
         *,
         baseline: torch.Tensor | None = None,
         frame_index: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> None:
         """Score a batch of sequences.
 
@@ -230,32 +231,50 @@ class VideoMetrics(Metric):
             baseline: optional ``(B, T, 3, H, W)`` reference restoration (bicubic upsampling, the degraded
                 input) scored the same way, for ``baseline_*`` and ``delta_*``.
             frame_index: optional ``(B, T)`` or ``(T,)`` integer position of each frame in its sequence.
+            mask: optional ``(B, T)`` or ``(T,)`` bool, the frames to score (the DataModule's ``score``:
+                the owned part of a chunk, or a benchmark's subset such as Vimeo-90K-T's centre frame).
         """
         if pred.dim() != 5:
             raise ValueError(f"expected pred of shape (B, T, 3, H, W), got {tuple(pred.shape)}")
+        if target.shape != pred.shape:
+            raise ValueError(f"expected pred and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        if baseline is not None and baseline.shape != target.shape:
+            raise ValueError(f"expected baseline of shape {tuple(target.shape)}, got {tuple(baseline.shape)}")
         b, t = pred.shape[:2]
         keys = [keys] if isinstance(keys, str) else list(keys)
         if len(keys) != b:
             raise ValueError(f"expected {b} keys for a batch of {b} sequences, got {len(keys)}")
-        kw = {"y_channel": self.y_channel, "border": self.border, "quantize": self.quantize}
         ids = torch.tensor([sequence_id(k) for k in keys], dtype=torch.int64, device=self.device)
         for key, sid in zip(keys, ids.tolist()):
             self._names[sid] = key
-        self.seq_ids.append(ids.repeat_interleave(t))
+        ids = ids.repeat_interleave(t)
         if frame_index is None:
             frames = torch.full((b * t,), -1, dtype=torch.int64, device=self.device)
         else:
             frames = torch.as_tensor(frame_index, device=self.device).to(torch.int64).expand(b, t).reshape(-1)
+        keep = None
+        if mask is not None:
+            keep = torch.as_tensor(mask, device=pred.device).to(torch.bool).expand(b, t).reshape(-1)
+            ids, frames = ids[keep.to(self.device)], frames[keep.to(self.device)]
+            if ids.numel() == 0:
+                return
+
+        def frames_of(x: torch.Tensor) -> torch.Tensor:
+            x = x.flatten(0, 1)
+            return x if keep is None else x[keep]
+
+        kw = {"y_channel": self.y_channel, "border": self.border, "quantize": self.quantize}
+        p, tg = frames_of(pred), frames_of(target)
+        self.seq_ids.append(ids)
         self.frame_ids.append(frames)
-        self.psnr.append(psnr(pred, target, **kw).to(self.device))
-        self.ssim.append(ssim(pred, target, **kw).to(self.device))
+        self.psnr.append(psnr(p, tg, **kw).to(self.device))
+        self.ssim.append(ssim(p, tg, **kw).to(self.device))
         if baseline is not None:
-            if baseline.shape != target.shape:
-                raise ValueError(f"expected baseline of shape {tuple(target.shape)}, got {tuple(baseline.shape)}")
-            self.base_psnr.append(psnr(baseline, target, **kw).to(self.device))
-            self.base_ssim.append(ssim(baseline, target, **kw).to(self.device))
+            base = frames_of(baseline)
+            self.base_psnr.append(psnr(base, tg, **kw).to(self.device))
+            self.base_ssim.append(ssim(base, tg, **kw).to(self.device))
         else:
-            nan = torch.full((b * t,), float("nan"), dtype=torch.float64, device=self.device)
+            nan = torch.full((ids.numel(),), float("nan"), dtype=torch.float64, device=self.device)
             self.base_psnr.append(nan)
             self.base_ssim.append(nan.clone())
 

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "AtomicOutput",
@@ -160,19 +159,23 @@ class TaskSpec:
     degradation: dict = field(default_factory=dict)
 
 
-def _task_from_hparams(hparams: Any, path: Path) -> TaskSpec:
-    from .lit.restorer import task_spec_from_hparams
+_DEGRADE_KEYS = ("scale", "blur_frames", "blur_stride", "qp")
 
-    spec = task_spec_from_hparams(hparams)
-    kind = spec["kind"]
+
+def _task_from_hparams(hparams: Any, path: Path) -> TaskSpec:
+    """The task of a RestorerModule's hyperparameters (``task`` and ``metrics``, docs/contracts.md)."""
+    task = dict(hparams.get("task") or {})
+    metrics = dict(hparams.get("metrics") or {})
+    kind = task.get("kind")
     if kind not in _TASKS:
         raise ValueError(f"expected the checkpoint's task kind in {_TASKS}, got {kind!r} in {path}")
+    degradation = {k: v for k, v in dict(task.get("degradation") or {}).items() if k in _DEGRADE_KEYS}
     return TaskSpec(
         kind=kind,
-        scale=int(spec["scale"]),
-        y_channel=bool(spec.get("y_channel", False)),
-        border=int(spec.get("border", 0)),
-        degradation=dict(spec.get("degradation", {})),
+        scale=int(task.get("scale", 4 if kind == "vsr" else 1)),
+        y_channel=bool(metrics.get("y_channel", False)),
+        border=int(metrics.get("border", 0)),
+        degradation=degradation,
     )
 
 
@@ -182,9 +185,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        # Lightning checkpoints carry hyperparameters as plain Python objects, hence weights_only=False:
-        # only load checkpoints you trust.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, no arbitrary code from an unknown file (the
+        # restorer stores its hyperparameters as plain data for this).
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, EOFError, ...)
         raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
     if not isinstance(ckpt, dict):
@@ -215,7 +218,7 @@ def load_restorer(path: str | os.PathLike, *, map_location: str | torch.device =
         raise ValueError(f"expected a restorer checkpoint (s2svr_kind 'restorer'), got {kind!r}{hint}")
     from .lit.restorer import RestorerModule
 
-    module = RestorerModule.load_from_checkpoint(path, map_location=map_location)
+    module = RestorerModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     task = _task_from_hparams(module.hparams, path)
     net = module.net.eval()
     return net, task
@@ -234,7 +237,17 @@ def _to_float(frame) -> torch.Tensor:
 
 def _to_uint8(frame: torch.Tensor):
     """float ``(3, H, W)`` in [0, 1] -> uint8 numpy ``(H, W, 3)``, rounded as the metrics round."""
-    return frame.detach().float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return (
+        frame.detach()
+        .float()
+        .clamp(0.0, 1.0)
+        .mul(255.0)
+        .round()
+        .to(torch.uint8)
+        .permute(1, 2, 0)
+        .cpu()
+        .numpy()
+    )
 
 
 @dataclass
@@ -264,10 +277,18 @@ def open_source(path: str | os.PathLike) -> FrameSource:
     if path.is_dir():
         files = video_io.list_frame_files(path)
         return FrameSource(
-            frames=(_to_float(video_io.read_image(f)) for f in files), fps=None, length=len(files), name=str(path)
+            frames=(_to_float(video_io.read_image(f)) for f in files),
+            fps=None,
+            length=len(files),
+            name=str(path),
         )
     reader = video_io.VideoReader(path)
-    return FrameSource(frames=(_to_float(f) for f in reader.iter_frames()), fps=reader.fps, length=len(reader), name=str(path))
+    return FrameSource(
+        frames=(_to_float(f) for f in reader.iter_frames()),
+        fps=reader.fps,
+        length=len(reader),
+        name=str(path),
+    )
 
 
 class FolderSink:
@@ -290,7 +311,9 @@ class FolderSink:
 class VideoSink:
     """Encode frames into a video file with PyAV at a given frame rate (opened at the first frame)."""
 
-    def __init__(self, path: Path, fps: Fraction, *, codec: str | None = None, crf: int | None = None) -> None:
+    def __init__(
+        self, path: Path, fps: Fraction, *, codec: str | None = None, crf: int | None = None
+    ) -> None:
         self.path, self.fps, self.codec, self.crf = Path(path), fps, codec, crf
         self.writer = None
         self.count = 0
@@ -304,6 +327,8 @@ class VideoSink:
                 kwargs["codec"] = self.codec
             if self.crf is not None:
                 kwargs["crf"] = self.crf
+            if frame.shape[-2] % 2 or frame.shape[-1] % 2:
+                kwargs["pix_fmt"] = "yuv444p"  # 4:2:0 chroma needs even sizes
             self.writer = video_io.VideoWriter(self.path, self.fps, **kwargs)
             self.writer.__enter__()
         self.writer.write(_to_uint8(frame))
@@ -370,12 +395,12 @@ def degraded_stream(
                 buf = []
 
 
-def baseline_frame(task: TaskSpec, lq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The baseline a restoration is compared with: bicubic upsampling for SR, the LQ frame otherwise."""
-    if task.scale == 1:
-        return lq
-    up = F.interpolate(lq.unsqueeze(0), size=size, mode="bicubic", align_corners=False)
-    return up[0].clamp(0.0, 1.0)
+def baseline_frame(task: TaskSpec, lq: torch.Tensor) -> torch.Tensor:
+    """The baseline a restoration is compared with (bicubic upsampling for SR, the LQ frame otherwise),
+    the same one the restorer's test stage scores: ``(3, h, w)`` -> ``(3, scale*h, scale*w)``."""
+    from .lit.restorer import baseline_restoration
+
+    return baseline_restoration(lq[None, None], kind=task.kind, scale=task.scale)[0, 0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,7 +510,9 @@ def restore_video(
     source = open_source(in_path)
     frames: Iterable[torch.Tensor] = source.frames
     if degrade:
-        pairs: Iterator[tuple[torch.Tensor, torch.Tensor | None]] = degraded_stream(task, frames, chunk=degrade_chunk)
+        pairs: Iterator[tuple[torch.Tensor, torch.Tensor | None]] = degraded_stream(
+            task, frames, chunk=degrade_chunk
+        )
     elif reference is not None:
         ref_source = open_source(reference)
         pairs = _zip_reference(frames, ref_source)
@@ -508,7 +535,9 @@ def restore_video(
         stride = task.degradation.get("blur_stride") or task.degradation.get("blur_frames", 7)
         video_fps = video_fps / int(stride)  # one blurred frame per window of sub-frames
 
-    restorer = StreamingRestorer(net, device=device, precision=precision, tile=tile, **_tile_kwargs(tile_overlap))
+    restorer = StreamingRestorer(
+        net, device=device, precision=precision, tile=tile, **_tile_kwargs(tile_overlap)
+    )
     summary = RestoreSummary(frames=0, seconds=0.0, output=str(out_path), video_fps=float(video_fps))
     scored = degrade or reference is not None
     pending: deque[tuple[torch.Tensor | None, torch.Tensor | None]] = deque()
@@ -528,7 +557,7 @@ def restore_video(
                 if scored and ref is not None:
                     size = tuple(restored.shape[-2:])
                     ref = _fit_reference(ref, size, task.scale, "the reference")
-                    base = baseline_frame(task, lq, size)
+                    base = baseline_frame(task, lq)
                     kw = {"y_channel": task.y_channel, "border": task.border}
                     summary.psnr.append(float(psnr(restored, ref, **kw)[0]))
                     summary.ssim.append(float(ssim(restored, ref, **kw)[0]))
@@ -567,7 +596,9 @@ def _zip_reference(
     for i, lq in enumerate(frames):
         target = next(ref_frames, None)
         if target is None:
-            raise ValueError(f"expected the reference {ref.name} to have as many frames as the input, got only {i}")
+            raise ValueError(
+                f"expected the reference {ref.name} to have as many frames as the input, got only {i}"
+            )
         yield lq, target
 
 
@@ -580,6 +611,190 @@ def _progress(total: int | None, enabled: bool):
 
 
 # --------------------------------------------------------------------------------------------------
+# Export of one streaming step
+# --------------------------------------------------------------------------------------------------
+class StreamingStep(torch.nn.Module):
+    """One call of the streaming loop as a pure function of tensors, for TorchScript / ONNX export.
+
+    A call encodes the new frame t and decodes frame ``i = t - r - 1``, whose window ``z_{i-r} .. z_{i+r}``
+    was completed by the previous calls (one frame more latency than :class:`StreamingRestorer`, so that
+    the two halves are independent and one graph serves every call). It runs the network's own step
+    functions (``pair_flows``, ``encode_step``, ``align_window``, ``decode_step``). The host keeps the
+    carried tensors; :func:`run_exported_step` is the reference host loop. Sequence starts and ends are
+    expressed with tensors only: zero states and ``has_prev = 0`` (zero flows) for the first frame;
+    missing neighbours of the window given as the nearest available latent with a zero flow (which is
+    what :meth:`S2SVR.align_window` repeats); a dummy frame for the encoder half during the last calls.
+
+    Inputs (``C`` channels, ``L`` layers, ``r`` radius, frames ``(1, 3, h, w)``, features ``(1, C, h, w)``,
+    flows ``(1, 2, h, w)``), flat in this order:
+        ``x_t``, ``x_prev``, ``has_prev (1,)``, L encoder states, ``x_i``, ``o_i`` (``o_j`` = flow
+        j -> j-1, zeros for i = 0), 2r+1 latents ``z_{i-r}..z_{i+r}``, r past flows ``o_i, o_{i-1}, ...``,
+        r future flows ``F_{i->i+1}, ...``, L decoder states, ``y_prev (1, 3, s*h, s*w)``.
+    Outputs:
+        ``z_t``, ``o_t``, ``F_{t-1->t}``, ``base(x_t)``, L encoder states, ``y_i``, L decoder states.
+    """
+
+    def __init__(self, net) -> None:
+        super().__init__()
+        if net.bidirectional_first_layer:
+            raise ValueError("expected a causal network, got bidirectional_first_layer=True (not streamable)")
+        self.net = net
+        self.layers = len(net.encoder)
+        self.radius = net.radius
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        L, r = self.layers, self.radius
+        expected = 3 + L + 2 + (2 * r + 1) + 2 * r + L + 1
+        if len(inputs) != expected:
+            raise ValueError(f"expected {expected} input tensors, got {len(inputs)}")
+        x_t, x_prev, has_prev = inputs[0], inputs[1], inputs[2]
+        k = 3
+        enc_states = list(inputs[k : k + L])
+        k += L
+        x_i, o_i = inputs[k], inputs[k + 1]
+        k += 2
+        latents = list(inputs[k : k + 2 * r + 1])
+        k += 2 * r + 1
+        past_flows = list(inputs[k : k + r])
+        k += r
+        future_flows = list(inputs[k : k + r])
+        k += r
+        dec_states = list(inputs[k : k + L])
+        y_prev = inputs[k + L]
+
+        net = self.net
+        gate = has_prev.reshape(1, 1, 1, 1)
+        to_prev, to_next = net.pair_flows(x_t, x_prev)
+        to_prev, to_next = to_prev * gate, to_next * gate
+        z_t, new_enc = net.encode_step(x_t, enc_states, to_prev)
+        past = [(latents[r - 1 - j], past_flows[j]) for j in range(r)]
+        future = [(latents[r + 1 + j], future_flows[j]) for j in range(r)]
+        window = net.align_window(latents[r], past, future)
+        y_i, new_dec = net.decode_step(x_i, window, dec_states, y_prev, o_i)
+        return (z_t, to_prev, to_next, net.base(x_t), *new_enc, y_i, *new_dec)
+
+
+def _example_step_inputs(net, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    c, L, r, s = net.channels, len(net.encoder), net.radius, net.scale
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g)
+
+    return (
+        rand(1, 3, h, w),
+        rand(1, 3, h, w),
+        torch.ones(1),
+        *[rand(1, c, h, w) for _ in range(L)],
+        rand(1, 3, h, w),
+        torch.zeros(1, 2, h, w),
+        *[rand(1, c, h, w) for _ in range(2 * r + 1)],
+        *[torch.zeros(1, 2, h, w) for _ in range(2 * r)],
+        *[rand(1, c, h, w) for _ in range(L)],
+        rand(1, 3, s * h, s * w),
+    )
+
+
+def export_step(net, path: str | os.PathLike, *, size: tuple[int, int], fmt: str = "torchscript") -> Path:
+    """Write :class:`StreamingStep` of ``net`` for frames of ``size = (h, w)`` (LQ) to ``path``.
+
+    ``fmt`` is ``"torchscript"`` (a traced module, ``torch.jit.load``) or ``"onnx"`` (opset 17; needs the
+    ``onnx`` package). The graph is traced at this frame size; export again for another size.
+    """
+    step = StreamingStep(net.float().eval())
+    example = _example_step_inputs(net, *size)
+    path = Path(path)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            traced = torch.jit.trace(step, example, check_trace=False)
+            torch.jit.save(traced, str(path))
+        elif fmt == "onnx":
+            try:
+                import onnx  # noqa: F401 -- torch's exporter needs it
+            except ImportError as err:
+                raise ValueError("expected the 'onnx' package for --export onnx: pip install onnx") from err
+            L, r = len(net.encoder), net.radius
+            names = [
+                "x_t",
+                "x_prev",
+                "has_prev",
+                *[f"enc_state_{k}" for k in range(L)],
+                "x_i",
+                "flow_i_to_prev",
+            ]
+            names += [f"latent_{k}" for k in range(2 * r + 1)] + [f"past_flow_{k}" for k in range(r)]
+            names += (
+                [f"future_flow_{k}" for k in range(r)] + [f"dec_state_{k}" for k in range(L)] + ["y_prev"]
+            )
+            outs = [
+                "z_t",
+                "flow_to_prev",
+                "flow_prev_to_t",
+                "base_t",
+                *[f"new_enc_state_{k}" for k in range(L)],
+            ]
+            outs += ["y_i", *[f"new_dec_state_{k}" for k in range(L)]]
+            torch.onnx.export(
+                step, example, str(path), input_names=names, output_names=outs, opset_version=17, dynamo=False
+            )
+        else:
+            raise ValueError(f"expected fmt 'torchscript' or 'onnx', got {fmt!r}")
+    return path
+
+
+def run_exported_step(
+    step, frames: Sequence[torch.Tensor], *, layers: int, radius: int, channels: int, scale: int
+):
+    """Reference host loop for an exported :class:`StreamingStep`: yields ``(3, s*h, s*w)`` outputs in order.
+
+    ``step`` is any callable with the step's signature (the module, a ``torch.jit.load``-ed one, or an ONNX
+    session wrapped to take and return tensors). Holds only the window's tensors, as the restorer does.
+    """
+    L, r = layers, radius
+    n = len(frames)
+    frames = [f.reshape(1, *f.shape[-3:]).float() for f in frames]
+    h, w = frames[0].shape[-2:]
+    zeros_state = torch.zeros(1, channels, h, w)
+    zero_flow = torch.zeros(1, 2, h, w)
+    z: dict[int, torch.Tensor] = {}
+    o: dict[int, torch.Tensor] = {}  # o[j] = flow j -> j-1
+    f_next: dict[int, torch.Tensor] = {}  # f_next[j] = flow j -> j+1
+    enc = [zeros_state] * L
+    dec: list[torch.Tensor] = [zeros_state] * L
+    y_prev = torch.zeros(1, 3, scale * h, scale * w)
+    for call in range(n + r + 1):
+        t = min(call, n - 1)
+        x_t = frames[t]
+        x_prev = frames[t - 1] if 0 < call < n else x_t
+        has_prev = torch.ones(1) if 0 < call < n else torch.zeros(1)
+        i = call - r - 1
+        decoding = 0 <= i < n
+        if decoding:
+            window = [z[min(max(j, 0), n - 1)] for j in range(i - r, i + r + 1)]
+            past = [o[i - j] if i - j >= 1 else zero_flow for j in range(r)]
+            future = [f_next[i + j] if i + j + 1 <= n - 1 else zero_flow for j in range(r)]
+            x_i, o_i = frames[i], o[i] if i >= 1 else zero_flow
+        else:
+            window, past, future = [zeros_state] * (2 * r + 1), [zero_flow] * r, [zero_flow] * r
+            x_i, o_i = x_t, zero_flow
+        out = step(x_t, x_prev, has_prev, *enc, x_i, o_i, *window, *past, *future, *dec, y_prev)
+        z_t, o_t, f_t, base_t = out[:4]
+        new_enc, y_i, new_dec = list(out[4 : 4 + L]), out[4 + L], list(out[5 + L : 5 + 2 * L])
+        if call < n:
+            z[t], enc = z_t, new_enc
+            if t > 0:
+                o[t], f_next[t - 1] = o_t, f_t
+            if t == 0:  # decoder start: the encoder's states after frame 0, y_0 = base(x_0)
+                dec, y_prev = list(new_enc), base_t
+        if decoding:
+            dec, y_prev = new_dec, y_i
+            yield y_i[0]
+            for store, first in ((z, i + 1 - r), (o, min(i + 2 - r, i + 1)), (f_next, i + 1)):
+                for key in [k for k in store if k < first]:
+                    del store[key]
+
+
+# --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -589,9 +804,14 @@ def build_parser() -> argparse.ArgumentParser:
         "memory does not grow with the video's length and the output equals a whole-sequence pass.",
     )
     p.add_argument("--ckpt", required=True, help="restorer checkpoint (<run>/restorer/checkpoints/last.ckpt)")
-    p.add_argument("input", metavar="INPUT", help="video file or folder of frames (the HQ video with --degrade)")
     p.add_argument(
-        "output", metavar="OUTPUT", nargs="?", help="video file (.mp4, .mkv, ...) or folder of PNGs (no extension)"
+        "input", metavar="INPUT", help="video file or folder of frames (the HQ video with --degrade)"
+    )
+    p.add_argument(
+        "output",
+        metavar="OUTPUT",
+        nargs="?",
+        help="video file (.mp4, .mkv, ...) or folder of PNGs (no extension)",
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
@@ -611,7 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--codec", default=None, help="video codec of OUTPUT (default: the writer's, libx264)")
     p.add_argument("--crf", type=int, default=None, help="constant rate factor (quality) of OUTPUT")
-    p.add_argument("--fps", type=float, default=None, help="output frame rate (default: the source's; 25 for folders)")
+    p.add_argument(
+        "--fps", type=float, default=None, help="output frame rate (default: the source's; 25 for folders)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--export",
@@ -621,6 +843,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(INPUT gives the frame size)",
     )
     return p
+
+
+def _export(args: argparse.Namespace) -> Path:
+    """``--export``: the frame size comes from INPUT's first frame (LQ frames; the network's input)."""
+    out = AtomicOutput(args.output, overwrite=args.overwrite)
+    out.check()
+    net, _ = load_restorer(args.ckpt)
+    source = open_source(args.input)
+    first = next(iter(source.frames), None)
+    if first is None:
+        raise ValueError(f"expected at least one frame in {source.name}, got none")
+    with out as tmp:
+        export_step(net, tmp, size=tuple(first.shape[-2:]), fmt=args.export)
+    return out.path
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001 -- signal handler signature
@@ -636,8 +872,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _in_main_thread() else None
     try:
         if args.export is not None:
-            from .export import export_step  # noqa: F401 -- resolved below
-
+            path = _export(args)
+            print(f"exported one streaming step ({args.export}) to {path}")
+            return 0
         summary = restore_video(
             args.ckpt,
             args.input,
@@ -666,7 +903,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     metrics = summary.metrics()
-    line = f"restored {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s) -> {args.output}"
+    line = f"restored {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.2f} frames/s)"
+    line += f" -> {args.output}"
     if metrics["psnr"] is not None:
         line += (
             f"\nPSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "

@@ -42,7 +42,7 @@ def _apply(x: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:
 
 
 def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
-    """RGB ``(..., 3, H, W)`` in [0, 1] -> YCbCr ``(..., 3, H, W)`` on the [0, 1] scale (Y in [16, 235]/255)."""
+    """RGB ``(..., 3, H, W)`` in [0, 1] -> YCbCr ``(..., 3, H, W)`` (Y in 16/255..235/255)."""
     _check_rgb(x, "rgb")
     off = torch.as_tensor(_OFFSET, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (_apply(x, _RGB2YCBCR) + off) / 255.0
@@ -56,7 +56,7 @@ def ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
-    """Luma ``(..., 1, H, W)`` of RGB ``(..., 3, H, W)`` in [0, 1], BT.601 limited range on the [0, 1] scale."""
+    """Luma ``(..., 1, H, W)`` of RGB ``(..., 3, H, W)`` in [0, 1]: BT.601 limited range, [0, 1] scale."""
     return rgb_to_ycbcr(x)[..., :1, :, :]
 
 
@@ -83,7 +83,7 @@ def rgb_to_yuv420(frames: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndar
 def yuv420_to_rgb(
     y: np.ndarray | torch.Tensor, u: np.ndarray | torch.Tensor, v: np.ndarray | torch.Tensor
 ) -> torch.Tensor:
-    """8-bit planes Y ``(T, H, W)``, U and V ``(T, ceil(H/2), ceil(W/2))`` -> RGB ``(T, 3, H, W)`` float32 in [0, 1].
+    """8-bit planes Y ``(T, H, W)``, U, V ``(T, ceil(H/2), ceil(W/2))`` -> RGB ``(T, 3, H, W)`` in [0, 1].
 
     Chroma is upsampled by repeating each sample over its 2x2 block (the exact inverse of the block mean
     used by :func:`rgb_to_yuv420` for flat chroma), then the BT.601 limited-range matrix is inverted.
@@ -96,7 +96,9 @@ def yuv420_to_rgb(
         )
     t, h, w = y.shape
     if u.shape != (t, (h + 1) // 2, (w + 1) // 2):
-        raise ValueError(f"expected chroma planes of shape {(t, (h + 1) // 2, (w + 1) // 2)}, got {tuple(u.shape)}")
+        raise ValueError(
+            f"expected chroma planes of shape {(t, (h + 1) // 2, (w + 1) // 2)}, got {tuple(u.shape)}"
+        )
     uv = torch.stack((u, v), dim=1).to(torch.float32)
     uv = uv.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :h, :w]
     ycc = torch.cat((y.to(torch.float32).unsqueeze(1), uv), dim=1) / 255.0

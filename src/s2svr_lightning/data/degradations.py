@@ -68,13 +68,17 @@ def bicubic_downsample(x: torch.Tensor, scale: int = 4) -> torch.Tensor:
         raise ValueError(f"expected an integer scale >= 1, got {scale!r}")
     h, w = x.shape[-2:]
     if h % scale or w % scale:
-        raise ValueError(f"expected H and W divisible by scale {scale}, got {h}x{w} (mod-crop the frames first)")
+        raise ValueError(
+            f"expected H and W divisible by scale {scale}, got {h}x{w} (mod-crop the frames first)"
+        )
     if scale == 1:
         return x.clone()
     lead, c = x.shape[:-3], x.shape[-3]
     y = x.reshape(-1, c, h, w)
     pad = 2 * scale
-    y = y.index_select(-2, _symmetric_index(h, pad, x.device)).index_select(-1, _symmetric_index(w, pad, x.device))
+    y = y.index_select(-2, _symmetric_index(h, pad, x.device)).index_select(
+        -1, _symmetric_index(w, pad, x.device)
+    )
     out_h, out_w = (h + 2 * pad) // scale, (w + 2 * pad) // scale
     y = F.interpolate(y, size=(out_h, out_w), mode="bicubic", antialias=True, align_corners=False)
     y = y[..., 2:-2, 2:-2]
@@ -104,7 +108,9 @@ def temporal_blur(subframes: torch.Tensor, k: int, *, stride: int | None = None)
     return windows.mean(dim=-1)
 
 
-def degraded_length(task: str, num_frames: int, *, blur_frames: int = 7, blur_stride: int | None = None) -> int:
+def degraded_length(
+    task: str, num_frames: int, *, blur_frames: int = 7, blur_stride: int | None = None
+) -> int:
     """Number of LQ frames :func:`degrade` makes from ``num_frames`` HQ frames."""
     if task == "deblur":
         stride = blur_frames if blur_stride is None else blur_stride
@@ -257,4 +263,3 @@ def degrade(
     else:
         raise ValueError(f"expected task in {TASKS}, got {task!r}")
     return (lq, hq) if return_target else lq
-

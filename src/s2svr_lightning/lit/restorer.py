@@ -236,7 +236,8 @@ class RestorerModule(L.LightningModule):
         raise_if_nonfinite(out, what=f"{prefix} output", step=self.global_step, batch=batch)
         base = baseline_restoration(lq.float(), kind=self.kind, scale=self.scale)
         keys = batch.get("key", [f"{prefix}_{batch_idx}_{i}" for i in range(lq.shape[0])])
-        metrics.update(out, hq.float(), keys, baseline=base, frame_index=batch.get("frame_index"))
+        # "frames" / "score": the DataModule's frame numbers and the frames this sample must count
+        metrics.update(out, hq.float(), keys, baseline=base, frame_index=batch.get("frames"), mask=batch.get("score"))
         if batch_idx < self.hparams.num_log_images and self.trainer is not None and not self.trainer.sanity_checking:
             self._log_strip(prefix, batch_idx, lq, out, hq)
 

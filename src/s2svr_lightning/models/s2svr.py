@@ -323,20 +323,33 @@ class S2SVR(nn.Module):
         return outputs
 
     # ---------------------------------------------------------------- whole sequence
-    def forward(self, x: Tensor) -> Tensor:
-        """Restore a clip: ``x (B, T, 3, h, w)`` in [0, 1] -> ``(B, T, 3, scale*h, scale*w)``."""
+    def forward(self, x: Tensor, *, flows: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Restore a clip: ``x (B, T, 3, h, w)`` in [0, 1] -> ``(B, T, 3, scale*h, scale*w)``.
+
+        ``flows``, optional, replaces the flow network: ``(to_prev, to_next)``, each ``(B, T-1, 2, h, w)``,
+        ``to_prev[:, t-1]`` the flow from frame t to t-1 and ``to_next[:, t]`` from t to t+1 (as
+        :meth:`pair_flows` returns them). The streaming restorer uses it to share whole-frame flows
+        between spatial tiles.
+        """
         check_frames(x)
         b, t_len, _, h, w = x.shape
         frames = list(x.unbind(dim=1))
-        to_prev: list[Tensor] = []  # to_prev[t - 1] = o_t, flow t -> t-1
-        to_next: list[Tensor] = []  # to_next[t] = flow t -> t+1
-        if t_len > 1:
+        if flows is not None:
+            expected = (b, t_len - 1, 2, h, w)
+            if len(flows) != 2 or any(tuple(f.shape) != expected for f in flows):
+                got = [tuple(f.shape) for f in flows]
+                raise ValueError(f"expected flows (to_prev, to_next) each of shape {expected}, got {got}")
+            flows_to_prev, flows_to_next = flows
+        elif t_len > 1:
             # every consecutive pair exactly once, both directions, as one batch
             cur = x[:, 1:].reshape(b * (t_len - 1), 3, h, w)
             prev = x[:, :-1].reshape(b * (t_len - 1), 3, h, w)
             flows_to_prev, flows_to_next = self.pair_flows(cur, prev)
-            to_prev = list(flows_to_prev.view(b, t_len - 1, 2, h, w).unbind(dim=1))
-            to_next = list(flows_to_next.view(b, t_len - 1, 2, h, w).unbind(dim=1))
+        to_prev: list[Tensor] = []  # to_prev[t - 1] = o_t, flow t -> t-1
+        to_next: list[Tensor] = []  # to_next[t] = flow t -> t+1
+        if t_len > 1:
+            to_prev = list(flows_to_prev.reshape(b, t_len - 1, 2, h, w).unbind(dim=1))
+            to_next = list(flows_to_next.reshape(b, t_len - 1, 2, h, w).unbind(dim=1))
 
         first = None
         if self.bidirectional_first_layer:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import abc
 import math
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -38,10 +40,30 @@ __all__ = [
     "EvalSequenceDataset",
     "chunk_windows",
     "VERIFY_LEVELS",
+    "layout_error",
+    "require_dir",
 ]
 
 Crop = tuple[int, int, int, int]  # (top, left, height, width) in HQ pixels
 VERIFY_LEVELS = ("none", "header", "full")
+
+
+def layout_error(dataset: str, path: os.PathLike | str, problem: str, layout: str) -> DatasetError:
+    """The error for a dataset that is not where the config says: the path, the problem, the expected
+    layout, and the way to the built-in data."""
+    return DatasetError(
+        f"{dataset} dataset: {path}: {problem}.\nExpected layout: {layout}\n"
+        "Point dataset.root at the downloaded dataset, or train on the built-in synthetic video with "
+        "`python -m s2svr_lightning +task=demo`."
+    )
+
+
+def require_dir(dataset: str, path: os.PathLike | str, layout: str, what: str = "folder") -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        problem = f"{what} not found" if not path.exists() else f"{what} is not a folder"
+        raise layout_error(dataset, path, problem, layout)
+    return path
 
 
 def _check_verify(verify: str) -> None:
@@ -240,7 +262,9 @@ class DegradedSource(SequenceSource):
         for index, (key, store) in enumerate(self.sequences):
             h, w = self.size(index)
             if self.length(index) < 1 or h < self.scale or w < self.scale:
-                need = f"at least {self.blur_frames} frames" if self.task == "deblur" else "at least one frame"
+                need = (
+                    f"at least {self.blur_frames} frames" if self.task == "deblur" else "at least one frame"
+                )
                 raise DatasetError(
                     f"{key}: {store.path} has {len(store)} frames of {store.size()}; the {self.task} "
                     f"degradation needs {need} of at least {self.scale}x{self.scale} pixels"
@@ -367,11 +391,13 @@ class TrainClipDataset(torch.utils.data.Dataset):
             raise ValueError(f"expected num_frames >= 1, got {num_frames!r}")
         scale = source.scale
         if crop_size is not None and (crop_size < scale or crop_size % scale):
-            raise ValueError(f"expected crop_size to be a positive multiple of the scale {scale}, got {crop_size}")
+            raise ValueError(
+                f"expected crop_size to be a positive multiple of the scale {scale}, got {crop_size}"
+            )
         for i in range(len(source)):
             if source.length(i) < num_frames:
                 raise DatasetError(
-                    f"sequence {source.key(i)} has {source.length(i)} frames, fewer than num_frames={num_frames}"
+                    f"sequence {source.key(i)} has {source.length(i)} frames, < num_frames={num_frames}"
                 )
             h, w = source.size(i)
             if crop_size is not None and (h < crop_size or w < crop_size):
@@ -386,7 +412,13 @@ class TrainClipDataset(torch.utils.data.Dataset):
         self.source = source
         self.num_frames = num_frames
         self.crop_size = crop_size
-        self.hflip, self.vflip, self.transpose, self.reverse, self.mirror = hflip, vflip, transpose, reverse, mirror
+        self.hflip, self.vflip, self.transpose, self.reverse, self.mirror = (
+            hflip,
+            vflip,
+            transpose,
+            reverse,
+            mirror,
+        )
         self.samples_per_epoch = samples_per_epoch
 
     def __len__(self) -> int:
@@ -432,7 +464,9 @@ def chunk_windows(length: int, chunk: int | None, overlap: int = 0) -> list[tupl
     if chunk is None or chunk >= length:
         return [(0, length, 0, length)]
     if chunk < 1 or not 0 <= overlap < chunk:
-        raise ValueError(f"expected chunk >= 1 and 0 <= overlap < chunk, got chunk={chunk}, overlap={overlap}")
+        raise ValueError(
+            f"expected chunk >= 1 and 0 <= overlap < chunk, got chunk={chunk}, overlap={overlap}"
+        )
     step = chunk - overlap
     starts = list(range(0, length - chunk + 1, step))
     if starts[-1] + chunk < length:

@@ -1,0 +1,128 @@
+"""All benchmarks in one run (``make bench``): inference speed, streaming memory, training step time.
+
+Prints one markdown document: the machine, then one table per measurement. Every ratio in it (fraction of
+the conv rate, bf16 speed-up, memory growth) is measured side by side in this same run.
+
+Run: ``python benchmarks/run_all.py [--quick] [--json PATH] [--only speed,memory,train]``.
+``--quick`` is a smoke run at tiny sizes (a minute or so); the full run takes tens of minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import memory  # noqa: E402
+import speed  # noqa: E402
+import train_step  # noqa: E402
+
+SECTIONS = ("speed", "memory", "train")
+
+
+def machine() -> dict:
+    """CPU model, threads, library versions, bf16 support."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "bf16_units": speed.bf16_supported(),
+    }
+
+
+def run(sections: Sequence[str], *, quick: bool) -> dict:
+    """Run the chosen measurements; returns ``{"machine", "speed", "memory", "train"}`` rows."""
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    results: dict = {"machine": machine(), "quick": quick}
+    start = time.perf_counter()
+    if "speed" in sections:
+        results["speed"] = speed.bench_speed(log=log, **(speed.quick_settings() if quick else {}))
+    if "memory" in sections:
+        results["memory"] = memory.bench_memory(log=log, **(memory.quick_settings() if quick else {}))
+    if "train" in sections:
+        results["train"] = train_step.bench_train_step(
+            log=log, **(train_step.quick_settings() if quick else {})
+        )
+    results["seconds"] = time.perf_counter() - start
+    return results
+
+
+def render(results: dict) -> str:
+    """The markdown document of a :func:`run` result."""
+    m = results["machine"]
+    lines = [
+        "# s2svr-lightning benchmarks" + (" (--quick smoke run, tiny sizes)" if results.get("quick") else ""),
+        "",
+        f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}, Python {m['python']}, "
+        f"bf16 units: {'yes' if m['bf16_units'] else 'no'}; total {results['seconds']:.0f} s.",
+    ]
+    if "speed" in results:
+        lines += [
+            "",
+            "## Inference (streaming), per output frame",
+            "",
+            "`% of conv rate` = 100 x (GMAC per frame / time per frame) / the rate of a large 3x3 conv"
+            " (network width, same size, best layout, same precision) measured in this run.",
+            "",
+            speed.markdown_table(results["speed"], speed.COLUMNS),
+        ]
+    if "memory" in results:
+        lines += [
+            "",
+            "## Peak resident memory of `restore` (same video, first N frames)",
+            "",
+            speed.markdown_table(results["memory"], memory.COLUMNS),
+        ]
+    if "train" in results:
+        lines += [
+            "",
+            "## Training step (batch 1, fp32, flow net trained jointly)",
+            "",
+            speed.markdown_table(results["train"], train_step.COLUMNS),
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run at tiny sizes")
+    p.add_argument("--json", default=None, help="also write every row as JSON to this path")
+    p.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
+    args = p.parse_args(argv)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        p.error(f"expected --only from {', '.join(SECTIONS)}, got {', '.join(unknown)}")
+    results = run(sections, quick=args.quick)
+    print(render(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,386 @@
+"""Inference speed of each S2SVR builder, streaming, fp32 and bf16, against the machine's measured conv rate.
+
+For each builder at its standard size (VSR: 180x320 LQ; deblurring and compressed video: 360x640, a quarter
+of 720x1280, stated in the table; ``--full-size`` for 720x1280) and each precision:
+
+- ms per output frame (median of the timed pushes of a :class:`StreamingRestorer` in steady state, after
+  warm-up) and frames/s;
+- multiply-accumulates per output frame, counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
+  steady-state streaming step (MACs = FLOPs / 2);
+- the fraction of the measured peak: (MACs per frame / seconds per frame) against the rate of a large
+  3x3 convolution (the network's own width, at its size, best of the contiguous and channels_last layouts)
+  measured in the same run, in the same precision;
+- for bf16, its speed-up over fp32 and the PSNR of its output against the fp32 output and against the
+  ground truth (the clip is a real photograph moving over time, degraded with the task's degradation).
+
+Speed does not depend on the weights, so an untrained network with the builder's configuration is used
+unless ``--ckpt`` gives a restorer checkpoint.
+
+Run: ``python benchmarks/speed.py [--quick] [--frames N] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+PRECISIONS = ("fp32", "bf16")
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared helpers (also used by memory.py, train_step.py and run_all.py)
+# --------------------------------------------------------------------------------------------------
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """Rows of dicts as a markdown table; ``columns`` are ``(key, header)``; floats formatted compactly."""
+
+    def fmt(v) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            if v != v:
+                return "-"
+            if abs(v) >= 100:
+                return f"{v:,.0f}"
+            if abs(v) >= 10:
+                return f"{v:.1f}"
+            return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
+        return str(v)
+
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has native bf16 arithmetic (oneDNN's check: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def photo_clip(
+    num_frames: int, height: int, width: int, *, step: tuple[float, float] = (1.5, 2.5)
+) -> torch.Tensor:
+    """A real photograph (skimage's astronaut) panned smoothly: ``(T, 3, H, W)`` float in [0, 1].
+
+    The photograph is enlarged to cover the frame plus the pan, then each frame is a crop at a sub-pixel
+    offset (bilinear), so consecutive frames differ by a realistic few-pixel motion.
+    """
+    from skimage import data
+
+    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+    need_h = height + int(abs(step[0]) * num_frames) + 4
+    need_w = width + int(abs(step[1]) * num_frames) + 4
+    grow = max(need_h / img.shape[-2], need_w / img.shape[-1], 1.0)
+    if grow > 1.0:
+        size = (int(img.shape[-2] * grow) + 1, int(img.shape[-1] * grow) + 1)
+        img = F.interpolate(img, size=size, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+    frames = []
+    for t in range(num_frames):
+        dy, dx = t * step[0], t * step[1]
+        y0, x0 = int(dy), int(dx)
+        crop = img[..., y0 : y0 + height + 1, x0 : x0 + width + 1]
+        # sub-pixel shift by a bilinear blend of the integer neighbours
+        fy, fx = dy - y0, dx - x0
+        top = crop[..., :-1, :] * (1 - fy) + crop[..., 1:, :] * fy
+        frame = top[..., :-1] * (1 - fx) + top[..., 1:] * fx
+        frames.append(frame[0, :, :height, :width])
+    return torch.stack(frames)
+
+
+def timed(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def autocast(precision: str, device: str = "cpu"):
+    """The autocast context of a precision name (fp32: disabled)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+# --------------------------------------------------------------------------------------------------
+# The machine's conv rate
+# --------------------------------------------------------------------------------------------------
+def conv_rate(
+    *,
+    channels: int = 64,
+    size: tuple[int, int] = (180, 320),
+    precision: str = "fp32",
+    channels_last: bool = True,
+    repeats: int = 7,
+) -> float:
+    """Multiply-accumulates per second of one 3x3 ``channels -> channels`` convolution on ``(1, C, H, W)``.
+
+    This is the machine's practical peak for this network: S2SVR's cost is almost all such convolutions.
+    """
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1).eval()
+    x = torch.rand(1, channels, *size)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    macs = channels * channels * 9 * size[0] * size[1]
+
+    def run():
+        with torch.inference_mode(), autocast(precision):
+            conv(x)
+
+    return macs / timed(run, warmup=2, repeats=repeats)
+
+
+def peak_conv_rate(
+    *, channels: int, size: tuple[int, int], precision: str, repeats: int = 7
+) -> tuple[float, str]:
+    """The best conv rate over the two memory layouts: ``(MAC/s, layout name)``."""
+    rates = {
+        layout: conv_rate(
+            channels=channels, size=size, precision=precision, channels_last=cl, repeats=repeats
+        )
+        for layout, cl in (("contiguous", False), ("channels_last", True))
+    }
+    best = max(rates, key=rates.get)
+    return rates[best], best
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming inference
+# --------------------------------------------------------------------------------------------------
+def count_macs(fn: Callable[[], object]) -> float:
+    """Multiply-accumulates of one call of ``fn`` (FLOPs / 2 as counted by FlopCounterMode)."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        fn()
+    return counter.get_total_flops() / 2.0
+
+
+def stream_timing(net, frames: torch.Tensor, *, precision: str, warmup: int) -> dict:
+    """Push ``frames (T, 3, h, w)`` through a fresh StreamingRestorer; time each push after ``warmup``.
+
+    Returns ``{"ms": median ms per output frame, "outputs": (T, 3, H, W) float32 restored frames,
+    "macs": MACs of one steady-state push}``.
+    """
+    from s2svr_lightning.inference import StreamingRestorer
+
+    restorer = StreamingRestorer(net, device="cpu", precision=precision)
+    outputs, times = [], []
+    macs = None
+    for t, frame in enumerate(frames):
+        if t == warmup and macs is None and t + 1 < len(frames):
+            # count one steady-state step on a copy of the restorer's state: the step after warm-up
+            macs = _macs_of_push(net, frames[: t + 1], precision)
+        t0 = time.perf_counter()
+        ready = restorer.push(frame)
+        dt = time.perf_counter() - t0
+        if t >= warmup:
+            times.append(dt / max(len(ready), 1))
+        outputs.extend(o.float() for o in ready)
+    outputs.extend(o.float() for o in restorer.flush())
+    out = torch.stack([o.reshape(o.shape[-3:]) for o in outputs])
+    return {"ms": 1000.0 * statistics.median(times), "outputs": out, "macs": macs}
+
+
+def _macs_of_push(net, frames: torch.Tensor, precision: str) -> float:
+    """MACs of pushing the last of ``frames`` into a restorer that has seen the others."""
+    from s2svr_lightning.inference import StreamingRestorer
+
+    restorer = StreamingRestorer(net, device="cpu", precision=precision)
+    for frame in frames[:-1]:
+        restorer.push(frame)
+    return count_macs(lambda: restorer.push(frames[-1]))
+
+
+def profile_push(net, frames: torch.Tensor, *, precision: str, top: int = 12) -> list[dict]:
+    """Where one steady-state push spends its time: self CPU time per operator, largest first.
+
+    Pushes all but the last frame untimed, profiles the last push. Rows: ``{"op", "ms", "share", "calls"}``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from s2svr_lightning.inference import StreamingRestorer
+
+    restorer = StreamingRestorer(net, device="cpu", precision=precision)
+    for frame in frames[:-1]:
+        restorer.push(frame)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        restorer.push(frames[-1])
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [
+        {
+            "op": e.key,
+            "ms": e.self_cpu_time_total / 1000.0,
+            "share": e.self_cpu_time_total / total,
+            "calls": e.count,
+        }
+        for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    ]
+    return rows
+
+
+SPECS = {
+    # builder: (LQ size, degradation task, note)
+    "s2svr_vsr": ((180, 320), "vsr"),
+    "s2svr_deblur": ((360, 640), "deblur"),
+    "s2svr_cve": ((360, 640), "cve"),
+}
+
+
+def _build(name: str, overrides: dict | None = None):
+    from s2svr_lightning.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(name, **(overrides or {})).eval()
+
+
+def make_inputs(task: str, lq_size: tuple[int, int], num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lq, hq)`` clips of a panned photograph degraded with the task's degradation."""
+    from s2svr_lightning.data.degradations import degrade
+
+    if task == "vsr":
+        hq = photo_clip(num_frames, lq_size[0] * 4, lq_size[1] * 4)
+        return degrade("vsr", hq, scale=4).clamp(0, 1), hq
+    if task == "deblur":
+        k = 5
+        sub = photo_clip(num_frames * k, *lq_size, step=(0.4, 0.6))
+        lq, hq = degrade("deblur", sub, blur_frames=k, return_target=True)
+        return lq, hq
+    hq = photo_clip(num_frames, *lq_size)
+    return degrade("cve", hq, qp=37), hq
+
+
+def bench_speed(
+    *,
+    builders: Sequence[str] = tuple(SPECS),
+    frames: int = 4,
+    warmup: int = 2,
+    sizes: dict | None = None,
+    overrides: dict | None = None,
+    precisions: Sequence[str] = PRECISIONS,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Measure every builder in every precision; one row per (builder, precision)."""
+    from s2svr_lightning.metrics import psnr
+
+    torch.manual_seed(0)
+    rows = []
+    for name in builders:
+        size, task = SPECS[name]
+        size = (sizes or {}).get(name, size)
+        net = _build(name, overrides)
+        lq, hq = make_inputs(task, size, warmup + frames)
+        ref_out = None
+        fp32_ms = None
+        for precision in precisions:
+            if precision == "bf16" and not bf16_supported():
+                log(f"{name}: skipping bf16, this CPU has no bf16 units")
+                continue
+            log(f"{name} {precision} at {size[0]}x{size[1]} LQ ...")
+            peak, layout = peak_conv_rate(channels=net.channels, size=size, precision=precision)
+            result = stream_timing(net, lq, precision=precision, warmup=warmup)
+            out = result["outputs"]
+            row = {
+                "builder": name,
+                "precision": precision,
+                "lq_size": f"{size[0]}x{size[1]}",
+                "ms_per_frame": result["ms"],
+                "fps": 1000.0 / result["ms"],
+                "gmacs_per_frame": result["macs"] / 1e9 if result["macs"] else None,
+                "conv_gmacs_per_s": peak / 1e9,
+                "conv_layout": layout,
+            }
+            if result["macs"]:
+                row["fraction_of_peak"] = (result["macs"] / (result["ms"] / 1000.0)) / peak
+                row["pct_of_peak"] = 100.0 * row["fraction_of_peak"]
+            row["psnr_vs_hq"] = float(psnr(out, hq[: out.shape[0]]).mean())
+            if precision == "fp32":
+                ref_out, fp32_ms = out, result["ms"]
+            elif ref_out is not None:
+                row["speedup_vs_fp32"] = fp32_ms / result["ms"]
+                row["psnr_vs_fp32_output"] = float(psnr(out, ref_out).mean())
+                fp32_row = next(r for r in rows if r["builder"] == name and r["precision"] == "fp32")
+                row["psnr_delta_vs_fp32"] = row["psnr_vs_hq"] - fp32_row["psnr_vs_hq"]
+            rows.append(row)
+    return rows
+
+
+COLUMNS = [
+    ("builder", "builder"),
+    ("precision", "precision"),
+    ("lq_size", "LQ size"),
+    ("ms_per_frame", "ms / frame"),
+    ("fps", "frames/s"),
+    ("gmacs_per_frame", "GMAC / frame"),
+    ("conv_gmacs_per_s", "conv GMAC/s"),
+    ("pct_of_peak", "% of conv rate"),
+    ("speedup_vs_fp32", "x fp32"),
+    ("psnr_delta_vs_fp32", "dPSNR vs fp32 (dB)"),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny networks and frames: a smoke run")
+    p.add_argument("--frames", type=int, default=4, help="timed frames per measurement")
+    p.add_argument("--full-size", action="store_true", help="deblurring / compressed video at 720x1280")
+    p.add_argument("--json", default=None, help="also write the rows as JSON")
+    p.add_argument("--profile", default=None, metavar="BUILDER", help="print one push's time per operator")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="precision of --profile")
+    args = p.parse_args(argv)
+    if args.profile:
+        size, task = SPECS[args.profile]
+        overrides = quick_settings()["overrides"] if args.quick else {}
+        if args.quick:
+            size = (32, 48)
+        net = _build(args.profile, overrides)
+        lq, _ = make_inputs(task, size, 4)
+        rows = profile_push(net, lq, precision=args.precision)
+        print(
+            markdown_table(
+                rows, [("op", "operator"), ("ms", "self ms"), ("share", "share"), ("calls", "calls")]
+            )
+        )
+        return 0
+    kw = quick_settings() if args.quick else {"frames": args.frames}
+    if args.full_size and not args.quick:
+        kw["sizes"] = {"s2svr_deblur": (720, 1280), "s2svr_cve": (720, 1280)}
+    rows = bench_speed(log=lambda m: print(m, file=sys.stderr), **kw)
+    print(markdown_table(rows, COLUMNS))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def quick_settings() -> dict:
+    """Smoke-run sizes: small widths and frames, a couple of timed frames."""
+    return {
+        "frames": 2,
+        "warmup": 2,
+        "sizes": {"s2svr_vsr": (32, 48), "s2svr_deblur": (32, 48), "s2svr_cve": (32, 48)},
+        "overrides": {"channels": 16, "num_blocks": 1},
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

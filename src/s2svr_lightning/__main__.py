@@ -1,0 +1,46 @@
+"""``python -m s2svr_lightning +task=<task> [overrides]`` (also the ``s2svr-train`` command).
+
+Tasks: deblur_gopro, vsr_reds4, vsr_vimeo, cve_mfqe, demo, demo_deblur, demo_cve. The configs live in
+``s2svr_lightning/conf`` (the repository's top-level ``conf`` links there), so this works from a
+checkout and from an installed wheel alike. See ``s2svr_lightning.pipeline`` for what runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+def _require_optional_plugins(argv: list[str]) -> None:
+    """A clear message for ``hparams_search=optuna`` without the optional extra (Hydra's own error only
+    says that the sweeper config is missing)."""
+    wants_optuna = any(a.split("=", 1)[0].lstrip("+~") == "hparams_search" and a.endswith("optuna") for a in argv)
+    if wants_optuna and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        sys.exit(
+            "error: hparams_search=optuna needs the optional Optuna sweeper: pip install -e '.[optuna]' "
+            "(hydra-optuna-sweeper with optuna<3, sqlalchemy<2, alembic<1.14)"
+        )
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from s2svr_lightning.data.errors import DatasetError
+    from s2svr_lightning.pipeline import ConfigError, run
+
+    try:
+        return run(cfg)
+    except (ConfigError, DatasetError) as err:
+        # configuration and data problems: the message is the whole story, no traceback
+        sys.exit(f"error: {err}")
+
+
+def main() -> None:
+    _require_optional_plugins(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""REDS (video super-resolution x4, Nah et al. 2019), in BasicSR's regrouping.
+
+``train_sharp/<clip>/<8 digits>.png`` (HQ, 720x1280) and ``train_sharp_bicubic/X4/<clip>/<8 digits>.png``
+(LQ, 180x320; MATLAB bicubic), 270 clips of 100 frames (the official validation clips 000-029 copied in
+as 240-269). Partitions:
+
+- ``"reds4"`` (the paper's): clips 000, 011, 015 and 020 are the test (and validation) set and are left out
+  of training;
+- ``"official"``: clips 240-269 are the test set, 000-239 train.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DatasetError
+from ..image_io import ImageFolderStore, list_frame_files, natural_key
+from .base import PairedSource, layout_error, require_dir
+
+__all__ = ["REDSDataset", "REDS4_CLIPS"]
+
+REDS4_CLIPS = ("000", "011", "015", "020")
+LAYOUT = "<root>/train_sharp/<clip>/<8 digits>.png and <root>/train_sharp_bicubic/X4/<clip>/<8 digits>.png"
+
+
+class REDSDataset:
+    """The ``reds`` dataset entry.
+
+    Args:
+        root: the folder holding ``train_sharp`` and ``train_sharp_bicubic``.
+        partition: ``"reds4"`` or ``"official"`` (see the module docstring).
+        hq_folder, lq_folder: sub-folders of ``root`` (``lq_folder`` defaults to
+            ``train_sharp_bicubic/X<scale>``).
+    """
+
+    name = "reds"
+    tasks = ("vsr",)
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        scale: int,
+        seed: int = 0,
+        root: str | os.PathLike | None = None,
+        partition: str = "reds4",
+        hq_folder: str = "train_sharp",
+        lq_folder: str | None = None,
+    ) -> None:
+        if partition not in ("reds4", "official"):
+            raise ValueError(f"expected partition 'reds4' or 'official', got {partition!r}")
+        self.root = None if root is None else Path(os.path.expanduser(str(root)))
+        self.scale = scale
+        self.partition = partition
+        self.hq_folder = hq_folder
+        self.lq_folder = lq_folder if lq_folder is not None else f"train_sharp_bicubic/X{scale}"
+
+    def check(self) -> None:
+        if self.root is None:
+            raise layout_error(self.name, "dataset.root", "not set", LAYOUT)
+        require_dir(self.name, self.root, LAYOUT, "root folder")
+        require_dir(self.name, self.root / self.hq_folder, LAYOUT, "HQ folder")
+        require_dir(self.name, self.root / self.lq_folder, LAYOUT, "LQ folder")
+
+    def _is_test(self, clip: str) -> bool:
+        if self.partition == "reds4":
+            return clip in REDS4_CLIPS
+        return clip.isdigit() and 240 <= int(clip) <= 269
+
+    def source(self, split: str) -> PairedSource:
+        self.check()
+        hq_root, lq_root = self.root / self.hq_folder, self.root / self.lq_folder
+        clips = sorted((p.name for p in hq_root.iterdir() if p.is_dir()), key=natural_key)
+        wanted = [c for c in clips if self._is_test(c) == (split != "train")]
+        if split != "train" and self.partition == "reds4":
+            missing = [c for c in REDS4_CLIPS if c not in clips]
+            if missing:
+                raise layout_error(self.name, hq_root, f"REDS4 test clips {missing} missing", LAYOUT)
+        if not wanted:
+            raise layout_error(
+                self.name, hq_root, f"empty {split} split ({self.partition} partition)", LAYOUT
+            )
+        sequences = []
+        for clip in wanted:
+            lq_dir = lq_root / clip
+            if not lq_dir.is_dir():
+                raise DatasetError(
+                    f"{lq_dir}: LQ frames of clip {clip} not found (HQ frames are in {hq_root / clip})"
+                )
+            hq_files, lq_files = list_frame_files(hq_root / clip), list_frame_files(lq_dir)
+            if len(lq_files) != len(hq_files):
+                raise DatasetError(
+                    f"clip {clip}: {len(lq_files)} LQ frames in {lq_dir} but {len(hq_files)} HQ frames in "
+                    f"{hq_root / clip}"
+                )
+            for a, b in zip(lq_files, hq_files):
+                if a.stem != b.stem:
+                    raise DatasetError(f"clip {clip}: LQ frame {a} is paired with HQ frame {b}")
+            sequences.append(
+                (
+                    f"reds/{clip}",
+                    ImageFolderStore(lq_files, path=lq_dir),
+                    ImageFolderStore(hq_files, path=hq_root / clip),
+                )
+            )
+        return PairedSource(sequences, scale=self.scale)
