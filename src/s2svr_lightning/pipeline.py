@@ -395,6 +395,9 @@ def _fit_stage(
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"{stage} stage interrupted at step {trainer.global_step}")
+    # the closing validation, whatever the validation schedule during training was
+    limit = _get(scfg, "limit_val_batches")
+    trainer.limit_val_batches = 1.0 if limit is None else limit
     results = trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = _scalar_metrics(results[0] if results else trainer.callback_metrics, "val")
     metrics["steps"] = int(trainer.global_step)
@@ -423,10 +426,6 @@ def run_student(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     return _fit_stage(cfg, "student", out, lambda: StudentFlowModule(**kwargs))
 
 
-def _restorer_task(cfg: DictConfig) -> dict[str, Any]:
-    return {"kind": cfg.kind, "scale": int(cfg.scale), "degradation": _container(cfg.get("degradation") or {})}
-
-
 def run_restorer(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     from s2svr_lightning.lit.restorer import RestorerModule
 
@@ -439,7 +438,9 @@ def run_restorer(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
         return RestorerModule(
             model=cfg.model.name,
             model_overrides=_container(cfg.model.get("overrides") or {}),
-            task=_restorer_task(cfg),
+            kind=str(cfg.kind),
+            scale=int(cfg.scale),
+            degradation=_container(cfg.get("degradation") or {}),
             metrics=_container(cfg.metrics),
             **kwargs,
         )

@@ -33,6 +33,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -704,7 +705,10 @@ def export_step(net, path: str | os.PathLike, *, size: tuple[int, int], fmt: str
     step = StreamingStep(net.float().eval())
     example = _example_step_inputs(net, *size)
     path = Path(path)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the size checks in the models become constants of the trace: that is what "traced at this
+        # frame size" means, so the tracer's warnings about them say nothing new
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if fmt == "torchscript":
             traced = torch.jit.trace(step, example, check_trace=False)
             torch.jit.save(traced, str(path))
@@ -834,6 +838,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fps", type=float, default=None, help="output frame rate (default: the source's; 25 for folders)"
     )
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--export",
@@ -869,6 +876,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output is None:
         print("s2svr-restore: error: OUTPUT is required", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"s2svr-restore: error: expected --threads >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _in_main_thread() else None
     try:
         if args.export is not None:

@@ -37,8 +37,11 @@ def _check_rgb(x: torch.Tensor, name: str) -> None:
 
 
 def _apply(x: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:
-    m = torch.as_tensor(matrix, dtype=x.dtype, device=x.device)
-    return torch.einsum("ij,...jhw->...ihw", m, x)
+    # Element-wise sums in a fixed order, not einsum/matmul: the result must not depend on the thread count,
+    # or 8-bit rounding (and then HEVC's decisions) would change with it.
+    r, g, b = x[..., 0, :, :], x[..., 1, :, :], x[..., 2, :, :]
+    rows = [float(m[0]) * r + float(m[1]) * g + float(m[2]) * b for m in matrix]
+    return torch.stack(rows, dim=-3)
 
 
 def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:

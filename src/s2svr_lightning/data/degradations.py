@@ -39,6 +39,13 @@ def _check_frames(x: torch.Tensor, name: str, min_dim: int = 3) -> None:
         raise ValueError(f"expected a floating point {name} in [0, 1], got dtype {x.dtype}")
 
 
+def _check_sequence(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected {name} of shape (T, 3, H, W), got {shape}")
+    _check_frames(x, name)
+
+
 def _symmetric_index(n: int, pad: int, device: torch.device) -> torch.Tensor:
     """Indices of ``[-pad, n + pad)`` folded back into ``[0, n)`` by mirroring with the edge repeated
     (MATLAB's 'symmetric': ... 1 0 | 0 1 2 ... n-1 | n-1 n-2 ...), valid for any ``pad``."""
@@ -118,6 +125,8 @@ def degraded_length(
     return num_frames
 
 
+_MIN_SIDE = 128
+
 # x265 settings that emulate HM's low-delay P: one I frame then only P frames, no reordering, constant QP.
 # ipratio=1 keeps the I frame at the same QP (the default 1.4 puts it 3 steps lower, at QP 34).
 _X265_LDP = {
@@ -144,8 +153,8 @@ def hevc_compress(
 
     The frames are converted to 8-bit YUV 4:2:0 (BT.601 limited range, as the YUV files of MFQEv2),
     encoded with the first frame intra and every later frame P (no B frames, no I frames after the first),
-    decoded, and converted back to RGB. Frames smaller than 16 px or with odd sizes are padded by edge
-    replication for the encoder and cropped back.
+    decoded, and converted back to RGB. Frames smaller than 128 px or with odd sizes are padded by edge
+    replication for the encoder and cropped back (x265 is not deterministic on pictures one CTU wide).
 
     Args:
         frames: ``(T, 3, H, W)`` float in [0, 1].
@@ -159,15 +168,15 @@ def hevc_compress(
     """
     import av  # local: PyAV is only needed here and in video_io
 
-    _check_frames(frames, "frames", min_dim=4)
-    if frames.dim() != 4 or frames.shape[1] != 3:
-        raise ValueError(f"expected frames of shape (T, 3, H, W), got {tuple(frames.shape)}")
+    _check_sequence(frames, "frames")
     if not isinstance(qp, int) or not 0 <= qp <= 51:
         raise ValueError(f"expected an integer qp in [0, 51], got {qp!r}")
     t, _, h, w = frames.shape
     if t == 0:
         raise ValueError("expected at least one frame, got 0")
-    pad_h, pad_w = max(16, h + h % 2) - h, max(16, w + w % 2) - w
+    # x265 needs even sizes, and its output varies from run to run on pictures one CTU (64 px) wide: pad
+    # small or odd frames by edge replication and crop back, so the result is deterministic.
+    pad_h, pad_w = max(_MIN_SIDE, h + h % 2) - h, max(_MIN_SIDE, w + w % 2) - w
     src = frames.detach().to("cpu", torch.float32)
     if pad_h or pad_w:
         src = F.pad(src, (0, pad_w, 0, pad_h), mode="replicate")
@@ -249,9 +258,7 @@ def degrade(
     With ``return_target=True`` returns ``(lq, hq)`` where ``hq`` is the frame-aligned target (the HQ
     frames themselves, or the middle sub-frames for deblurring).
     """
-    _check_frames(hq_frames, "hq_frames", min_dim=4)
-    if hq_frames.dim() != 4 or hq_frames.shape[1] != 3:
-        raise ValueError(f"expected hq_frames of shape (T, 3, H, W), got {tuple(hq_frames.shape)}")
+    _check_sequence(hq_frames, "hq_frames")
     if task == "vsr":
         lq, hq = bicubic_downsample(hq_frames, scale), hq_frames
     elif task == "deblur":

@@ -69,9 +69,10 @@ class RestorerModule(L.LightningModule):
         model: builder name in :mod:`s2svr_lightning.models` (``s2svr_vsr``, ``s2svr_deblur``, ``s2svr_cve``).
         model_overrides: keyword overrides for the builder (channels, blocks, ...), stored as plain data so
             that a checkpoint rebuilds the network by itself.
-        task: the restoration task the checkpoint serves: ``{"kind": "vsr"|"deblur"|"cve", "scale": int,
-            "degradation": {...}}`` (the degradation settings used to make the LQ input), read by
-            ``restore``. ``scale`` must equal the network's.
+        kind: the restoration task the checkpoint serves, ``"vsr"``, ``"deblur"`` or ``"cve"`` (default:
+            from the builder name).
+        scale: the network's scale (4 for vsr, 1 otherwise; default: the network's).
+        degradation: how the LQ input was made (e.g. ``{"name": "hevc", "qp": 37}``), for ``restore``.
         flow_init: a student (or teacher) flow checkpoint whose ``flownet.*`` weights initialise the flow
             net when a fresh fit starts (not when resuming, not on ``load_from_checkpoint``).
         lr: learning rate of everything but the flow net (paper: 2e-4).
@@ -92,7 +93,9 @@ class RestorerModule(L.LightningModule):
         *,
         model: str = "s2svr_vsr",
         model_overrides: Mapping[str, Any] | None = None,
-        task: Mapping[str, Any] | None = None,
+        kind: str | None = None,
+        scale: int | None = None,
+        degradation: Mapping[str, Any] | None = None,
         flow_init: str | None = None,
         lr: float = 2e-4,
         flow_lr: float = 5e-5,
@@ -108,12 +111,10 @@ class RestorerModule(L.LightningModule):
         super().__init__()
         from s2svr_lightning.models import build_model
 
-        task = dict(_plain(task) or {})
-        task.setdefault("kind", "vsr" if "vsr" in model else "cve" if "cve" in model else "deblur")
-        task.setdefault("scale", 4 if task["kind"] == "vsr" else 1)
-        task.setdefault("degradation", {})
-        if task["kind"] not in TASK_KINDS:
-            raise ValueError(f"expected task kind in {TASK_KINDS}, got {task['kind']!r}")
+        if kind is None:
+            kind = "vsr" if "vsr" in model else "cve" if "cve" in model else "deblur"
+        if kind not in TASK_KINDS:
+            raise ValueError(f"expected kind in {TASK_KINDS}, got {kind!r}")
         if flow_freeze_steps < 0:
             raise ValueError(f"expected flow_freeze_steps >= 0, got {flow_freeze_steps}")
         if lr <= 0 or flow_lr < 0 or min_lr < 0:
@@ -122,7 +123,9 @@ class RestorerModule(L.LightningModule):
             {
                 "model": model,
                 "model_overrides": _plain(model_overrides) or {},
-                "task": task,
+                "kind": kind,
+                "scale": None if scale is None else int(scale),
+                "degradation": _plain(degradation) or {},
                 "flow_init": None if flow_init is None else str(flow_init),
                 "lr": float(lr),
                 "flow_lr": float(flow_lr),
@@ -137,8 +140,10 @@ class RestorerModule(L.LightningModule):
             }
         )
         self.net = build_model(model, **self.hparams.model_overrides)
-        if int(self.net.scale) != int(task["scale"]):
-            raise ValueError(f"expected task scale {task['scale']} to equal the network's scale, got {self.net.scale}")
+        if self.hparams.scale is None:
+            self.hparams.scale = int(self.net.scale)
+        if int(self.net.scale) != self.hparams.scale:
+            raise ValueError(f"expected scale {self.hparams.scale} to equal the network's scale, got {self.net.scale}")
         self.val_metrics = VideoMetrics(**self.hparams.metrics)
         self.test_metrics = VideoMetrics(**self.hparams.metrics)
         self.test_per_sequence: dict[str, dict[str, float]] = {}
@@ -151,11 +156,11 @@ class RestorerModule(L.LightningModule):
 
     @property
     def kind(self) -> str:
-        return self.hparams.task["kind"]
+        return self.hparams.kind
 
     @property
     def scale(self) -> int:
-        return int(self.hparams.task["scale"])
+        return int(self.hparams.scale)
 
     def load_flownet(self, path: str | Path) -> None:
         """Copy a flow stage checkpoint's ``flownet.*`` weights into ``self.net.flownet``."""
