@@ -45,7 +45,7 @@ LQ_SIZE = (64, 96)
 
 
 def save_untrained_checkpoint(
-    path: str | os.PathLike, *, model: str = MODEL, overrides: dict | None = None, task: dict | None = None
+    path: str | os.PathLike, *, model: str = MODEL, overrides: dict | None = None
 ) -> Path:
     """A restorer checkpoint of an untrained network with a builder's configuration (as the pipeline
     would write it: ``s2svr_kind``, hyperparameters, weights), for benchmarks that do not need training."""
@@ -54,7 +54,7 @@ def save_untrained_checkpoint(
     from s2svr_lightning.lit.restorer import RestorerModule
 
     torch.manual_seed(0)
-    module = RestorerModule(model=model, model_overrides=overrides or {}, task=task, total_steps=1)
+    module = RestorerModule(model=model, model_overrides=overrides or {}, total_steps=1)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,

@@ -72,7 +72,8 @@ def time_training_steps(
     module = RestorerModule(
         model=model,
         model_overrides=overrides or {},
-        task={"kind": kind, "scale": scale},
+        kind=kind,
+        scale=scale,
         flow_freeze_steps=0,
         total_steps=steps,
     )

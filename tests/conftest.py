@@ -37,7 +37,9 @@ def make_video():
     """
     from s2svr_lightning.data.video_io import VideoWriter
 
-    def make(path, frames, *, codec: str = "libx264", fps=Fraction(25), pix_fmt: str = "yuv420p", options=None):
+    def make(
+        path, frames, *, codec: str = "libx264", fps=Fraction(25), pix_fmt: str = "yuv420p", options=None
+    ):
         with VideoWriter(path, fps, codec=codec, pix_fmt=pix_fmt, options=options) as writer:
             for frame in np.asarray(frames):
                 writer.write(frame)
@@ -48,7 +50,7 @@ def make_video():
 
 @pytest.fixture
 def moving_photo():
-    """A real photograph seen by a panning camera: uint8 ``(T, H, W, 3)`` factory (astronaut, from skimage)."""
+    """Factory: a real photograph (skimage astronaut) seen by a panning camera, uint8 ``(T, H, W, 3)``."""
     from skimage import data
 
     photo = data.astronaut()
@@ -56,7 +58,12 @@ def moving_photo():
     def make(frames: int = 8, height: int = 48, width: int = 64, step: tuple[int, int] = (2, 3)):
         y0, x0 = 120, 150
         return np.stack(
-            [photo[y0 + t * step[0] : y0 + t * step[0] + height, x0 + t * step[1] : x0 + t * step[1] + width] for t in range(frames)]
+            [
+                photo[
+                    y0 + t * step[0] : y0 + t * step[0] + height, x0 + t * step[1] : x0 + t * step[1] + width
+                ]
+                for t in range(frames)
+            ]
         )
 
     return make

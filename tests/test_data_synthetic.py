@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from s2svr_lightning.data.datasets.base import _hflip, _mirror, _reverse, _transpose, _vflip
-from s2svr_lightning.data.datasets.synthetic import HELDOUT_PHOTOS, TRAIN_PHOTOS, SyntheticConfig, SyntheticSource
+from s2svr_lightning.data.datasets.synthetic import (
+    HELDOUT_PHOTOS,
+    TRAIN_PHOTOS,
+    SyntheticConfig,
+    SyntheticSource,
+)
 from s2svr_lightning.data.degradations import bicubic_downsample, hevc_compress
 from s2svr_lightning.models.warp import flow_warp
 
@@ -40,7 +45,9 @@ def test_flow_is_exact_on_coordinate_renders():
 
 @pytest.mark.parametrize("task", ["vsr", "deblur", "cve"])
 def test_flow_aligns_rendered_frames(task):
-    src = SyntheticSource("val", task=task, seed=0, config=SyntheticConfig(height=64, width=64, frames=4, blur_frames=3))
+    src = SyntheticSource(
+        "val", task=task, seed=0, config=SyntheticConfig(height=64, width=64, frames=4, blur_frames=3)
+    )
     clip = src.load(0, 0, 4)
     hq, flow, valid = clip["hq"], clip["flow"], clip["flow_valid"]
     assert hq.shape == (4, 3, 64, 64) and flow.shape == (3, 2, 64, 64) and valid.shape == (3, 1, 64, 64)
@@ -73,7 +80,9 @@ def test_deterministic_and_held_out_by_seed_and_photo():
     b = SyntheticSource("train", task="vsr", seed=1, config=CFG)
     assert torch.equal(a.render(1)["hq"], b.render(1)["hq"])
     assert not torch.equal(a.render(0)["hq"], a.render(1)["hq"])
-    assert not torch.equal(a.render(0)["hq"], SyntheticSource("train", task="vsr", seed=2, config=CFG).render(0)["hq"])
+    assert not torch.equal(
+        a.render(0)["hq"], SyntheticSource("train", task="vsr", seed=2, config=CFG).render(0)["hq"]
+    )
     val = SyntheticSource("val", task="vsr", seed=1, config=CFG)
     test = SyntheticSource("test", task="vsr", seed=1, config=CFG)
     assert not torch.equal(val.render(0)["hq"], test.render(0)["hq"])
@@ -92,7 +101,9 @@ def test_disk_cache_round_trip(tmp_path):
     assert len(files) == 1
     torch.save({k: v * 0 for k, v in first.items()}, files[0])  # the cache is what gets read back
     assert src.sequence(0)["hq"].max() == 0
-    other = SyntheticSource("train", task="vsr", config=SyntheticConfig(height=32, width=32, frames=4, cache_dir=str(tmp_path)))
+    other = SyntheticSource(
+        "train", task="vsr", config=SyntheticConfig(height=32, width=32, frames=4, cache_dir=str(tmp_path))
+    )
     assert other.sequence(0)["hq"].shape[0] == 4  # another config does not reuse the file
 
 
@@ -106,7 +117,9 @@ def test_augmentations_keep_the_flow_exact(augment):
     err = _warp_error(out["hq"], out["flow"], out["flow_valid"])[1]
     assert err < 0.02 and err < 2 * base_err + 1e-3
     if augment is not _mirror:  # a wrongly transformed flow misaligns (the mirror's zero-flow step is exact)
-        bad = _warp_error(out["hq"], clip["flow"] if augment is not _transpose else -clip["flow"], out["flow_valid"])[1]
+        bad = _warp_error(
+            out["hq"], clip["flow"] if augment is not _transpose else -clip["flow"], out["flow_valid"]
+        )[1]
         assert bad > 2 * err
 
 

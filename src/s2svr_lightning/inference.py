@@ -177,7 +177,8 @@ class StreamingRestorer:
     """Restore a video one frame at a time with an :class:`~s2svr_lightning.models.S2SVR` network.
 
     Args:
-        net: the restoration network; it is moved to ``device`` and put in eval mode.
+        net: the restoration network; it is moved to ``device``, converted to channels_last (its conv
+            weights) and put in eval mode.
         device: where to run (default: the net's device).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast on ``device``; CPU supports both).
         tile: optional tile size in LQ pixels (>= 16); None restores whole frames.
@@ -222,7 +223,9 @@ class StreamingRestorer:
         if device is None:
             device = next(net.parameters()).device
         self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
+        # channels_last end to end: the layout oneDNN's (and cuDNN's) convolutions run fastest on;
+        # the weights and the frames are converted once and every op of the net keeps the layout
+        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         self.precision = precision
         self.tile = tile
         self.tile_overlap = tile_overlap
@@ -279,7 +282,7 @@ class StreamingRestorer:
             raise ValueError(
                 f"expected every frame of size {self._size}, got {(h, w)}; call flush() between videos"
             )
-        return x.to(self.device, torch.float32)
+        return x.to(self.device, torch.float32).contiguous(memory_format=torch.channels_last)
 
     def _autocast(self):
         dtype = _PRECISIONS[self.precision]
@@ -295,7 +298,7 @@ class StreamingRestorer:
         frames = []
         for k in range(counts.pop()):
             if len(self._tiles) == 1:
-                out = per_tile[0][k][0].float()
+                out = per_tile[0][k][0].float().contiguous()
             else:
                 out = torch.empty(3, s * h, s * w, device=self.device)
                 for ((y0, _, ky0, ky1), (x0, _, kx0, kx1)), outs in zip(self._tiles, per_tile):

@@ -21,8 +21,10 @@ named by ``cfg.optimized_metric`` (e.g. ``test.psnr``) for Hydra sweepers.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -34,6 +36,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from s2svr_lightning.callbacks import AtomicCheckpointIO, CheckpointOnInterrupt, atomic_write_bytes
@@ -66,8 +69,16 @@ def _is_global_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+_log = logging.getLogger("s2svr_lightning")
+
+
 def _say(message: str) -> None:
-    if _is_global_zero():
+    """Rank-zero progress message: logged (console and the Hydra run's log file) or printed."""
+    if not _is_global_zero():
+        return
+    if logging.getLogger().hasHandlers():
+        _log.info(message)
+    else:
         print(message, flush=True)
 
 
@@ -101,6 +112,18 @@ def _scalar_metrics(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]
     return out
 
 
+def _debug(cfg: Any, key: str) -> Any:
+    """A ``debug`` group setting (``debug=fast``): applied on top of the task, whatever the merge order."""
+    return _get(cfg, f"debug.{key}")
+
+
+def stage_steps(cfg: DictConfig, stage: str) -> int:
+    """``<stage>.max_steps``, capped by ``debug.max_steps``."""
+    steps = int(_get(cfg, f"{stage}.max_steps", 0))
+    cap = _debug(cfg, "max_steps")
+    return min(steps, int(cap)) if cap is not None else steps
+
+
 # --------------------------------------------------------------------------------------------- checks
 def validate_config(cfg: DictConfig) -> None:
     """Cheap checks of the composed config, before any data or network is built."""
@@ -122,7 +145,7 @@ def validate_config(cfg: DictConfig) -> None:
     if stages != order:
         raise ConfigError(f"stage.run must keep the order {STAGES}, got {stages}")
     for stage in ("teacher", "student", "restorer"):
-        if stage in stages and int(_get(cfg, f"{stage}.max_steps", 0)) <= 0:
+        if stage in stages and stage_steps(cfg, stage) <= 0:
             raise ConfigError(f"{stage}.max_steps must be > 0, got {_get(cfg, f'{stage}.max_steps')}")
     logger = _get(cfg, "logger.name", "csv")
     if logger not in ("csv", "tensorboard", "wandb", "none"):
@@ -138,6 +161,45 @@ def validate_config(cfg: DictConfig) -> None:
                     "logger=tensorboard needs the tensorboard package: `pip install tensorboard` "
                     "(or use the default logger=csv, or logger=wandb)"
                 ) from None
+
+
+def _module_classes() -> dict[str, list[type]]:
+    from s2svr_lightning.lit import FlowModuleBase, StudentFlowModule, TeacherFlowModule
+    from s2svr_lightning.lit.restorer import RestorerModule
+
+    return {
+        "teacher": [TeacherFlowModule],
+        "student": [StudentFlowModule, FlowModuleBase],  # the student passes **kwargs to its base
+        "restorer": [RestorerModule],
+    }
+
+
+def check_stage_options(cfg: DictConfig) -> None:
+    """Every ``<stage>.module`` key must be an argument of the stage's module, and every stage's
+    DataModule options must build: a typo fails here, before the first stage trains."""
+    import inspect
+
+    for stage, classes in _module_classes().items():
+        if stage not in cfg.stage.run:
+            continue
+        accepted: set[str] = set()
+        for cls in classes:
+            params = inspect.signature(cls.__init__).parameters
+            accepted |= {n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
+        # the pipeline sets these itself
+        set_by_pipeline = {"teacher_checkpoint", "flow_init", "model", "model_overrides", "kind", "scale"}
+        given = set(_module_kwargs(cfg, stage))
+        unknown = sorted(given - accepted)
+        if unknown:
+            raise ConfigError(
+                f"{stage}.module has unknown option(s) {unknown}; {classes[0].__name__} accepts "
+                f"{sorted(accepted - set_by_pipeline)}"
+            )
+    for stage in cfg.stage.run:
+        try:
+            build_datamodule(cfg, stage)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"the {stage} stage's data options do not work: {err} (see data and {stage}.data)") from err
 
 
 def _multirun() -> bool:
@@ -193,6 +255,8 @@ def build_datamodule(cfg: DictConfig, stage: str | None = None) -> Any:
     kwargs = dict(_container(cfg.get("data") or {}))
     if stage is not None:
         kwargs.update(_container(_get(cfg, f"{stage}.data", {})) or {})
+    if _debug(cfg, "num_workers") is not None:
+        kwargs["num_workers"] = int(_debug(cfg, "num_workers"))
     return VideoRestorationDataModule(
         dataset=_container(cfg.dataset),
         task=cfg.kind,
@@ -269,7 +333,8 @@ def build_loggers(cfg: DictConfig, stage: str, out: Path) -> list[Any]:
     name = _get(cfg, "logger.name", "csv")
     stage_dir = out / stage
     if name == "csv":
-        return [CSVLogger(save_dir=str(stage_dir), name="logs")]
+        flush = int(_get(cfg, "logger.flush_logs_every_n_steps", 100))
+        return [CSVLogger(save_dir=str(stage_dir), name="logs", flush_logs_every_n_steps=flush)]
     if name == "tensorboard":
         return [TensorBoardLogger(save_dir=str(stage_dir), name="tensorboard", default_hp_metric=False)]
     if name == "wandb":
@@ -338,8 +403,8 @@ def build_trainer(
             kwargs.update(limit_val_batches=0)
     if limit_val_batches is not None and kwargs.get("limit_val_batches") != 0:
         kwargs["limit_val_batches"] = limit_val_batches
-    extra = _container(cfg.get("trainer") or {}) or {}
-    kwargs.update(extra)
+    kwargs.update(_container(cfg.get("trainer") or {}) or {})
+    kwargs.update(_container(_debug(cfg, "trainer") or {}) or {})
     return L.Trainer(**kwargs)
 
 
@@ -375,14 +440,17 @@ def _fit_stage(
         _say(f"[{stage}] finished earlier: {final} (skipped)")
         return json.loads(metrics_file.read_text()), False
     scfg = cfg[stage]
-    max_steps = int(scfg.max_steps)
+    max_steps = stage_steps(cfg, stage)
+    val_every = _debug(cfg, "val_every_n_steps")
+    limit_val = _debug(cfg, "limit_val_batches")
+    limit_val = _get(scfg, "limit_val_batches") if limit_val is None else limit_val
     trainer = build_trainer(
         cfg,
         stage,
         out,
         max_steps=max_steps,
-        val_every_n_steps=int(_get(scfg, "val_every_n_steps", 0)),
-        limit_val_batches=_get(scfg, "limit_val_batches"),
+        val_every_n_steps=int(_get(scfg, "val_every_n_steps", 0) if val_every is None else val_every),
+        limit_val_batches=limit_val,
         find_unused_parameters=find_unused_parameters,
     )
     datamodule = build_datamodule(cfg, stage)
@@ -392,12 +460,17 @@ def _fit_stage(
         _say(f"[{stage}] resuming from {last}")
     else:
         _say(f"[{stage}] training for {max_steps} steps")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except SIGTERMException:
+        # Lightning stops between two steps and CheckpointOnInterrupt has saved last.ckpt; a SystemExit
+        # without a code would report success
+        _say(f"[{stage}] stopped by SIGTERM at step {trainer.global_step}; run the same command again to resume")
+        raise SystemExit(128 + signal.SIGTERM) from None
     if trainer.interrupted:
         raise KeyboardInterrupt(f"{stage} stage interrupted at step {trainer.global_step}")
     # the closing validation, whatever the validation schedule during training was
-    limit = _get(scfg, "limit_val_batches")
-    trainer.limit_val_batches = 1.0 if limit is None else limit
+    trainer.limit_val_batches = 1.0 if limit_val is None else limit_val
     results = trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = _scalar_metrics(results[0] if results else trainer.callback_metrics, "val")
     metrics["steps"] = int(trainer.global_step)
@@ -432,7 +505,7 @@ def run_restorer(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     kwargs = _module_kwargs(cfg, "restorer")
     if bool(_get(cfg, "restorer.flow_from_student", True)):
         kwargs["flow_init"] = str(_input_checkpoint(cfg, out, "student", "restorer"))
-    kwargs.setdefault("total_steps", int(cfg.restorer.max_steps))
+    kwargs.setdefault("total_steps", stage_steps(cfg, "restorer"))
 
     def make() -> RestorerModule:
         return RestorerModule(
@@ -458,12 +531,14 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
         _say(f"[test] finished earlier: {metrics_file} (skipped)")
         return json.loads(metrics_file.read_text()), False
     ckpt = _input_checkpoint(cfg, out, "restorer", "test")
-    module = RestorerModule.load_from_checkpoint(str(ckpt), map_location="cpu")
+    module = RestorerModule.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
     # score with this run's benchmark conventions (a checkpoint may come from another task's run)
     module.test_metrics = type(module.test_metrics)(**_container(cfg.metrics))
     trainer = build_trainer(cfg, "test", out, limit_val_batches=None)
-    if _get(cfg, "test.limit_batches") is not None:
-        trainer.limit_test_batches = cfg.test.limit_batches
+    limit = _debug(cfg, "limit_test_batches")
+    limit = _get(cfg, "test.limit_batches") if limit is None else limit
+    if limit is not None:
+        trainer.limit_test_batches = limit
     datamodule = build_datamodule(cfg, "test")
     _say(f"[test] scoring {ckpt} on the held-out sequences")
     results = trainer.test(module, datamodule=datamodule, verbose=False)
@@ -528,6 +603,17 @@ def _optimized_metric(cfg: DictConfig, results: Mapping[str, Any]) -> float | No
 
 
 # --------------------------------------------------------------------------------------------- entry
+def _single_log_lines() -> None:
+    """Under Hydra the root logger prints to the console and to ``<run>/__main__.log``; the ``lightning``
+    package adds its own console handler too, which would print every Lightning message twice."""
+    if not logging.getLogger().hasHandlers():
+        return
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            lightning_logger.removeHandler(handler)
+
+
 def output_dir(cfg: DictConfig) -> Path:
     """The run's output dir: ``paths.output_dir`` (Hydra's run dir by default)."""
     path = _get(cfg, "paths.output_dir")
@@ -539,13 +625,15 @@ def output_dir(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> float | None:
     """Run the configured stages; returns ``cfg.optimized_metric`` from ``results.json`` (or None)."""
     validate_config(cfg)
+    _single_log_lines()
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     matmul = _get(cfg, "hardware.matmul_precision")
     if matmul:
         torch.set_float32_matmul_precision(str(matmul))
-    # the DataModule's cheap check (dataset root, layout, options) comes before any training
+    # the DataModule's cheap check (dataset root, layout) and every stage's options, before any training
     build_datamodule(cfg).check()
+    check_stage_options(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     results = read_results(out)
@@ -569,6 +657,6 @@ def run(cfg: DictConfig) -> float | None:
         wandb = sys.modules.get("wandb")
         if wandb is not None and getattr(wandb, "run", None) is not None:
             wandb.finish()  # one run per job, also between multirun jobs
-    if bool(cfg.get("print_table", True)):
-        _say(f"\n{cfg.task_name}: results in {out / 'results.json'}\n" + format_table(results, kind=str(cfg.kind)))
+    if bool(cfg.get("print_table", True)) and _is_global_zero():
+        print(f"\n{cfg.task_name}: results in {out / 'results.json'}\n" + format_table(results, kind=str(cfg.kind)))
     return _optimized_metric(cfg, results)

@@ -163,17 +163,18 @@ class TaskSpec:
 _DEGRADE_KEYS = ("scale", "blur_frames", "blur_stride", "qp")
 
 
-def _task_from_hparams(hparams: Any, path: Path) -> TaskSpec:
-    """The task of a RestorerModule's hyperparameters (``task`` and ``metrics``, docs/contracts.md)."""
-    task = dict(hparams.get("task") or {})
-    metrics = dict(hparams.get("metrics") or {})
-    kind = task.get("kind")
+def _task_of(module: Any, path: Path) -> TaskSpec:
+    """The task of a loaded RestorerModule: its ``kind`` and ``scale``, and from its hyperparameters the
+    ``degradation`` settings and the ``metrics`` conventions (docs/contracts.md)."""
+    hparams = module.hparams
+    kind = module.kind
     if kind not in _TASKS:
         raise ValueError(f"expected the checkpoint's task kind in {_TASKS}, got {kind!r} in {path}")
-    degradation = {k: v for k, v in dict(task.get("degradation") or {}).items() if k in _DEGRADE_KEYS}
+    metrics = dict(hparams.get("metrics") or {})
+    degradation = {k: v for k, v in dict(hparams.get("degradation") or {}).items() if k in _DEGRADE_KEYS}
     return TaskSpec(
         kind=kind,
-        scale=int(task.get("scale", 4 if kind == "vsr" else 1)),
+        scale=int(module.scale),
         y_channel=bool(metrics.get("y_channel", False)),
         border=int(metrics.get("border", 0)),
         degradation=degradation,
@@ -220,7 +221,7 @@ def load_restorer(path: str | os.PathLike, *, map_location: str | torch.device =
     from .lit.restorer import RestorerModule
 
     module = RestorerModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-    task = _task_from_hparams(module.hparams, path)
+    task = _task_of(module, path)
     net = module.net.eval()
     return net, task
 

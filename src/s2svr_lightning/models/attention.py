@@ -46,5 +46,6 @@ class LocalAttention(nn.Module):
         # score every neighbour in one batched conv: (B * K, 2C, H, W)
         pairs = torch.cat((query.unsqueeze(1).expand(-1, k, -1, -1, -1), neighbours), dim=2)
         scores = self.v_a(torch.tanh(self.w_a(pairs.reshape(b * k, 2 * c, h, w))))
-        weights = torch.softmax(scores.view(b, k, c, h, w), dim=1)
+        # softmax over K with the channels innermost: no copy for channels_last scores
+        weights = torch.softmax(scores.unflatten(0, (b, k)).movedim(2, -1), dim=1).movedim(-1, 2)
         return (weights * neighbours).sum(dim=1)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layout import is_channels_last
 from .warp import flow_warp, resize_flow
 
 __all__ = ["PWCLite", "correlation", "pwclite"]
@@ -55,6 +56,8 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, *, max_displacement: int = 4
         for dy in range(2 * d + 1)
         for dx in range(2 * d + 1)
     ]
+    if is_channels_last(f1):  # stack the offsets innermost: a channels_last volume
+        return torch.stack(costs, dim=-1).permute(0, 3, 1, 2)
     return torch.stack(costs, dim=1)
 
 

@@ -39,6 +39,7 @@ from torch import nn
 
 from .attention import LocalAttention
 from .convgru import ConvGRU, ResConvGRU, ResidualBlock
+from .layout import stack_neighbours
 from .pwclite import pwclite
 from .warp import flow_warp, resize_flow
 
@@ -258,7 +259,7 @@ class S2SVR(nn.Module):
 
         before = one_side(past)
         after = one_side(future)
-        return torch.stack(before[::-1] + [centre] + after, dim=1)
+        return stack_neighbours(before[::-1] + [centre] + after)
 
     def init_decoder(self, x_1: Tensor, encoder_states_1: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
         """Decoder start: ``(states s_0 = the encoder's hidden states at step 1, y_0 = base(x_1))``."""

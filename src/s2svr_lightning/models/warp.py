@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .layout import like_layout
+
 __all__ = ["flow_warp", "resize_flow", "pixel_grid"]
 
 _grid_cache: dict[tuple, torch.Tensor] = {}
@@ -48,7 +50,7 @@ def flow_warp(
         mode: ``"bilinear"`` or ``"nearest"``.
 
     Returns:
-        ``(B, C, H, W)`` warped tensor.
+        ``(B, C, H, W)`` warped tensor, in ``x``'s memory layout (contiguous or channels_last).
     """
     if x.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
         raise ValueError(
@@ -66,7 +68,8 @@ def flow_warp(
     grid = torch.stack((gx, gy), dim=-1)
     if grid.dtype != x.dtype:
         grid = grid.to(x.dtype)
-    return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    # grid_sample always returns NCHW; a channels_last input gets a channels_last result back
+    return like_layout(F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=True), x)
 
 
 def resize_flow(

@@ -584,6 +584,9 @@ class SyntheticSource(SequenceSource):
         out["hq"] = out["hq"].float() / 255.0
         out["flow_valid"] = out["flow_valid"].float()
         out["flow_bwd_valid"] = out["flow_bwd_valid"].float()
+        if crop is not None:  # a target outside the crop is no longer visible
+            out["flow_valid"] = out["flow_valid"] * _inside(out["flow"])
+            out["flow_bwd_valid"] = out["flow_bwd_valid"] * _inside(out["flow_bwd"])
         return out
 
     # -- generation -----------------------------------------------------------------------------
@@ -683,6 +686,14 @@ class SyntheticSource(SequenceSource):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+def _inside(flow: torch.Tensor) -> torch.Tensor:
+    """``(n, 1, H, W)``: 1 where ``p + flow(p)`` lies inside the frame (``(n, 2, H, W)`` flow)."""
+    h, w = flow.shape[-2:]
+    target = pixel_grid(h, w, device=flow.device, dtype=flow.dtype) + flow
+    x, y = target[:, 0:1], target[:, 1:2]
+    return ((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)).float()
 
 
 @contextlib.contextmanager

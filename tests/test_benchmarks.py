@@ -1,0 +1,81 @@
+"""Smoke tests of the benchmark harness at tiny sizes: the measuring tools measure what they claim.
+
+No speed targets here (they depend on the machine); only that MAC counts, memory accounting and the
+report are right.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import memory  # noqa: E402
+import run_all  # noqa: E402
+import speed  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_count_macs_of_a_conv_is_exact():
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+    x = torch.rand(1, 4, 10, 12)
+    assert speed.count_macs(lambda: conv(x)) == 4 * 6 * 9 * 10 * 12
+
+
+def test_conv_rate_is_a_positive_rate():
+    rate = speed.conv_rate(channels=8, size=(16, 16), repeats=2)
+    assert math.isfinite(rate) and rate > 0
+
+
+def test_run_measured_reports_the_child_peak_memory():
+    # a child that touches 300 MiB: its own peak, not this process's (which is larger, torch loaded)
+    code = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+    peak, seconds = memory.run_measured([sys.executable, "-c", code])
+    assert 300 * 2**20 <= peak < 400 * 2**20
+    assert seconds > 0
+    with pytest.raises(RuntimeError, match="exit code 3"):
+        memory.run_measured([sys.executable, "-c", "import sys; sys.exit(3)"])
+
+
+def test_speed_rows_at_tiny_size():
+    rows = speed.bench_speed(
+        builders=["s2svr_deblur"],
+        frames=2,
+        warmup=2,
+        sizes={"s2svr_deblur": (16, 24)},
+        overrides={"channels": 8, "num_blocks": 1},
+        precisions=["fp32"],
+        log=lambda m: None,
+    )
+    (row,) = rows
+    assert row["builder"] == "s2svr_deblur" and row["lq_size"] == "16x24"
+    assert row["ms_per_frame"] > 0 and row["fps"] == pytest.approx(1000 / row["ms_per_frame"])
+    # one steady-state push costs at least the convs of the restorer itself (flow net excluded)
+    assert row["gmacs_per_frame"] > 0 and 0 < row["pct_of_peak"]
+
+
+def test_render_prints_one_document_with_every_section():
+    results = {
+        "machine": {"cpu": "cpu", "threads": 2, "torch": "2", "python": "3", "bf16_units": True},
+        "quick": True,
+        "seconds": 1.0,
+        "speed": [{"builder": "s2svr_vsr", "precision": "fp32", "ms_per_frame": 12.5, "pct_of_peak": 81.0}],
+        "memory": [{"frames": 50, "streaming_mib": 300.0, "whole_mib": 900.0, "streaming_growth": 1.0}],
+        "train": [{"preset": "vsr", "step_s": 2.5}],
+    }
+    text = run_all.render(results)
+    assert text.count("\n## ") == 3
+    assert "| s2svr_vsr | fp32 |" in text and "| 12.5 |" in text and "| 81.0 |" in text
+    assert "| 50 | 300 | 900 |" in text
