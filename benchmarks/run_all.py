@@ -83,8 +83,10 @@ def render(results: dict) -> str:
             "",
             "## Inference (streaming), per output frame",
             "",
-            "`% of conv rate` = 100 x (GMAC per frame / time per frame) / the rate of a large 3x3 conv"
-            " (network width, same size, best layout, same precision) measured in this run.",
+            "`ms / frame`, `frames/s`: wall time with every thread. `% of conv rate` = 100 x (GMAC per"
+            " frame / CPU time per frame) / the rate of a large 3x3 conv (the network's width, same size,"
+            " best layout, same precision) measured right after each frame; both on one thread in CPU"
+            " time, which the other processes of a shared machine do not inflate. `x fp32` likewise.",
             "",
             speed.markdown_table(results["speed"], speed.COLUMNS),
         ]

@@ -8,8 +8,9 @@ of 720x1280, stated in the table; ``--full-size`` for 720x1280) and each precisi
 - multiply-accumulates per output frame, counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
   steady-state streaming step (MACs = FLOPs / 2);
 - the fraction of the measured peak: (MACs per frame / seconds per frame) against the rate of a large
-  3x3 convolution (the network's own width, at its size, best of the contiguous and channels_last layouts)
-  measured in the same run, in the same precision;
+  3x3 convolution (the network's own width, at its size, best of the contiguous and channels_last layouts,
+  same precision) measured right after each timed push, so that both see the same machine load; the
+  median over the timed pushes;
 - for bf16, its speed-up over fp32 and the PSNR of its output against the fp32 output and against the
   ground truth (the clip is a real photograph moving over time, degraded with the task's degradation).
 
@@ -22,6 +23,8 @@ Run: ``python benchmarks/speed.py [--quick] [--frames N] [--json PATH]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import statistics
 import sys
@@ -103,18 +106,6 @@ def photo_clip(
     return torch.stack(frames)
 
 
-def timed(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def autocast(precision: str, device: str = "cpu"):
     """The autocast context of a precision name (fp32: disabled)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -124,47 +115,6 @@ def autocast(precision: str, device: str = "cpu"):
 # --------------------------------------------------------------------------------------------------
 # The machine's conv rate
 # --------------------------------------------------------------------------------------------------
-def conv_rate(
-    *,
-    channels: int = 64,
-    size: tuple[int, int] = (180, 320),
-    precision: str = "fp32",
-    channels_last: bool = True,
-    repeats: int = 7,
-) -> float:
-    """Multiply-accumulates per second of one 3x3 ``channels -> channels`` convolution on ``(1, C, H, W)``.
-
-    This is the machine's practical peak for this network: S2SVR's cost is almost all such convolutions.
-    """
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(channels, channels, 3, padding=1).eval()
-    x = torch.rand(1, channels, *size)
-    if channels_last:
-        conv = conv.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    macs = channels * channels * 9 * size[0] * size[1]
-
-    def run():
-        with torch.inference_mode(), autocast(precision):
-            conv(x)
-
-    return macs / timed(run, warmup=2, repeats=repeats)
-
-
-def peak_conv_rate(
-    *, channels: int, size: tuple[int, int], precision: str, repeats: int = 7
-) -> tuple[float, str]:
-    """The best conv rate over the two memory layouts: ``(MAC/s, layout name)``."""
-    rates = {
-        layout: conv_rate(
-            channels=channels, size=size, precision=precision, channels_last=cl, repeats=repeats
-        )
-        for layout, cl in (("contiguous", False), ("channels_last", True))
-    }
-    best = max(rates, key=rates.get)
-    return rates[best], best
-
-
 # --------------------------------------------------------------------------------------------------
 # Streaming inference
 # --------------------------------------------------------------------------------------------------
@@ -175,40 +125,108 @@ def count_macs(fn: Callable[[], object]) -> float:
     return counter.get_total_flops() / 2.0
 
 
-def stream_timing(net, frames: torch.Tensor, *, precision: str, warmup: int) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None):
+    """Run with ``n`` torch threads (None: leave as is)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class ConvProbe:
+    """A large 3x3 conv (the network's width, at its frame size) in both memory layouts, timed on demand.
+
+    Called right after each timed push, it gives the machine's conv rate at that moment, so each push is
+    compared with a conv measured under the same load (the machine may be shared).
+    """
+
+    def __init__(self, *, channels: int, size: tuple[int, int], precision: str, clock: str = "wall") -> None:
+        torch.manual_seed(0)
+        self.precision = precision
+        self.clock = CLOCKS[clock]
+        self.macs = channels * channels * 9 * size[0] * size[1]
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1).eval()
+        x = torch.rand(1, channels, *size)
+        self.cases = {
+            "contiguous": (conv, x),
+            "channels_last": (
+                copy.deepcopy(conv).to(memory_format=torch.channels_last),
+                x.contiguous(memory_format=torch.channels_last),
+            ),
+        }
+        self.rate(repeats=2)  # create the oneDNN primitives
+
+    def rate(self, repeats: int = 3) -> tuple[float, str]:
+        """``(MAC/s, layout)``: the best layout, each timed by its fastest of ``repeats`` calls."""
+        best = (0.0, "")
+        for layout, (conv, x) in self.cases.items():
+            times = []
+            for _ in range(repeats):
+                t0 = self.clock()
+                with torch.inference_mode(), autocast(self.precision):
+                    conv(x)
+                times.append(self.clock() - t0)
+            best = max(best, (self.macs / min(times), layout))
+        return best
+
+
+def stream_timing(
+    net,
+    frames: torch.Tensor,
+    *,
+    precision: str,
+    warmup: int,
+    probe: ConvProbe | None = None,
+    clock: str = "wall",
+) -> dict:
     """Push ``frames (T, 3, h, w)`` through a fresh StreamingRestorer; time each push after ``warmup``.
 
+    The last frame's push is not timed: its multiply-accumulates are counted instead (a steady-state
+    step). With a ``probe``, the conv rate is measured right after each timed push. ``clock`` is
+    ``"wall"`` or ``"cpu"`` (this process's CPU time: with one thread, the time it actually ran, which
+    other processes on a shared machine do not inflate).
+
     Returns ``{"ms": median ms per output frame, "outputs": (T, 3, H, W) float32 restored frames,
-    "macs": MACs of one steady-state push}``.
+    "macs": MACs of one steady-state push, "conv_rates": [MAC/s after each timed push], "layout"}``.
     """
     from s2svr_lightning.inference import StreamingRestorer
 
+    if len(frames) < warmup + 2:
+        raise ValueError(f"expected at least warmup + 2 = {warmup + 2} frames, got {len(frames)}")
     restorer = StreamingRestorer(net, device="cpu", precision=precision)
-    outputs, times = [], []
-    macs = None
-    for t, frame in enumerate(frames):
-        if t == warmup and macs is None and t + 1 < len(frames):
-            # count one steady-state step on a copy of the restorer's state: the step after warm-up
-            macs = _macs_of_push(net, frames[: t + 1], precision)
-        t0 = time.perf_counter()
+    outputs, times, rates, layouts = [], [], [], []
+    now = CLOCKS[clock]
+    for t, frame in enumerate(frames[:-1]):
+        t0 = now()
         ready = restorer.push(frame)
-        dt = time.perf_counter() - t0
+        dt = now() - t0
         if t >= warmup:
             times.append(dt / max(len(ready), 1))
+            if probe is not None:
+                rate, layout = probe.rate()
+                rates.append(rate)
+                layouts.append(layout)
         outputs.extend(o.float() for o in ready)
+    ready = []
+    macs = count_macs(lambda: ready.extend(restorer.push(frames[-1])))
+    outputs.extend(o.float() for o in ready)
     outputs.extend(o.float() for o in restorer.flush())
     out = torch.stack([o.reshape(o.shape[-3:]) for o in outputs])
-    return {"ms": 1000.0 * statistics.median(times), "outputs": out, "macs": macs}
-
-
-def _macs_of_push(net, frames: torch.Tensor, precision: str) -> float:
-    """MACs of pushing the last of ``frames`` into a restorer that has seen the others."""
-    from s2svr_lightning.inference import StreamingRestorer
-
-    restorer = StreamingRestorer(net, device="cpu", precision=precision)
-    for frame in frames[:-1]:
-        restorer.push(frame)
-    return count_macs(lambda: restorer.push(frames[-1]))
+    return {
+        "ms": 1000.0 * statistics.median(times),
+        "times": times,
+        "outputs": out,
+        "macs": macs,
+        "conv_rates": rates,
+        "layout": max(set(layouts), key=layouts.count) if layouts else None,
+    }
 
 
 def profile_push(net, frames: torch.Tensor, *, precision: str, top: int = 12) -> list[dict]:
@@ -273,14 +291,20 @@ def make_inputs(task: str, lq_size: tuple[int, int], num_frames: int) -> tuple[t
 def bench_speed(
     *,
     builders: Sequence[str] = tuple(SPECS),
-    frames: int = 4,
+    frames: int = 3,
     warmup: int = 2,
     sizes: dict | None = None,
     overrides: dict | None = None,
     precisions: Sequence[str] = PRECISIONS,
+    threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Measure every builder in every precision; one row per (builder, precision)."""
+    """Measure every builder in every precision; one row per (builder, precision).
+
+    Two passes per row: the efficiency pass on one thread, timed in CPU time (the fraction of the conv
+    rate and the bf16 speed-up, robust on a shared machine); the throughput pass on ``threads`` threads
+    (default: torch's), timed in wall time (ms per frame, frames/s, and the outputs scored for PSNR).
+    """
     from s2svr_lightning.metrics import psnr
 
     torch.manual_seed(0)
@@ -289,38 +313,47 @@ def bench_speed(
         size, task = SPECS[name]
         size = (sizes or {}).get(name, size)
         net = _build(name, overrides)
-        lq, hq = make_inputs(task, size, warmup + frames)
-        ref_out = None
-        fp32_ms = None
+        lq, hq = make_inputs(task, size, warmup + frames + 1)
+        base: dict | None = None
         for precision in precisions:
             if precision == "bf16" and not bf16_supported():
                 log(f"{name}: skipping bf16, this CPU has no bf16 units")
                 continue
-            log(f"{name} {precision} at {size[0]}x{size[1]} LQ ...")
-            peak, layout = peak_conv_rate(channels=net.channels, size=size, precision=precision)
-            result = stream_timing(net, lq, precision=precision, warmup=warmup)
-            out = result["outputs"]
+            log(f"{name} {precision} at {size[0]}x{size[1]} LQ: one thread, CPU time ...")
+            with num_threads(1):
+                probe = ConvProbe(channels=net.channels, size=size, precision=precision, clock="cpu")
+                eff = stream_timing(net, lq, precision=precision, warmup=warmup, probe=probe, clock="cpu")
+            # each timed push against the conv rate measured right after it, then the median
+            fractions = [eff["macs"] / dt / rate for dt, rate in zip(eff["times"], eff["conv_rates"])]
+            log(f"{name} {precision}: {threads or torch.get_num_threads()} threads, wall time ...")
+            with num_threads(threads):
+                wall = stream_timing(net, lq, precision=precision, warmup=warmup, clock="wall")
+            out = wall["outputs"]
             row = {
                 "builder": name,
                 "precision": precision,
                 "lq_size": f"{size[0]}x{size[1]}",
-                "ms_per_frame": result["ms"],
-                "fps": 1000.0 / result["ms"],
-                "gmacs_per_frame": result["macs"] / 1e9 if result["macs"] else None,
-                "conv_gmacs_per_s": peak / 1e9,
-                "conv_layout": layout,
+                "threads": threads or torch.get_num_threads(),
+                "ms_per_frame": wall["ms"],
+                "fps": 1000.0 / wall["ms"],
+                "cpu_ms_per_frame_1thread": eff["ms"],
+                "gmacs_per_frame": eff["macs"] / 1e9,
+                "conv_gmacs_per_s_1thread": statistics.median(eff["conv_rates"]) / 1e9,
+                "conv_layout": eff["layout"],
+                "fraction_of_peak": statistics.median(fractions),
+                "pct_of_peak": 100.0 * statistics.median(fractions),
+                "timed_frames": len(wall["times"]),
+                "psnr_vs_hq": float(psnr(out, hq[: out.shape[0]]).mean()),
             }
-            if result["macs"]:
-                row["fraction_of_peak"] = (result["macs"] / (result["ms"] / 1000.0)) / peak
-                row["pct_of_peak"] = 100.0 * row["fraction_of_peak"]
-            row["psnr_vs_hq"] = float(psnr(out, hq[: out.shape[0]]).mean())
             if precision == "fp32":
-                ref_out, fp32_ms = out, result["ms"]
-            elif ref_out is not None:
-                row["speedup_vs_fp32"] = fp32_ms / result["ms"]
-                row["psnr_vs_fp32_output"] = float(psnr(out, ref_out).mean())
-                fp32_row = next(r for r in rows if r["builder"] == name and r["precision"] == "fp32")
-                row["psnr_delta_vs_fp32"] = row["psnr_vs_hq"] - fp32_row["psnr_vs_hq"]
+                base = {"row": row, "out": out}
+            elif base is not None:
+                row["speedup_vs_fp32"] = (
+                    base["row"]["cpu_ms_per_frame_1thread"] / row["cpu_ms_per_frame_1thread"]
+                )
+                row["wall_speedup_vs_fp32"] = base["row"]["ms_per_frame"] / row["ms_per_frame"]
+                row["psnr_vs_fp32_output"] = float(psnr(out, base["out"]).mean())
+                row["psnr_delta_vs_fp32"] = row["psnr_vs_hq"] - base["row"]["psnr_vs_hq"]
             rows.append(row)
     return rows
 
@@ -332,9 +365,11 @@ COLUMNS = [
     ("ms_per_frame", "ms / frame"),
     ("fps", "frames/s"),
     ("gmacs_per_frame", "GMAC / frame"),
-    ("conv_gmacs_per_s", "conv GMAC/s"),
+    ("cpu_ms_per_frame_1thread", "1-thread CPU ms / frame"),
+    ("conv_gmacs_per_s_1thread", "1-thread conv GMAC/s"),
     ("pct_of_peak", "% of conv rate"),
-    ("speedup_vs_fp32", "x fp32"),
+    ("speedup_vs_fp32", "x fp32 (1 thread)"),
+    ("wall_speedup_vs_fp32", "x fp32 (wall)"),
     ("psnr_delta_vs_fp32", "dPSNR vs fp32 (dB)"),
 ]
 
@@ -342,7 +377,8 @@ COLUMNS = [
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny networks and frames: a smoke run")
-    p.add_argument("--frames", type=int, default=4, help="timed frames per measurement")
+    p.add_argument("--frames", type=int, default=3, help="timed frames per measurement")
+    p.add_argument("--threads", type=int, default=None, help="threads of the wall-time pass")
     p.add_argument("--full-size", action="store_true", help="deblurring / compressed video at 720x1280")
     p.add_argument("--json", default=None, help="also write the rows as JSON")
     p.add_argument("--profile", default=None, metavar="BUILDER", help="print one push's time per operator")
@@ -363,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     kw = quick_settings() if args.quick else {"frames": args.frames}
+    kw["threads"] = args.threads
     if args.full_size and not args.quick:
         kw["sizes"] = {"s2svr_deblur": (720, 1280), "s2svr_cve": (720, 1280)}
     rows = bench_speed(log=lambda m: print(m, file=sys.stderr), **kw)

@@ -108,7 +108,7 @@ def time_training_steps(
 def bench_train_step(
     *,
     presets: Sequence[str] = tuple(PRESETS),
-    steps: int = 3,
+    steps: int = 2,
     shapes: dict | None = None,
     overrides: dict | None = None,
     log: Callable[[str], None] = print,
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny networks and crops: a smoke run")
     p.add_argument(
-        "--steps", type=int, default=3, help="training steps per preset (the first is reported apart)"
+        "--steps", type=int, default=2, help="training steps per preset (the first is reported apart)"
     )
     p.add_argument("--json", default=None, help="also write the rows as JSON")
     args = p.parse_args(argv)

@@ -34,9 +34,10 @@ def test_count_macs_of_a_conv_is_exact():
     assert speed.count_macs(lambda: conv(x)) == 4 * 6 * 9 * 10 * 12
 
 
-def test_conv_rate_is_a_positive_rate():
-    rate = speed.conv_rate(channels=8, size=(16, 16), repeats=2)
+def test_conv_probe_gives_a_rate_and_a_layout():
+    rate, layout = speed.ConvProbe(channels=8, size=(16, 16), precision="fp32").rate(repeats=2)
     assert math.isfinite(rate) and rate > 0
+    assert layout in ("contiguous", "channels_last")
 
 
 def test_run_measured_reports_the_child_peak_memory():

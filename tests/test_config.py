@@ -14,7 +14,13 @@ from omegaconf import OmegaConf
 
 import s2svr_lightning
 from s2svr_lightning import pipeline
-from s2svr_lightning.pipeline import TASKS, ConfigError, check_stage_options, resolve_strategy, validate_config
+from s2svr_lightning.pipeline import (
+    TASKS,
+    ConfigError,
+    check_stage_options,
+    resolve_strategy,
+    validate_config,
+)
 
 CONF = Path(s2svr_lightning.__file__).parent / "conf"
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +96,9 @@ def test_no_task_and_bad_settings_are_config_errors():
 
 def test_module_option_typo_fails_before_training():
     cfg = _compose("+task=demo", "+restorer.module.flow_lrr=1e-4")
-    with pytest.raises(ConfigError, match=r"restorer.module has unknown option\(s\) \['flow_lrr'\].*'flow_lr'"):
+    with pytest.raises(
+        ConfigError, match=r"restorer.module has unknown option\(s\) \['flow_lrr'\].*'flow_lr'"
+    ):
         check_stage_options(cfg)
     cfg = _compose("+task=demo", "+teacher.data.crop_size=30")
     with pytest.raises(ConfigError, match="teacher stage's data options"):

@@ -119,7 +119,10 @@ def test_optimizer_groups_betas_and_cosine_schedule():
 
 def test_checkpoint_reloads_alone_with_task_settings(tmp_path):
     module = RestorerModule(
-        model="s2svr_vsr", model_overrides=TINY, degradation={"name": "bicubic", "scale": 4}, flow_freeze_steps=0
+        model="s2svr_vsr",
+        model_overrides=TINY,
+        degradation={"name": "bicubic", "scale": 4},
+        flow_freeze_steps=0,
     )
     trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
     trainer.fit(module, DataLoader(FixedClips(1), batch_size=1))

@@ -157,7 +157,9 @@ def test_video_metrics_baseline_and_deltas():
     m = VideoMetrics(y_channel=True)
     m.update(p, t, ["x"], baseline=base)
     out = m.compute()
-    assert out["baseline_psnr"].item() == pytest.approx(psnr(base, t, y_channel=True).mean().item(), abs=1e-12)
+    assert out["baseline_psnr"].item() == pytest.approx(
+        psnr(base, t, y_channel=True).mean().item(), abs=1e-12
+    )
     assert out["delta_psnr"].item() == pytest.approx((out["psnr"] - out["baseline_psnr"]).item(), abs=1e-12)
     assert out["delta_psnr"].item() > 5.0
     assert out["delta_ssim"].item() > 0.0

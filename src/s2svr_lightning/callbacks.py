@@ -59,7 +59,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
     ) -> None:
         if storage_options is not None:
-            raise TypeError(f"expected storage_options=None for {type(self).__name__}, got {storage_options!r}")
+            raise TypeError(
+                f"expected storage_options=None for {type(self).__name__}, got {storage_options!r}"
+            )
         if not _is_local(path):
             super().save_checkpoint(checkpoint, path)
             return
@@ -79,7 +81,9 @@ class CheckpointOnInterrupt(Callback):
         super().__init__()
         self.path = str(path)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
         if trainer.state.fn != "fit" or trainer.global_step == 0:

@@ -70,7 +70,9 @@ def _as_frames(x: torch.Tensor, name: str) -> torch.Tensor:
     elif x.dim() == 5:
         x = x.flatten(0, 1)
     if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected {name} of shape (B, T, 3, H, W), (N, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
+        raise ValueError(
+            f"expected {name} of shape (B, T, 3, H, W), (N, 3, H, W) or (3, H, W), got {tuple(x.shape)}"
+        )
     if not x.is_floating_point():
         raise ValueError(f"expected {name} float in [0, 1], got dtype {x.dtype}")
     return x
@@ -79,7 +81,7 @@ def _as_frames(x: torch.Tensor, name: str) -> torch.Tensor:
 def prepare(
     x: torch.Tensor, *, y_channel: bool = False, border: int = 0, quantize: bool = True
 ) -> torch.Tensor:
-    """Frames as the benchmarks score them: 8-bit rounding, Y or RGB, border crop, float64 ``(N, C, H, W)``."""
+    """Frames as benchmarks score them: 8-bit rounding, Y or RGB, border crop, float64 ``(N, C, H, W)``."""
     x = _as_frames(x, "x")
     if quantize:
         # Round to levels in float32 as BasicSR's tensor2img does (x * 255 can fall on the other side of .5
@@ -98,7 +100,9 @@ def _prepare_pair(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     pred_f, target_f = _as_frames(pred, "pred"), _as_frames(target, "target")
     if pred_f.shape != target_f.shape:
-        raise ValueError(f"expected pred and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"expected pred and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     # The ground truth is an 8-bit image already; rounding it again is a no-op there and keeps float
     # targets (synthetic data) on the same footing as the rounded output.
     return (
@@ -147,7 +151,9 @@ def ssim(
     p, t = _prepare_pair(pred, target, y_channel, border, quantize)
     h, w = p.shape[-2:]
     if h < _SSIM_KERNEL or w < _SSIM_KERNEL:
-        raise ValueError(f"expected frames of at least {_SSIM_KERNEL}x{_SSIM_KERNEL} after the border crop, got {h}x{w}")
+        raise ValueError(
+            f"expected frames of at least {_SSIM_KERNEL}x{_SSIM_KERNEL} after the border crop, got {h}x{w}"
+        )
     _, ssim_map = structural_similarity_index_measure(
         p,
         t,
@@ -237,7 +243,9 @@ class VideoMetrics(Metric):
         if pred.dim() != 5:
             raise ValueError(f"expected pred of shape (B, T, 3, H, W), got {tuple(pred.shape)}")
         if target.shape != pred.shape:
-            raise ValueError(f"expected pred and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+            raise ValueError(
+                f"expected pred and target of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
         if baseline is not None and baseline.shape != target.shape:
             raise ValueError(f"expected baseline of shape {tuple(target.shape)}, got {tuple(baseline.shape)}")
         b, t = pred.shape[:2]
@@ -335,7 +343,7 @@ class VideoMetrics(Metric):
         return out
 
     def per_sequence(self) -> dict[str, dict[str, float]]:
-        """``{key: {"psnr", "ssim", "frames"}}`` per sequence (keys seen by other ranks appear as their id)."""
+        """``{key: {"psnr", "ssim", "frames"}}`` per sequence (keys seen by other ranks show their id)."""
         s = self._frames()
         result: dict[str, dict[str, float]] = {}
         for sid in torch.unique(s["seq_ids"]).tolist():
@@ -365,7 +373,7 @@ def endpoint_error(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | N
     """
     if pred.dim() != 4 or pred.shape[1] != 2 or pred.shape != gt.shape:
         raise ValueError(
-            f"expected pred and gt (B, 2, H, W) of the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}"
+            f"expected pred and gt (B, 2, H, W) of one shape, got {tuple(pred.shape)} and {tuple(gt.shape)}"
         )
     epe = torch.linalg.vector_norm(pred.float() - gt.float(), dim=1)  # (B, H, W)
     if valid is None:

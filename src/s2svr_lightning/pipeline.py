@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -129,7 +130,9 @@ def validate_config(cfg: DictConfig) -> None:
     """Cheap checks of the composed config, before any data or network is built."""
     if cfg.get("task_name") is None:
         raise ConfigError(
-            "no task selected: add +task=<name> with one of " + ", ".join(TASKS) + " (try `+task=demo`, which "
+            "no task selected: add +task=<name> with one of "
+            + ", ".join(TASKS)
+            + " (try `+task=demo`, which "
             "runs every stage on the built-in synthetic video)"
         )
     kind = cfg.get("kind")
@@ -199,7 +202,9 @@ def check_stage_options(cfg: DictConfig) -> None:
         try:
             build_datamodule(cfg, stage)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"the {stage} stage's data options do not work: {err} (see data and {stage}.data)") from err
+            raise ConfigError(
+                f"the {stage} stage's data options do not work: {err} (see data and {stage}.data)"
+            ) from err
 
 
 def _multirun() -> bool:
@@ -235,7 +240,10 @@ def resolve_strategy(hw: Any, *, find_unused_parameters: bool = False) -> Any:
 
     name = str(_get(hw, "strategy", "auto"))
     if name == "ddp" and _multirun() and _num_processes(hw) > 1:
-        _say("note: Hydra multirun with strategy=ddp would re-launch the whole sweep in each rank; using ddp_spawn")
+        _say(
+            "note: under Hydra multirun, strategy=ddp would re-launch the whole sweep in each rank; "
+            "using ddp_spawn"
+        )
         name = "ddp_spawn"
     if name in _DDP_START:
         backend = _get(hw, "process_group_backend")
@@ -282,17 +290,16 @@ def _wandb_offline(lcfg: Any) -> bool:
         return True
 
 
-_WANDB_NOTICE_SHOWN = False
+_WANDB_NOTICE_SHOWN: set[str] = set()
 
 
 def _build_wandb(cfg: DictConfig, stage: str, out: Path) -> Any:
-    global _WANDB_NOTICE_SHOWN
     from lightning.pytorch.loggers import WandbLogger
 
     lcfg = cfg.logger
     offline = _wandb_offline(lcfg)
-    if offline and not _WANDB_NOTICE_SHOWN:
-        _WANDB_NOTICE_SHOWN = True
+    if offline and str(out) not in _WANDB_NOTICE_SHOWN:  # once per job (each job has its own run dir)
+        _WANDB_NOTICE_SHOWN.add(str(out))
         _say(
             "wandb: no API key configured (WANDB_API_KEY unset, no `wandb login`): logging offline to "
             f"{out / 'wandb'}. Upload later with `wandb sync {out / 'wandb'}/offline-run-*`."
@@ -302,9 +309,7 @@ def _build_wandb(cfg: DictConfig, stage: str, out: Path) -> Any:
     if id_file.is_file():
         run_id = id_file.read_text().strip()
     else:
-        import wandb
-
-        run_id = wandb.util.generate_id()
+        run_id = uuid.uuid4().hex[:8]  # wandb ids: lowercase letters and digits
         if _is_global_zero():
             id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run_id + "\n")
@@ -398,7 +403,9 @@ def build_trainer(
     if fitting:
         kwargs.update(max_steps=max_steps, max_epochs=-1)
         if val_every_n_steps and val_every_n_steps > 0:
-            kwargs.update(val_check_interval=min(int(val_every_n_steps), max_steps), check_val_every_n_epoch=None)
+            kwargs.update(
+                val_check_interval=min(int(val_every_n_steps), max_steps), check_val_every_n_epoch=None
+            )
         else:
             kwargs.update(limit_val_batches=0)
     if limit_val_batches is not None and kwargs.get("limit_val_batches") != 0:
@@ -465,7 +472,10 @@ def _fit_stage(
     except SIGTERMException:
         # Lightning stops between two steps and CheckpointOnInterrupt has saved last.ckpt; a SystemExit
         # without a code would report success
-        _say(f"[{stage}] stopped by SIGTERM at step {trainer.global_step}; run the same command again to resume")
+        _say(
+            f"[{stage}] stopped by SIGTERM at step {trainer.global_step}; "
+            "run the same command again to resume"
+        )
         raise SystemExit(128 + signal.SIGTERM) from None
     if trainer.interrupted:
         raise KeyboardInterrupt(f"{stage} stage interrupted at step {trainer.global_step}")
@@ -568,7 +578,9 @@ def format_table(results: Mapping[str, Any], *, kind: str) -> str:
     for stage in ("teacher", "student"):
         r = results.get(stage)
         if r and "epe" in r:
-            rows.append(f"| {stage} | EPE (px) | {_fmt(r['epe'], 3)} | zero flow {_fmt(r.get('epe_zero'), 3)} |")
+            rows.append(
+                f"| {stage} | EPE (px) | {_fmt(r['epe'], 3)} | zero flow {_fmt(r.get('epe_zero'), 3)} |"
+            )
     r = results.get("restorer")
     if r and "psnr" in r:
         rows.append(
@@ -618,7 +630,9 @@ def output_dir(cfg: DictConfig) -> Path:
     """The run's output dir: ``paths.output_dir`` (Hydra's run dir by default)."""
     path = _get(cfg, "paths.output_dir")
     if not path:
-        raise ConfigError("paths.output_dir is not set (it defaults to Hydra's run dir, ${hydra:runtime.output_dir})")
+        raise ConfigError(
+            "paths.output_dir is not set (it defaults to Hydra's run dir, ${hydra:runtime.output_dir})"
+        )
     return Path(path)
 
 
@@ -658,5 +672,8 @@ def run(cfg: DictConfig) -> float | None:
         if wandb is not None and getattr(wandb, "run", None) is not None:
             wandb.finish()  # one run per job, also between multirun jobs
     if bool(cfg.get("print_table", True)) and _is_global_zero():
-        print(f"\n{cfg.task_name}: results in {out / 'results.json'}\n" + format_table(results, kind=str(cfg.kind)))
+        print(
+            f"\n{cfg.task_name}: results in {out / 'results.json'}\n"
+            + format_table(results, kind=str(cfg.kind))
+        )
     return _optimized_metric(cfg, results)

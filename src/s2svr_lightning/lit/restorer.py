@@ -143,7 +143,9 @@ class RestorerModule(L.LightningModule):
         if self.hparams.scale is None:
             self.hparams.scale = int(self.net.scale)
         if int(self.net.scale) != self.hparams.scale:
-            raise ValueError(f"expected scale {self.hparams.scale} to equal the network's scale, got {self.net.scale}")
+            raise ValueError(
+                f"expected scale {self.hparams.scale} to equal the network's scale, got {self.net.scale}"
+            )
         self.val_metrics = VideoMetrics(**self.hparams.metrics)
         self.test_metrics = VideoMetrics(**self.hparams.metrics)
         self.test_per_sequence: dict[str, dict[str, float]] = {}
@@ -166,13 +168,19 @@ class RestorerModule(L.LightningModule):
         """Copy a flow stage checkpoint's ``flownet.*`` weights into ``self.net.flownet``."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"flow checkpoint {path} does not exist (expected the student stage's .ckpt)")
+            raise FileNotFoundError(
+                f"flow checkpoint {path} does not exist (expected the student stage's .ckpt)"
+            )
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         kind = ckpt.get("s2svr_kind")
         if kind not in ("student", "teacher"):
-            raise ValueError(f"expected a student or teacher flow checkpoint in {path}, got s2svr_kind={kind!r}")
+            raise ValueError(
+                f"expected a student or teacher flow checkpoint in {path}, got s2svr_kind={kind!r}"
+            )
         state = {
-            k[len(_FLOWNET_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(_FLOWNET_PREFIX)
+            k[len(_FLOWNET_PREFIX) :]: v
+            for k, v in ckpt["state_dict"].items()
+            if k.startswith(_FLOWNET_PREFIX)
         }
         if not state:
             raise ValueError(f"expected flownet.* weights in {path}, found none")
@@ -202,7 +210,9 @@ class RestorerModule(L.LightningModule):
         lq, hq = batch["lq"], batch["hq"]
         out = self(lq)
         if out.shape != hq.shape:
-            raise ValueError(f"expected the output shape {tuple(out.shape)} to equal the HQ shape {tuple(hq.shape)}")
+            raise ValueError(
+                f"expected the output shape {tuple(out.shape)} to equal the HQ shape {tuple(hq.shape)}"
+            )
         loss = charbonnier_loss(out, hq, eps=self.hparams.charbonnier_eps)
         raise_if_nonfinite(loss, what="restorer loss", step=self.global_step, batch=batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=lq.shape[0])
@@ -231,7 +241,9 @@ class RestorerModule(L.LightningModule):
             raise ValueError(
                 f"expected total_steps > 0 (or a trainer with max_steps) for the cosine schedule, got {total}"
             )
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=self.hparams.min_lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total, eta_min=self.hparams.min_lr
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ evaluation
@@ -242,11 +254,19 @@ class RestorerModule(L.LightningModule):
         base = baseline_restoration(lq.float(), kind=self.kind, scale=self.scale)
         keys = batch.get("key", [f"{prefix}_{batch_idx}_{i}" for i in range(lq.shape[0])])
         # "frames" / "score": the DataModule's frame numbers and the frames this sample must count
-        metrics.update(out, hq.float(), keys, baseline=base, frame_index=batch.get("frames"), mask=batch.get("score"))
-        if batch_idx < self.hparams.num_log_images and self.trainer is not None and not self.trainer.sanity_checking:
+        metrics.update(
+            out, hq.float(), keys, baseline=base, frame_index=batch.get("frames"), mask=batch.get("score")
+        )
+        if (
+            batch_idx < self.hparams.num_log_images
+            and self.trainer is not None
+            and not self.trainer.sanity_checking
+        ):
             self._log_strip(prefix, batch_idx, lq, out, hq)
 
-    def _log_strip(self, prefix: str, batch_idx: int, lq: torch.Tensor, out: torch.Tensor, hq: torch.Tensor) -> None:
+    def _log_strip(
+        self, prefix: str, batch_idx: int, lq: torch.Tensor, out: torch.Tensor, hq: torch.Tensor
+    ) -> None:
         t = lq.shape[1] // 2
         size = hq.shape[-2:]
         lq_up = F.interpolate(lq[:1, t].float(), size=size, mode="nearest")
@@ -258,7 +278,9 @@ class RestorerModule(L.LightningModule):
             flow = self.net.flownet(lq[:1, t - 1].float(), lq[:1, t].float())
             color = flow_to_color(flow)
             color = color.float() / 255.0 if color.dtype == torch.uint8 else color
-            log_images(self.trainer, f"{prefix}/flow_{batch_idx}", [lq[0, t - 1].float(), color[0]], self.global_step)
+            log_images(
+                self.trainer, f"{prefix}/flow_{batch_idx}", [lq[0, t - 1].float(), color[0]], self.global_step
+            )
 
     def _log_metrics(self, metrics: VideoMetrics, prefix: str) -> dict[str, float]:
         values = metrics.compute()  # synced across ranks by torchmetrics
@@ -287,4 +309,3 @@ class RestorerModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["s2svr_kind"] = "restorer"
-

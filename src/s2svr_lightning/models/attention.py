@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["LocalAttention"]
@@ -42,10 +43,15 @@ class LocalAttention(nn.Module):
             raise ValueError(
                 f"expected query of shape {tuple(neighbours[:, 0].shape)}, got {tuple(query.shape)}"
             )
-        b, _, c, h, w = neighbours.shape
-        # score every neighbour in one batched conv: (B * K, 2C, H, W)
-        pairs = torch.cat((query.unsqueeze(1).expand(-1, k, -1, -1, -1), neighbours), dim=2)
-        scores = self.v_a(torch.tanh(self.w_a(pairs.reshape(b * k, 2 * c, h, w))))
+        b = neighbours.shape[0]
+        c = self.channels
+        # W_a [s, z_j] = W_s s + W_z z_j: the query's half is the same for every neighbour, so it is
+        # computed once and broadcast; the neighbours' half runs as one batch (B * K, C, H, W), a view
+        # of a window stacked by S2SVR.align_window
+        w_query, w_latent = self.w_a.weight.split(c, dim=1)
+        hidden = F.conv2d(neighbours.flatten(0, 1), w_latent, padding=1).unflatten(0, (b, k))
+        hidden += F.conv2d(query, w_query, padding=1).unsqueeze(1)
+        scores = self.v_a(hidden.tanh_().flatten(0, 1)).unflatten(0, (b, k))
         # softmax over K with the channels innermost: no copy for channels_last scores
-        weights = torch.softmax(scores.unflatten(0, (b, k)).movedim(2, -1), dim=1).movedim(-1, 2)
+        weights = torch.softmax(scores.movedim(2, -1), dim=1).movedim(-1, 2)
         return (weights * neighbours).sum(dim=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layout import like_layout
+
 __all__ = ["ConvGRU", "ResConvGRU", "ResidualBlock"]
 
 
@@ -26,12 +28,13 @@ class ConvGRU(nn.Module):
 
     def forward(self, h: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         if h is None:
-            h = x.new_zeros(x.shape[0], self.hidden_channels, x.shape[-2], x.shape[-1])
+            h = like_layout(x.new_zeros(x.shape[0], self.hidden_channels, x.shape[-2], x.shape[-1]), x)
         hx = torch.cat((h, x), dim=1)
-        z = torch.sigmoid(self.conv_z(hx))
-        r = torch.sigmoid(self.conv_r(hx))
-        q = torch.tanh(self.conv_q(torch.cat((r * h, x), dim=1)))
-        return (1 - z) * h + z * q
+        # activations in place on the fresh conv outputs (autograd-safe: convs do not save their output)
+        z = self.conv_z(hx).sigmoid_()
+        r = self.conv_r(hx).sigmoid_()
+        q = self.conv_q(torch.cat((r * h, x), dim=1)).tanh_()
+        return torch.lerp(h, q, z)  # h + z * (q - h): one pass instead of four
 
 
 class ResidualBlock(nn.Module):
@@ -53,7 +56,7 @@ class ResidualBlock(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.relu(self.conv1(x)))
+        return self.conv2(self.relu(self.conv1(x))).add_(x)  # in place on the fresh conv output
 
 
 class ResConvGRU(nn.Module):
