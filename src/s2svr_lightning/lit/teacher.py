@@ -72,6 +72,8 @@ class FlowModuleBase(L.LightningModule):
         occlusion_warmup_steps: optimizer steps without the mask first; from random weights the check
             marks every pixel occluded (facts 4.4).
         occlusion_alpha1, occlusion_alpha2: tolerances of the check.
+        occlusion_min_visible: pairs with a smaller visible share are not masked (a guard against the
+            all-occluded dead end; see ``UnsupervisedFlowLoss``).
         scale_weights: photometric weight per pyramid level, finest first; ``[1.0]`` = final flow only
             (the paper); longer lists read ``return_pyramid=True`` (ARFlow's multi-scale loss).
         val_chunk_pairs: frame pairs per network call at validation (bounds memory on long sequences).
@@ -102,6 +104,7 @@ class FlowModuleBase(L.LightningModule):
         occlusion_warmup_steps: int = 1000,
         occlusion_alpha1: float = 0.01,
         occlusion_alpha2: float = 0.5,
+        occlusion_min_visible: float = 0.2,
         scale_weights: Sequence[float] = (1.0,),
         val_chunk_pairs: int = 8,
         val_log_images: int = 1,
@@ -129,6 +132,7 @@ class FlowModuleBase(L.LightningModule):
             smooth_normalize=smooth_normalize,
             occlusion_alpha1=occlusion_alpha1,
             occlusion_alpha2=occlusion_alpha2,
+            min_visible=occlusion_min_visible,
             scale_weights=tuple(scale_weights),
         )
 

@@ -37,6 +37,10 @@ class UnsupervisedFlowLoss(nn.Module):
         occlusion_alpha1, occlusion_alpha2: tolerances of ``forward_backward_occlusion``.
         scale_weights: photometric weight of each pyramid level, finest first; ``(1.0,)`` = finest only.
         padding_mode: ``flow_warp`` padding for the photometric warp.
+        min_visible: a pair whose share of visible pixels is below this is not masked. A guard, not in
+            the paper: a network whose two directions disagree everywhere (untrained, or after a bad
+            step) marks every pixel occluded, and the masked loss of Eq. 11 then has no pixel left to
+            learn from, so training would stall for good. 0 disables the guard.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class UnsupervisedFlowLoss(nn.Module):
         occlusion_alpha2: float = 0.5,
         scale_weights: Sequence[float] = (1.0,),
         padding_mode: str = "border",
+        min_visible: float = 0.2,
     ) -> None:
         super().__init__()
         if w_ph < 0 or w_sm < 0:
@@ -66,6 +71,9 @@ class UnsupervisedFlowLoss(nn.Module):
         self.smooth_normalize = bool(smooth_normalize)
         self.occlusion_alpha1, self.occlusion_alpha2 = float(occlusion_alpha1), float(occlusion_alpha2)
         self.scale_weights = scale_weights
+        if not 0 <= min_visible < 1:
+            raise ValueError(f"expected 0 <= min_visible < 1, got {min_visible}")
+        self.min_visible = float(min_visible)
 
     @property
     def num_scales(self) -> int:
@@ -115,8 +123,9 @@ class UnsupervisedFlowLoss(nn.Module):
                 an untrained network would make every pixel "occluded" (0/0 in Eq. 11).
 
         Returns:
-            dict with ``loss`` (Eq. 14), ``photometric``, ``smoothness`` and ``occlusion`` (the share of
-            occluded pixels by the check, computed even when it is not applied; no gradient).
+            dict with ``loss`` (Eq. 14), ``photometric``, ``smoothness``, ``occlusion`` (the share of
+            pixels the check marks occluded, computed even when it is not applied) and
+            ``occlusion_masked`` (the share actually left out of Eq. 11); the shares carry no gradient.
         """
         flows12, flows21 = _as_pyramid(flow12), _as_pyramid(flow21)
         if len(flows12) < self.num_scales or len(flows21) < self.num_scales:
@@ -128,15 +137,22 @@ class UnsupervisedFlowLoss(nn.Module):
                 f"{tuple(finest12.shape)} and {tuple(finest21.shape)}"
             )
         occ1, occ2 = self.occlusion(finest12, finest21)
-        mask1, mask2 = (occ1, occ2) if use_occlusion else (None, None)
+        mask1, mask2 = (self._guarded(occ1), self._guarded(occ2)) if use_occlusion else (None, None)
         photo = 0.5 * (self._photometric(im1, im2, flows12, mask1) + self._photometric(im2, im1, flows21, mask2))
         smooth_kwargs = {"edge_alpha": self.edge_alpha, "normalize": self.smooth_normalize}
         smooth = 0.5 * (
             smoothness_loss(finest12, im1, **smooth_kwargs) + smoothness_loss(finest21, im2, **smooth_kwargs)
         )
+        masked = 0.0 if mask1 is None else 0.5 * (mask1.mean() + mask2.mean())
         return {
             "loss": self.w_ph * photo + self.w_sm * smooth,
             "photometric": photo,
             "smoothness": smooth,
             "occlusion": 0.5 * (occ1.mean() + occ2.mean()),
+            "occlusion_masked": torch.as_tensor(masked, dtype=photo.dtype, device=photo.device),
         }
+
+    def _guarded(self, occ: torch.Tensor) -> torch.Tensor:
+        """The mask, cleared for pairs with fewer than ``min_visible`` visible pixels."""
+        visible = 1.0 - occ.mean(dim=(1, 2, 3), keepdim=True)
+        return occ * (visible >= self.min_visible).to(occ.dtype)

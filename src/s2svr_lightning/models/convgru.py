@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layout import like_layout
+from .layout import memory_format_of
 
 __all__ = ["ConvGRU", "ResConvGRU", "ResidualBlock"]
 
@@ -28,13 +28,14 @@ class ConvGRU(nn.Module):
 
     def forward(self, h: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         if h is None:
-            h = like_layout(x.new_zeros(x.shape[0], self.hidden_channels, x.shape[-2], x.shape[-1]), x)
+            h = x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[-2:])
+            h = h.contiguous(memory_format=memory_format_of(x))
         hx = torch.cat((h, x), dim=1)
         # activations in place on the fresh conv outputs (autograd-safe: convs do not save their output)
         z = self.conv_z(hx).sigmoid_()
         r = self.conv_r(hx).sigmoid_()
         q = self.conv_q(torch.cat((r * h, x), dim=1)).tanh_()
-        return torch.lerp(h, q, z)  # h + z * (q - h): one pass instead of four
+        return h + z * (q - h)  # = (1 - z) * h + z * q in three passes instead of four
 
 
 class ResidualBlock(nn.Module):

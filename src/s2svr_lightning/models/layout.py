@@ -1,10 +1,10 @@
 """Memory layout helpers: keep a channels_last computation channels_last from end to end.
 
-On CPU, oneDNN convolutions run fastest on channels_last (NHWC) tensors (on this project's AVX-512 machine
-about 1.5x the NCHW rate in fp32 and 2.5x in bf16), and a conv fed the other layout converts its input
-first. Most element-wise ops keep their input's layout, but a few produce contiguous (NCHW) results
-(``grid_sample``, ``softmax`` over a non-innermost dim, ``stack``); the networks use these helpers there,
-so that every op keeps the layout it is given: NCHW in, NCHW out, channels_last in, channels_last out.
+On CPU, oneDNN convolutions run fastest on channels_last (NHWC) tensors, and a conv fed the other layout
+converts its input first. Element-wise ops keep their input's layout, but a few ops return contiguous
+(NCHW) results whatever they are given (``grid_sample``, ``stack``, ``new_zeros``, ``softmax`` over a
+non-innermost dim); the networks use these helpers there, so that every op keeps the layout it is
+given: NCHW in, NCHW out; channels_last in, channels_last out.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["is_channels_last", "like_layout", "stack_neighbours"]
+__all__ = ["is_channels_last", "memory_format_of", "stack_neighbours"]
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -21,11 +21,9 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def like_layout(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``x`` in ``reference``'s layout (a copy only when the layouts differ)."""
-    if is_channels_last(reference) and not x.is_contiguous(memory_format=torch.channels_last):
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a channels_last 4-D tensor, else ``torch.contiguous_format``."""
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format
 
 
 def stack_neighbours(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layout import like_layout
+from .layout import memory_format_of
 
 __all__ = ["flow_warp", "resize_flow", "pixel_grid"]
 
@@ -50,7 +50,7 @@ def flow_warp(
         mode: ``"bilinear"`` or ``"nearest"``.
 
     Returns:
-        ``(B, C, H, W)`` warped tensor, in ``x``'s memory layout (contiguous or channels_last).
+        ``(B, C, H, W)`` warped tensor, with ``x``'s dtype and memory layout (contiguous or channels_last).
     """
     if x.dim() != 4 or flow.dim() != 4 or flow.shape[1] != 2:
         raise ValueError(
@@ -68,8 +68,10 @@ def flow_warp(
     grid = torch.stack((gx, gy), dim=-1)
     if grid.dtype != x.dtype:
         grid = grid.to(x.dtype)
-    # grid_sample always returns NCHW; a channels_last input gets a channels_last result back
-    return like_layout(F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=True), x)
+    warped = F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    # grid_sample returns NCHW, and float32 under autocast (it samples in float32): hand back x's layout
+    # and dtype, so that a channels_last / bfloat16 computation stays so, without conversions downstream
+    return warped.to(x.dtype, memory_format=memory_format_of(x))
 
 
 def resize_flow(
