@@ -10,7 +10,8 @@ is restored in fresh subprocesses:
   do), with the same checkpoint, reader and writer.
 
 The peak resident set size of each child is read from the kernel's accounting of that process alone
-(``os.wait4``: ``ru_maxrss`` of the waited child). Every figure comes from the same run, side by side.
+(``os.wait4``: ``ru_maxrss`` of the waited child, forked from a small launcher process so that no parent's
+memory is counted). Every figure comes from the same run, side by side.
 The network is the VSR builder narrowed to a small width (``channels=16, num_blocks=1``) and untrained:
 memory growth is a property of the inference scheme, and a small network keeps 800 frames quick.
 
@@ -83,25 +84,33 @@ def write_clip(path: str | os.PathLike, num_frames: int, size: tuple[int, int], 
     return Path(path)
 
 
+# A small launcher between this (large) process and the measured command. A child forked from a big
+# process starts with the parent's pages counted in its peak RSS (the kernel records the old address
+# space's high-water mark at exec), so the measured command is forked from this ~10 MB interpreter
+# instead, which reports the command's own peak as ``os.wait4`` gives it.
+_LAUNCHER = """
+import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}))
+"""
+
+
 def run_measured(cmd: Sequence[str], *, timeout: float | None = None) -> tuple[int, float]:
-    """Run ``cmd``; return ``(peak resident bytes of that process, wall seconds)``; raise if it fails."""
+    """Run ``cmd``; return ``(its peak resident bytes, wall seconds)``; raise if it fails."""
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            # wait4 reports the resource usage of this child alone (RUSAGE_CHILDREN would be the maximum
-            # over every child this process ever waited for)
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        done = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, *cmd], stdout=subprocess.PIPE, stderr=err, timeout=timeout
+        )
         seconds = time.perf_counter() - start
-        if proc.returncode != 0:
+        report = json.loads(done.stdout.decode().strip().splitlines()[-1]) if done.returncode == 0 else None
+        if report is None or report["code"] != 0:
             err.seek(0)
             tail = err.read().decode(errors="replace")[-2000:]
-            raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{tail}")
-    return usage.ru_maxrss * 1024, seconds  # Linux reports kilobytes
+            code = done.returncode if report is None else report["code"]
+            raise RuntimeError(f"{' '.join(cmd)} failed with exit code {code}:\n{tail}")
+    return report["maxrss_kb"] * 1024, seconds  # Linux reports kilobytes
 
 
 def whole_sequence_child(ckpt: str, video: str, output: str, max_frames: int) -> None:

@@ -127,3 +127,19 @@ def test_missing_dataset_root_is_a_clear_cli_error(tmp_path):
     assert "dataset.root" in proc.stderr and "train_sharp" in proc.stderr and "+task=demo" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "teacher").exists()  # nothing trained
+
+
+def test_optuna_search_without_the_extra_says_how_to_install_it(tmp_path):
+    from s2svr_lightning.__main__ import _importable
+
+    if _importable("hydra_plugins.hydra_optuna_sweeper"):
+        pytest.skip("the optional Optuna sweeper is installed here")
+    proc = subprocess.run(
+        [sys.executable, "-m", "s2svr_lightning", "+task=demo", "hparams_search=optuna"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0 and "pip install -e '.[optuna]'" in proc.stderr
+    assert "Traceback" not in proc.stderr

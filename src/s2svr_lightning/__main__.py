@@ -14,13 +14,20 @@ import hydra
 from omegaconf import DictConfig
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
 def _require_optional_plugins(argv: list[str]) -> None:
     """A clear message for ``hparams_search=optuna`` without the optional extra (Hydra's own error only
     says that the sweeper config is missing)."""
     wants_optuna = any(
         a.split("=", 1)[0].lstrip("+~") == "hparams_search" and a.endswith("optuna") for a in argv
     )
-    if wants_optuna and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+    if wants_optuna and not _importable("hydra_plugins.hydra_optuna_sweeper"):
         sys.exit(
             "error: hparams_search=optuna needs the optional Optuna sweeper: pip install -e '.[optuna]' "
             "(hydra-optuna-sweeper with optuna<3, sqlalchemy<2, alembic<1.14)"

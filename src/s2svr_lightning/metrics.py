@@ -343,8 +343,18 @@ class VideoMetrics(Metric):
         return out
 
     def per_sequence(self) -> dict[str, dict[str, float]]:
-        """``{key: {"psnr", "ssim", "frames"}}`` per sequence (keys seen by other ranks show their id)."""
-        s = self._frames()
+        """``{key: {"psnr", "ssim", "frames"}}`` per sequence, over all ranks.
+
+        Under DDP every rank must call it (states and sequence names are gathered across ranks).
+        """
+        with self.sync_context():  # no-op outside DDP; restores the local states afterwards
+            s = self._frames()
+        names = dict(self._names)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[dict[int, str] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self._names)
+            for part in gathered:
+                names.update(part or {})
         result: dict[str, dict[str, float]] = {}
         for sid in torch.unique(s["seq_ids"]).tolist():
             mask = s["seq_ids"] == sid
@@ -356,7 +366,7 @@ class VideoMetrics(Metric):
             if not bool(torch.isnan(s["base_psnr"][mask]).any()):
                 row["baseline_psnr"] = float(s["base_psnr"][mask].mean())
                 row["baseline_ssim"] = float(s["base_ssim"][mask].mean())
-            result[self._names.get(sid, str(sid))] = row
+            result[names.get(sid, str(sid))] = row
         return result
 
 

@@ -67,7 +67,15 @@ def _get(cfg: Any, path: str, default: Any = None) -> Any:
 
 
 def _is_global_zero() -> bool:
-    return getattr(rank_zero_only, "rank", 0) == 0
+    """Global rank zero, also before a Trainer has set ``rank_zero_only.rank`` (which only knows the local
+    rank then): under multi-node DDP, node > 0 processes must not write the run's files either."""
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return False
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var):
+            return int(os.environ[var]) == 0
+    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or os.environ.get("SLURM_NODEID") or "0"
+    return int(node) == 0
 
 
 _log = logging.getLogger("s2svr_lightning")

@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FOLDER_FPS = Fraction(25)
 _TASKS = ("vsr", "deblur", "cve")
 
@@ -215,7 +214,7 @@ def load_restorer(path: str | os.PathLike, *, map_location: str | torch.device =
         if kind in ("teacher", "student"):
             hint = (
                 f": {path} is a {kind} optical-flow checkpoint; restore needs the restorer stage's "
-                "checkpoint (<run dir>/restorer/checkpoints/last.ckpt)"
+                "checkpoint (<run dir>/restorer/checkpoints/final.ckpt)"
             )
         raise ValueError(f"expected a restorer checkpoint (s2svr_kind 'restorer'), got {kind!r}{hint}")
     from .lit.restorer import RestorerModule
@@ -350,6 +349,9 @@ def degraded_stream(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Make ``(lq, hq_target)`` pairs from HQ frames with the task's degradation, in bounded memory.
 
+    The LQ frames are rounded to 8 bits, as degraded datasets store them (and as the DataModule makes
+    them for user footage).
+
     - ``vsr``: each frame mod-cropped to a multiple of the scale and bicubic-downsampled on its own.
     - ``deblur``: a sliding buffer of ``blur_frames`` sub-frames, one blurred frame per window, advanced
       by the window stride: exactly what :func:`~s2svr_lightning.data.degradations.degrade` gives on the
@@ -359,6 +361,7 @@ def degraded_stream(
       checkpoint's QP. Exact for videos of at most ``chunk`` frames.
     """
     from .data.degradations import degrade
+    from .metrics import quantize_8bit
 
     opts = dict(task.degradation)
     if task.kind == "vsr":
@@ -367,7 +370,7 @@ def degraded_stream(
             h, w = hq.shape[-2:]
             hq = hq[..., : h - h % s, : w - w % s]
             lq, target = degrade("vsr", hq.unsqueeze(0), scale=s, return_target=True)
-            yield lq[0].clamp(0.0, 1.0), target[0]
+            yield quantize_8bit(lq[0]), target[0]
     elif task.kind == "deblur":
         k = int(opts.get("blur_frames", 7))
         stride = opts.get("blur_stride")
@@ -381,7 +384,7 @@ def degraded_stream(
             window.append(hq)
             if len(window) == k:
                 lq, target = degrade("deblur", torch.stack(list(window)), blur_frames=k, return_target=True)
-                yield lq[0], target[0]
+                yield quantize_8bit(lq[0]), target[0]
                 for _ in range(min(stride, k)):
                     window.popleft()
                 skip = max(stride - k, 0)
@@ -393,7 +396,7 @@ def degraded_stream(
                 buf.append(hq)
             if buf and (hq is None or len(buf) == chunk):
                 lq, target = degrade("cve", torch.stack(buf), qp=qp, return_target=True)
-                yield from zip(lq.unbind(0), target.unbind(0))
+                yield from zip(quantize_8bit(lq).unbind(0), target.unbind(0))
                 buf = []
 
 
@@ -475,6 +478,7 @@ def restore_video(
     precision: str = "fp32",
     tile: int | None = None,
     tile_overlap: int | None = None,
+    tile_flow: str = "frame",
     max_frames: int | None = None,
     reference: str | os.PathLike | None = None,
     degrade: bool = False,
@@ -538,7 +542,7 @@ def restore_video(
         video_fps = video_fps / int(stride)  # one blurred frame per window of sub-frames
 
     restorer = StreamingRestorer(
-        net, device=device, precision=precision, tile=tile, **_tile_kwargs(tile_overlap)
+        net, device=device, precision=precision, tile=tile, tile_flow=tile_flow, **_tile_kwargs(tile_overlap)
     )
     summary = RestoreSummary(frames=0, seconds=0.0, output=str(out_path), video_fps=float(video_fps))
     scored = degrade or reference is not None
@@ -808,20 +812,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore a video (or a folder of frames) with an S2SVR restorer checkpoint, streaming: "
         "memory does not grow with the video's length and the output equals a whole-sequence pass.",
     )
-    p.add_argument("--ckpt", required=True, help="restorer checkpoint (<run>/restorer/checkpoints/last.ckpt)")
+    p.add_argument(
+        "--ckpt", required=True, help="restorer checkpoint (<run>/restorer/checkpoints/final.ckpt)"
+    )
     p.add_argument(
         "input", metavar="INPUT", help="video file or folder of frames (the HQ video with --degrade)"
     )
     p.add_argument(
         "output",
         metavar="OUTPUT",
-        nargs="?",
-        help="video file (.mp4, .mkv, ...) or folder of PNGs (no extension)",
+        help="video file (.mp4, .mkv, ...) or folder of PNGs (no extension); with --export, the step's file",
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
     p.add_argument("--tile", type=int, default=None, help="process in spatial tiles of this many LQ pixels")
     p.add_argument("--tile-overlap", type=int, default=None, help="overlap between tiles, LQ pixels")
+    p.add_argument(
+        "--tile-flow",
+        choices=("frame", "tile"),
+        default="frame",
+        help="with --tile: flow on the whole frame (default: closest to untiled) or per tile (less memory)",
+    )
     p.add_argument("--max-frames", type=int, default=None, help="restore only the first N frames")
     p.add_argument("--reference", default=None, help="HQ video or frame folder to score PSNR / SSIM against")
     p.add_argument(
@@ -874,9 +885,6 @@ def _on_sigterm(signum, frame):  # noqa: ARG001 -- signal handler signature
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``s2svr-restore`` / ``python -m s2svr_lightning.restore``; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if args.output is None:
-        print("s2svr-restore: error: OUTPUT is required", file=sys.stderr)
-        return 2
     if args.threads is not None:
         if args.threads < 1:
             print(f"s2svr-restore: error: expected --threads >= 1, got {args.threads}", file=sys.stderr)
@@ -896,6 +904,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             precision=args.precision,
             tile=args.tile,
             tile_overlap=args.tile_overlap,
+            tile_flow=args.tile_flow,
             max_frames=args.max_frames,
             reference=args.reference,
             degrade=args.degrade,
@@ -906,9 +915,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             fps=args.fps,
             progress=not args.no_progress,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("s2svr-restore: interrupted; the partial output was removed", file=sys.stderr)
-        return 130
+        return 143 if isinstance(err, RestoreInterrupted) else 130
     except (ValueError, OSError) as err:
         print(f"s2svr-restore: error: {err}", file=sys.stderr)
         return 2
