@@ -64,6 +64,13 @@ def test_correlation_order_and_mean():
     assert cost[0, channel, 0, 0] == 0
 
 
+def test_correlation_keeps_channels_last():
+    f1, f2 = torch.randn(2, 1, 8, 6, 7).unbind(0)
+    out = correlation(*(f.contiguous(memory_format=torch.channels_last) for f in (f1, f2)), max_displacement=2)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert torch.allclose(out, correlation(f1, f2, max_displacement=2), atol=1e-6)
+
+
 def test_recovers_a_translation_after_short_optimisation():
     torch.manual_seed(0)
     img = (

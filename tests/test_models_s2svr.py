@@ -7,6 +7,7 @@ from s2svr_lightning.models import (
     ConvGRU,
     LocalAttention,
     ResConvGRU,
+    ResidualBlock,
     build_model,
     pwclite,
     s2svr_cve,
@@ -196,6 +197,49 @@ def test_local_attention_is_a_convex_combination():
     assert torch.allclose(att(query, same), same[:, 0], atol=1e-6)
     with pytest.raises(ValueError, match=r"expected neighbours of shape \(B, 3, 4, H, W\)"):
         att(query, neighbours[:, :2])
+
+
+def test_local_attention_equals_eq_5_to_7_written_out():
+    # W_a on cat[s_{i-1}, z_j] for each neighbour, softmax over j, weighted sum of the z_j; the module
+    # splits W_a to share the query's half between neighbours
+    torch.manual_seed(0)
+    att = LocalAttention(channels=4, radius=1)
+    query, neighbours = torch.rand(2, 4, 6, 7), torch.rand(2, 3, 4, 6, 7)
+    with torch.no_grad():
+        scores = torch.stack(
+            [att.v_a(torch.tanh(att.w_a(torch.cat((query, neighbours[:, j]), 1)))) for j in range(3)], dim=1
+        )
+        expected = (torch.softmax(scores, dim=1) * neighbours).sum(dim=1)
+        assert torch.allclose(att(query, neighbours), expected, atol=1e-6)
+
+
+def test_residual_block_leaves_its_input_unchanged():
+    block = ResidualBlock(channels=4)
+    x = torch.rand(1, 4, 6, 6)
+    before = x.clone()
+    with torch.no_grad():
+        y = block(x)
+        assert torch.equal(x, before)  # the residual is added in place to the conv output, not to x
+        assert torch.allclose(y, x + block.conv2(torch.relu(block.conv1(x))), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["s2svr_vsr", "s2svr_deblur"])
+def test_step_functions_keep_channels_last(name):
+    # every op keeps the layout it is given, so a channels_last stream never converts in between
+    torch.manual_seed(0)
+    net = build_model(name, **TINY).eval().to(memory_format=torch.channels_last)
+    x0, x1 = (f.contiguous(memory_format=torch.channels_last) for f in torch.rand(2, 1, 3, 16, 20))
+    with torch.no_grad():
+        to_prev, to_next = net.pair_flows(x1, x0)
+        z0, states = net.encode_step(x0, None, None)
+        decoder_states, y = net.init_decoder(x0, states)
+        z1, states = net.encode_step(x1, states, to_prev)
+        window = net.align_window(z1, [(z0, to_prev)], [])
+        y, decoder_states = net.decode_step(x1, window, decoder_states, y, to_prev)
+    # the window flattens to a (B * K, C, h, w) channels_last view, not a copy
+    assert window.flatten(0, 1).data_ptr() == window.data_ptr()
+    for t in [z1, *states, window.flatten(0, 1), y, *decoder_states]:
+        assert t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 @pytest.mark.parametrize(

@@ -37,3 +37,27 @@ def test_resize_flow_scales_values_per_axis():
 def test_flow_warp_bad_shapes():
     with pytest.raises(ValueError, match="expected x"):
         flow_warp(torch.rand(1, 3, 8, 8), torch.zeros(1, 2, 8, 9))
+
+
+def test_flow_warp_keeps_the_memory_layout():
+    x = torch.rand(2, 5, 13, 17)
+    flow = torch.randn(2, 2, 13, 17) * 3
+    expected = flow_warp(x, flow)
+    out = flow_warp(x.contiguous(memory_format=torch.channels_last), flow)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert flow_warp(x, flow).is_contiguous()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bfloat16_input_is_sampled_at_float32_coordinates(autocast):
+    # a wide frame: in bfloat16 the normalised x coordinate near the right edge is off by ~1 px
+    x = torch.rand(1, 4, 8, 320)
+    flow = torch.zeros(1, 2, 8, 320)
+    flow[:, 0] = -0.37
+    expected = flow_warp(x.bfloat16().float(), flow)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = flow_warp(x.bfloat16(), flow)
+    assert out.dtype == torch.bfloat16  # the input's dtype, also under autocast
+    # only the output's rounding to bfloat16 remains (values in [0, 1]: < 2^-8)
+    assert (out.float() - expected).abs().max() < 4e-3

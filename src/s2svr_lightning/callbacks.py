@@ -88,5 +88,5 @@ class CheckpointOnInterrupt(Callback):
             return
         if trainer.state.fn != "fit" or trainer.global_step == 0:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         rank_zero_info(f"Interrupted at step {trainer.global_step}: saved {self.path}; run again to resume.")

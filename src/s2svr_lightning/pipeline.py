@@ -74,8 +74,8 @@ def _is_global_zero() -> bool:
     for var in ("RANK", "SLURM_PROCID"):
         if os.environ.get(var):
             return int(os.environ[var]) == 0
-    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or os.environ.get("SLURM_NODEID") or "0"
-    return int(node) == 0
+    nodes = (os.environ.get(var) for var in ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID"))
+    return int(next((n for n in nodes if n), "0")) == 0
 
 
 _log = logging.getLogger("s2svr_lightning")
@@ -494,7 +494,7 @@ def _fit_stage(
     metrics["steps"] = int(trainer.global_step)
     # metrics first, then the final checkpoint: the checkpoint is the "finished" marker
     _write_json(metrics_file, metrics)
-    trainer.save_checkpoint(final)
+    trainer.save_checkpoint(final, weights_only=False)  # full state: training can go on from it
     return metrics, True
 
 

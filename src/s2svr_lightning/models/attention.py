@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layout import memory_format_of
+
 __all__ = ["LocalAttention"]
 
 
@@ -52,6 +54,8 @@ class LocalAttention(nn.Module):
         hidden = F.conv2d(neighbours.flatten(0, 1), w_latent, padding=1).unflatten(0, (b, k))
         hidden += F.conv2d(query, w_query, padding=1).unsqueeze(1)
         scores = self.v_a(hidden.tanh_().flatten(0, 1)).unflatten(0, (b, k))
-        # softmax over K with the channels innermost: no copy for channels_last scores
-        weights = torch.softmax(scores.movedim(2, -1), dim=1).movedim(-1, 2)
-        return (weights * neighbours).sum(dim=1)
+        # softmax and weighted sum over K on (B, K, H, W, C) views: for channels_last tensors these are
+        # contiguous, so neither op copies and the context comes out channels_last
+        weights = torch.softmax(scores.movedim(2, -1), dim=1)
+        context = (weights * neighbours.movedim(2, -1)).sum(dim=1).movedim(-1, 1)
+        return context.contiguous(memory_format=memory_format_of(query))

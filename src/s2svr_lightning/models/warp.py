@@ -61,16 +61,17 @@ def flow_warp(
             f"expected x and flow with the same batch and size, got {tuple(x.shape)} and {tuple(flow.shape)}"
         )
     _, _, h, w = x.shape
-    coords = pixel_grid(h, w, device=flow.device, dtype=flow.dtype) + flow
+    # sample in float32 at least: in bfloat16 the normalised coordinates of a 320 px wide frame are off
+    # by up to a pixel (8 mantissa bits); this is also what grid_sample does under autocast
+    dtype = torch.promote_types(torch.promote_types(x.dtype, flow.dtype), torch.float32)
+    coords = pixel_grid(h, w, device=flow.device, dtype=dtype) + flow
     # normalise to [-1, 1] with align_corners=True: pixel 0 -> -1, pixel W-1 -> +1
     gx = coords[:, 0] * (2.0 / max(w - 1, 1)) - 1.0
     gy = coords[:, 1] * (2.0 / max(h - 1, 1)) - 1.0
     grid = torch.stack((gx, gy), dim=-1)
-    if grid.dtype != x.dtype:
-        grid = grid.to(x.dtype)
-    warped = F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
-    # grid_sample returns NCHW, and float32 under autocast (it samples in float32): hand back x's layout
-    # and dtype, so that a channels_last / bfloat16 computation stays so, without conversions downstream
+    warped = F.grid_sample(x.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    # grid_sample returns NCHW: hand back x's layout and dtype, so that a channels_last / bfloat16
+    # computation stays so, without conversions downstream
     return warped.to(x.dtype, memory_format=memory_format_of(x))
 
 
