@@ -21,7 +21,7 @@ from s2svr_lightning.metrics import endpoint_error
 from s2svr_lightning.models import build_model
 from s2svr_lightning.models.warp import resize_flow
 
-__all__ = ["FlowModuleBase", "TeacherFlowModule", "build_flownet", "consecutive_pairs"]
+__all__ = ["FlowModuleBase", "TeacherFlowModule", "build_flownet", "consecutive_pairs", "init_flownet_"]
 
 
 def _plain(value: Any) -> Any:
@@ -44,6 +44,32 @@ def build_flownet(name: str, overrides: Mapping[str, Any] | None = None) -> nn.M
     return build_model(name, **dict(overrides or {}))
 
 
+@torch.no_grad()
+def init_flownet_(net: nn.Module, scheme: str) -> nn.Module:
+    """Re-initialise a flow network in place before training.
+
+    ``"default"`` keeps the network's own initialisation (PyTorch's default, as ARFlow's PWC-Lite really
+    had). ``"kaiming"``: Kaiming-normal weights for LeakyReLU(0.1) and zero biases on every convolution,
+    and zero weights on the convolutions with 2 output channels (the flow predictors), so the untrained
+    network predicts zero flow. PyTorch's default init shrinks the activations at every layer, so the
+    cost volume starts ~1e-3 against features ~5e-2 and is learnt to be read only slowly; Kaiming
+    keeps it O(0.1) from the start.
+    """
+    if scheme == "default":
+        return net
+    if scheme != "kaiming":
+        raise ValueError(f"expected flownet_init 'default' or 'kaiming', got {scheme!r}")
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            if module.out_channels == 2:
+                nn.init.zeros_(module.weight)
+            else:
+                nn.init.kaiming_normal_(module.weight, a=0.1, nonlinearity="leaky_relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return net
+
+
 def consecutive_pairs(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, T, C, H, W)`` -> frames ``t`` and ``t + 1`` of every sequence, each ``(B * (T - 1), C, H, W)``."""
     if frames.dim() != 5 or frames.shape[1] < 2:
@@ -60,6 +86,8 @@ class FlowModuleBase(L.LightningModule):
     Args:
         flownet: builder name in ``s2svr_lightning.models`` (``"pwclite"``).
         flownet_overrides: keyword arguments for the builder.
+        flownet_init: ``"default"`` or ``"kaiming"`` (see :func:`init_flownet_`); a checkpoint loaded
+            afterwards replaces the weights anyway.
         lr, betas, weight_decay: Adam (the paper: lr 1e-4).
         scheduler: None (constant lr, the paper and ARFlow) or ``"cosine"`` (to ``min_lr`` over the
             trainer's total steps).
@@ -88,6 +116,7 @@ class FlowModuleBase(L.LightningModule):
         *,
         flownet: str = "pwclite",
         flownet_overrides: Mapping[str, Any] | None = None,
+        flownet_init: str = "default",
         lr: float = 1e-4,
         betas: Sequence[float] = (0.9, 0.999),
         weight_decay: float = 0.0,
@@ -121,7 +150,7 @@ class FlowModuleBase(L.LightningModule):
         # Hydra passes DictConfig / ListConfig: store plain containers so checkpoints load with weights_only
         for key, value in list(self.hparams.items()):
             self.hparams[key] = _plain(value)
-        self.flownet = build_flownet(flownet, self.hparams.flownet_overrides)
+        self.flownet = init_flownet_(build_flownet(flownet, self.hparams.flownet_overrides), flownet_init)
         self.criterion = UnsupervisedFlowLoss(
             w_ph=w_ph,
             w_sm=w_sm,
