@@ -16,7 +16,14 @@ def test_colorwheel_has_the_55_standard_colours():
     wheel = make_colorwheel()
     assert wheel.shape == (55, 3)
     # segment starts: red, yellow, green, cyan, blue, magenta (RY 15, YG 6, GC 4, CB 11, BM 13, MR 6)
-    starts = {0: (255, 0, 0), 15: (255, 255, 0), 21: (0, 255, 0), 25: (0, 255, 255), 36: (0, 0, 255), 49: (255, 0, 255)}
+    starts = {
+        0: (255, 0, 0),
+        15: (255, 255, 0),
+        21: (0, 255, 0),
+        25: (0, 255, 255),
+        36: (0, 0, 255),
+        49: (255, 0, 255),
+    }
     for index, rgb in starts.items():
         assert tuple(wheel[index].tolist()) == rgb
     assert tuple(wheel[14].tolist()) == (255, 238, 0)  # floor(255 * 14 / 15)
@@ -42,7 +49,9 @@ def test_magnitude_sets_saturation_and_overflow_is_darkened():
     assert torch.allclose(half, 1 - 0.5 * (1 - full))
     assert torch.allclose(over, 0.75 * full)
     # max_norm=None scales each image by its own largest vector
-    batch = torch.stack([torch.tensor([[[-1.0, -0.5]], [[0.0, 0.0]]]), torch.tensor([[[-10.0, -5.0]], [[0.0, 0.0]]])])
+    batch = torch.stack(
+        [torch.tensor([[[-1.0, -0.5]], [[0.0, 0.0]]]), torch.tensor([[[-10.0, -5.0]], [[0.0, 0.0]]])]
+    )
     auto = flow_to_color(batch)
     assert auto.shape == (2, 3, 1, 2) and auto.dtype == torch.float32
     assert torch.allclose(auto[0], auto[1]) and torch.allclose(auto[0, :, 0, 0], full)

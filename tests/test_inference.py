@@ -97,7 +97,9 @@ def test_restorer_is_reusable_and_takes_uint8():
     net = tiny()
     restorer = StreamingRestorer(net)
     clip8 = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
-    first = torch.stack(list(restorer.restore(clip8)))
+    frames = list(restorer.restore(clip8))
+    assert all(f.is_contiguous() for f in frames)  # plain (3, H, W) frames; the net runs channels_last
+    first = torch.stack(frames)
     second = torch.stack(list(restorer.restore(clip8.float() / 255)))
     assert torch.allclose(first, second, atol=1e-6)
     # a new video may have another size after flush()

@@ -22,7 +22,16 @@ def test_raise_if_nonfinite_names_the_quantity_step_and_batch():
     with pytest.raises(NonFiniteError) as info:
         raise_if_nonfinite({"photo": torch.ones(2), "flow": bad}, what="teacher", step=17, batch=batch)
     message = str(info.value)
-    for part in ("teacher['flow']", "step 17", "'hq'", "'lq'", "seq_a/0001", "seq_b/0007", "2 NaN", "1 infinite"):
+    for part in (
+        "teacher['flow']",
+        "step 17",
+        "'hq'",
+        "'lq'",
+        "seq_a/0001",
+        "seq_b/0007",
+        "2 NaN",
+        "1 infinite",
+    ):
         assert part in message
     with pytest.raises(NonFiniteError, match="step 0"):
         raise_if_nonfinite(float("inf"), what="loss", step=0)
@@ -81,7 +90,7 @@ def test_log_images_reaches_tensorboard_and_wandb_loggers():
 # ------------------------------------------------------------------------------------------ modules
 from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule  # noqa: E402
 from s2svr_lightning.lit.teacher import consecutive_pairs  # noqa: E402
-from s2svr_lightning.models import flow_warp, pwclite  # noqa: E402
+from s2svr_lightning.models import flow_warp  # noqa: E402
 
 
 def _sequence_batch(batch: int = 2, frames: int = 3, size: int = 64, seed: int = 0) -> dict:
@@ -156,9 +165,18 @@ def teacher_ckpt(tmp_path_factory):
 def test_teacher_fit_logs_losses_epe_and_flow_images(teacher_ckpt):
     path, trainer, module = teacher_ckpt
     metrics = trainer.logged_metrics
-    for key in ("train/loss", "train/photometric", "train/smoothness", "train/occlusion", "val/epe", "val/epe_zero"):
+    for key in (
+        "train/loss",
+        "train/photometric",
+        "train/smoothness",
+        "train/occlusion",
+        "val/epe",
+        "val/epe_zero",
+    ):
         assert key in metrics and math.isfinite(float(metrics[key]))
-    assert float(metrics["train/occlusion_on"]) == 1.0 and module.occlusion_active  # warm-up over after 2 steps
+    assert (
+        float(metrics["train/occlusion_on"]) == 1.0 and module.occlusion_active
+    )  # warm-up over after 2 steps
     assert float(metrics["val/epe_zero"]) == pytest.approx(math.hypot(2.0, 1.0), rel=1e-5)
     images = list((path.parent / "logs").rglob("val_teacher_flow_0_step*.png"))
     assert len(images) == 2  # one strip per validation run
@@ -189,7 +207,9 @@ def test_student_distils_from_a_frozen_teacher_and_is_self_contained(teacher_ckp
     student = StudentFlowModule(teacher_checkpoint=copy, occlusion_warmup_steps=0)
     teacher_state = TeacherFlowModule.load_from_checkpoint(copy).flownet.state_dict()
     for name, value in student.flownet.state_dict().items():  # initialised from the teacher
-        assert torch.equal(value, teacher_state[name]) and torch.equal(student.teacher.state_dict()[name], value)
+        assert torch.equal(value, teacher_state[name]) and torch.equal(
+            student.teacher.state_dict()[name], value
+        )
     assert not any(p.requires_grad for p in student.teacher.parameters())
     batch = _sequence_batch()
     trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=1)

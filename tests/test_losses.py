@@ -111,7 +111,9 @@ def test_smoothness_is_zero_for_constant_flow_and_edge_aware(photo):
     edge[..., 16:] = 1.0
     on_flat = smoothness_loss(flow, flat, edge_alpha=10.0)
     on_edge = smoothness_loss(flow, edge, edge_alpha=10.0)
-    assert on_flat.item() == pytest.approx(3.0 / 32 / 31, rel=1e-5)  # flow / min(H, W): one jump in 31 columns
+    assert on_flat.item() == pytest.approx(
+        3.0 / 32 / 31, rel=1e-5
+    )  # flow / min(H, W): one jump in 31 columns
     assert on_edge.item() == pytest.approx(on_flat.item() * torch.exp(torch.tensor(-5.0)).item(), rel=1e-5)
     assert smoothness_loss(flow, flat, normalize=False).item() == pytest.approx(on_flat.item() * 32, rel=1e-5)
 
@@ -132,13 +134,16 @@ def test_distillation_scales_student_flow_by_four_to_the_teacher_size():
 
 def test_unsupervised_loss_combines_eq14_with_the_paper_weights(photo):
     im1, im2 = _shifted_pair(photo, 2, 1, size=32)
-    flow12 = _constant_flow(2, 1, 32) + 0.3 * torch.randn(1, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+    flow12 = _constant_flow(2, 1, 32) + 0.3 * torch.randn(
+        1, 2, 32, 32, generator=torch.Generator().manual_seed(0)
+    )
     flow21 = _constant_flow(-2, -1, 32)
     criterion = UnsupervisedFlowLoss()
     out = criterion(im1, im2, flow12, flow21)
     occ1, occ2 = criterion.occlusion(flow12, flow21)
     photo_ref = 0.5 * (
-        photometric_loss(im1, im2, flow12, occlusion=occ1) + photometric_loss(im2, im1, flow21, occlusion=occ2)
+        photometric_loss(im1, im2, flow12, occlusion=occ1)
+        + photometric_loss(im2, im1, flow21, occlusion=occ2)
     )
     smooth_ref = 0.5 * (smoothness_loss(flow12, im1) + smoothness_loss(flow21, im2))
     assert out["photometric"].item() == pytest.approx(photo_ref.item(), rel=1e-6)
@@ -165,7 +170,9 @@ def test_unsupervised_loss_multiscale_reads_the_pyramid(photo):
         + photometric_loss(small2, small1, pyr21[1], occlusion=F.interpolate(occ2, size=16, mode="nearest"))
     )
     assert single["photometric"].item() < 1e-6 < coarse.item()
-    assert multi["photometric"].item() == pytest.approx(single["photometric"].item() + 0.5 * coarse.item(), rel=1e-5)
+    assert multi["photometric"].item() == pytest.approx(
+        single["photometric"].item() + 0.5 * coarse.item(), rel=1e-5
+    )
     assert multi["smoothness"].item() == single["smoothness"].item()  # smoothness at the finest level only
     with pytest.raises(ValueError, match="expected flow pyramids"):
         UnsupervisedFlowLoss(scale_weights=(1.0, 0.5, 0.5))(im1, im2, pyr12, pyr21)

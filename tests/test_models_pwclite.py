@@ -66,7 +66,8 @@ def test_correlation_order_and_mean():
 
 def test_correlation_keeps_channels_last():
     f1, f2 = torch.randn(2, 1, 8, 6, 7).unbind(0)
-    out = correlation(*(f.contiguous(memory_format=torch.channels_last) for f in (f1, f2)), max_displacement=2)
+    g1, g2 = (f.contiguous(memory_format=torch.channels_last) for f in (f1, f2))
+    out = correlation(g1, g2, max_displacement=2)
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
     assert torch.allclose(out, correlation(f1, f2, max_displacement=2), atol=1e-6)
 

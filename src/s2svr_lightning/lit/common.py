@@ -173,5 +173,7 @@ def log_images(
             name = type(logger).__name__
             if name not in _warned:
                 _warned.add(name)
-                rank_zero_warn(f"log_images: {name} is not supported (TensorBoard, wandb, CSV are); images skipped")
+                rank_zero_warn(
+                    f"log_images: {name} is not supported (TensorBoard, wandb, CSV are); images skipped"
+                )
     return written

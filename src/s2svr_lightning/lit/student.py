@@ -1,4 +1,4 @@
-"""Step 2 of Algorithm 1: the student flow network on LQ pairs, distilled from the frozen teacher (Eq. 15-17)."""
+"""Step 2 of Algorithm 1: the student flow network on LQ, distilled from the frozen teacher (Eq. 15-17)."""
 
 from __future__ import annotations
 
@@ -83,8 +83,12 @@ class StudentFlowModule(FlowModuleBase):
         theirs = (hp.get("flownet", "pwclite"), dict(hp.get("flownet_overrides") or {}))
         ours = (self.hparams.flownet, dict(self.hparams.flownet_overrides or {}))
         if theirs != ours:
-            raise ValueError(f"expected a teacher with the student's flow network {ours}, got {theirs} in {path}")
-        state = {k[len("flownet.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("flownet.")}
+            raise ValueError(
+                f"expected a teacher with the student's flow network {ours}, got {theirs} in {path}"
+            )
+        state = {
+            k[len("flownet.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("flownet.")
+        }
         self.teacher.load_state_dict(state)
         if self.hparams.init_from_teacher:
             self.flownet.load_state_dict(state)

@@ -71,7 +71,7 @@ def init_flownet_(net: nn.Module, scheme: str) -> nn.Module:
 
 
 def consecutive_pairs(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, T, C, H, W)`` -> frames ``t`` and ``t + 1`` of every sequence, each ``(B * (T - 1), C, H, W)``."""
+    """``(B, T, C, H, W)`` -> frames ``t`` and ``t + 1`` of each sequence, each ``(B * (T - 1), C, H, W)``."""
     if frames.dim() != 5 or frames.shape[1] < 2:
         raise ValueError(f"expected frames (B, T, C, H, W) with T >= 2, got {tuple(frames.shape)}")
     return frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1)
@@ -182,7 +182,9 @@ class FlowModuleBase(L.LightningModule):
 
     def _frames(self, batch: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
         if key not in batch:
-            raise KeyError(f"expected the batch to hold {key!r} frames (B, T, 3, H, W), got keys {sorted(batch)}")
+            raise KeyError(
+                f"expected the batch to hold {key!r} frames (B, T, 3, H, W), got keys {sorted(batch)}"
+            )
         return batch[key]
 
     def _bidirectional(
@@ -224,7 +226,7 @@ class FlowModuleBase(L.LightningModule):
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
     def predict_pairs(self, frames: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
-        """Forward flows of every consecutive pair of ``frames (B, T, 3, H, W)``: ``(B * (T - 1), 2, H, W)``."""
+        """Forward flows of consecutive pairs of ``frames (B, T, 3, H, W)``: ``(B * (T - 1), 2, H, W)``."""
         im1, im2 = consecutive_pairs(frames)
         chunk = chunk or self.hparams.val_chunk_pairs
         flows = [self.flownet(im1[i : i + chunk], im2[i : i + chunk]) for i in range(0, im1.shape[0], chunk)]

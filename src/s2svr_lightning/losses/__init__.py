@@ -3,7 +3,12 @@
 from s2svr_lightning.losses.charbonnier import CharbonnierLoss, charbonnier_loss
 from s2svr_lightning.losses.distillation import distillation_loss
 from s2svr_lightning.losses.occlusion import forward_backward_occlusion
-from s2svr_lightning.losses.photometric import census_distance, photometric_loss, photometric_map, ssim_distance
+from s2svr_lightning.losses.photometric import (
+    census_distance,
+    photometric_loss,
+    photometric_map,
+    ssim_distance,
+)
 from s2svr_lightning.losses.smoothness import smoothness_loss
 from s2svr_lightning.losses.unsupervised import UnsupervisedFlowLoss
 

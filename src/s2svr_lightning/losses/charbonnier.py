@@ -14,7 +14,9 @@ def charbonnier_loss(pred: torch.Tensor, target: torch.Tensor, *, eps: float = 1
     With ``eps = 1e-6`` this equals BasicSR's ``CharbonnierLoss`` (which adds ``1e-12`` under the root).
     """
     if pred.shape != target.shape:
-        raise ValueError(f"expected pred and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"expected pred and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     if eps <= 0:
         raise ValueError(f"expected eps > 0, got {eps}")
     return torch.sqrt((pred - target).square() + eps * eps).mean()

@@ -33,8 +33,8 @@ def distillation_loss(
         raise ValueError(f"expected student_flow (B, 2, h, w), got {tuple(student_flow.shape)}")
     if teacher_flow.dim() != 4 or teacher_flow.shape[:2] != student_flow.shape[:2]:
         raise ValueError(
-            f"expected teacher_flow (B, 2, H, W) with the student's batch size, got {tuple(teacher_flow.shape)} "
-            f"and {tuple(student_flow.shape)}"
+            f"expected teacher_flow (B, 2, H, W) with the student's batch size, got "
+            f"{tuple(teacher_flow.shape)} and {tuple(student_flow.shape)}"
         )
     upsampled = resize_flow(student_flow, tuple(teacher_flow.shape[-2:]))
     diff = (teacher_flow.detach() - upsampled).abs().sum(1, keepdim=True)

@@ -23,7 +23,8 @@ _GREY = (0.2989, 0.5870, 0.1140)
 def _check_pair(im1: torch.Tensor, im2: torch.Tensor) -> None:
     if im1.dim() != 4 or im1.shape != im2.shape:
         raise ValueError(
-            f"expected im1 and im2 of the same shape (B, C, H, W), got {tuple(im1.shape)} and {tuple(im2.shape)}"
+            f"expected im1 and im2 of the same shape (B, C, H, W), got {tuple(im1.shape)} and "
+            f"{tuple(im2.shape)}"
         )
 
 
@@ -141,7 +142,9 @@ def photometric_loss(
     """
     _check_pair(im1, im2)
     if flow12.dim() != 4 or flow12.shape[1] != 2 or flow12.shape[0] != im1.shape[0]:
-        raise ValueError(f"expected flow12 (B, 2, H, W) matching im1 {tuple(im1.shape)}, got {tuple(flow12.shape)}")
+        raise ValueError(
+            f"expected flow12 (B, 2, H, W) matching im1 {tuple(im1.shape)}, got {tuple(flow12.shape)}"
+        )
     warped = flow_warp(im2, flow12, padding_mode=padding_mode)
     error = photometric_map(im1, warped, w_l1=w_l1, w_ssim=w_ssim, w_census=w_census)
     if occlusion is None:

@@ -64,9 +64,16 @@ class UnsupervisedFlowLoss(nn.Module):
             raise ValueError(f"expected non-negative loss weights, got w_ph={w_ph}, w_sm={w_sm}")
         scale_weights = tuple(float(w) for w in scale_weights)
         if not scale_weights or scale_weights[0] <= 0 or min(scale_weights) < 0:
-            raise ValueError(f"expected scale_weights with a positive first (finest) entry, got {scale_weights}")
+            raise ValueError(
+                f"expected scale_weights with a positive first (finest) entry, got {scale_weights}"
+            )
         self.w_ph, self.w_sm = float(w_ph), float(w_sm)
-        self.photometric_kwargs = {"w_l1": w_l1, "w_ssim": w_ssim, "w_census": w_census, "padding_mode": padding_mode}
+        self.photometric_kwargs = {
+            "w_l1": w_l1,
+            "w_ssim": w_ssim,
+            "w_census": w_census,
+            "padding_mode": padding_mode,
+        }
         self.edge_alpha = float(edge_alpha)
         self.smooth_normalize = bool(smooth_normalize)
         self.occlusion_alpha1, self.occlusion_alpha2 = float(occlusion_alpha1), float(occlusion_alpha2)
@@ -138,7 +145,9 @@ class UnsupervisedFlowLoss(nn.Module):
             )
         occ1, occ2 = self.occlusion(finest12, finest21)
         mask1, mask2 = (self._guarded(occ1), self._guarded(occ2)) if use_occlusion else (None, None)
-        photo = 0.5 * (self._photometric(im1, im2, flows12, mask1) + self._photometric(im2, im1, flows21, mask2))
+        photo = 0.5 * (
+            self._photometric(im1, im2, flows12, mask1) + self._photometric(im2, im1, flows21, mask2)
+        )
         smooth_kwargs = {"edge_alpha": self.edge_alpha, "normalize": self.smooth_normalize}
         smooth = 0.5 * (
             smoothness_loss(finest12, im1, **smooth_kwargs) + smoothness_loss(finest21, im2, **smooth_kwargs)

@@ -12,7 +12,9 @@ Departures from ARFlow, each deliberate:
   tuples, so its ``isinstance`` checks never match and its networks trained "from scratch" really used the
   default init; we state that instead of imitating a dead code path.
 - The correlation is plain PyTorch (a loop over the 81 offsets on a zero-padded tensor), which equals the
-  CUDA kernel and runs on any device.
+  CUDA kernel and runs on any device. On channels_last features each offset is a reduction over the
+  innermost (channel) axis, and the loop beat both a row-at-a-time ``unfold`` and an ``einsum`` over an
+  unfolded window (benchmarks/OPTIMISATIONS.md).
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ Choices the paper leaves open, documented here and in the builders:
 - Latents further than one frame are aligned with composed flows (``F_{i->j} = F_{i->j+1} +
   warp(o_{j+1}, F_{i->j+1})``), so every latent is resampled once. Positions past the sequence ends
   duplicate the nearest available aligned latent (the centre itself at the very first/last frame).
+
+Every op keeps the memory layout and dtype it is given (``layout``, ``flow_warp``): fed channels_last
+frames and weights, as by the streaming restorer, the whole step runs channels_last, the layout oneDNN's
+convolutions are fastest on; under bfloat16 autocast the states stay bfloat16.
 """
 
 from __future__ import annotations
@@ -56,11 +60,11 @@ def _conv_lrelu(in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1) 
 
 
 def _warp_all(tensors: Sequence[Tensor], flow: Tensor) -> list[Tensor]:
-    """Warp several same-size tensors by one flow.
+    """Warp several same-size tensors by one flow, one at a time.
 
-    One at a time: concatenating them for a single ``grid_sample`` gives the same values, but its three
-    (L * C)-channel temporaries (cat, sample, layout copy) cost more than the repeated sampling grid; on
-    CPU, 4 x 64 channels at 180x320 took 246 ms joint against 146 ms one by one.
+    Concatenating them for a single ``grid_sample`` gives the same values, but its three large temporaries
+    (cat, sample, layout copy) cost more than the repeated sampling grid: 4 x 64 channels at 180x320 took
+    128 ms of CPU joint against 76 ms one by one (benchmarks/OPTIMISATIONS.md).
     """
     return [flow_warp(t, flow) for t in tensors]
 
