@@ -98,8 +98,10 @@ def datamodule(task: str, args: argparse.Namespace) -> VideoRestorationDataModul
     return dm
 
 
-def fit(module: L.LightningModule, dm: VideoRestorationDataModule, args: argparse.Namespace) -> float:
-    """Train ``module`` for ``args.steps`` steps (no validation); returns the seconds it took."""
+def fit(
+    module: L.LightningModule, dm: VideoRestorationDataModule, args: argparse.Namespace
+) -> tuple[L.Trainer, float]:
+    """Train ``module`` for ``args.steps`` steps (no validation); returns the trainer and the seconds."""
     L.seed_everything(args.seed, workers=True, verbose=False)
     trainer = L.Trainer(
         max_steps=args.steps,
@@ -113,8 +115,7 @@ def fit(module: L.LightningModule, dm: VideoRestorationDataModule, args: argpars
     )
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
-    module.trained_with = trainer  # keeps the trainer so the teacher can be saved
-    return time.perf_counter() - start
+    return trainer, time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -163,9 +164,9 @@ def run(args: argparse.Namespace) -> tuple[dict, dict, dict]:
         if key not in teachers:
             L.seed_everything(args.seed, verbose=False)
             teacher = TeacherFlowModule(flownet_init=args.flownet_init, **common)
-            seconds[name]["teacher_hq"] = fit(teacher, dm, args)
+            trainer, seconds[name]["teacher_hq"] = fit(teacher, dm, args)
             teachers[key] = workdir / f"teacher_{name}.ckpt"
-            teacher.trained_with.save_checkpoint(teachers[key])
+            trainer.save_checkpoint(teachers[key])
         else:
             seconds[name]["teacher_hq"] = 0.0  # the same HQ video: the teacher trained above
         teacher = TeacherFlowModule.load_from_checkpoint(teachers[key], weights_only=True).eval()
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict, dict]:
         for row, w_dis in (("student_plain", 0.0), ("student_distilled", 0.1)):
             L.seed_everything(args.seed, verbose=False)
             student = StudentFlowModule(teacher_checkpoint=str(teachers[key]), w_dis=w_dis, **common)
-            seconds[name][row] = fit(student, dm, args)
+            _, seconds[name][row] = fit(student, dm, args)
             student.eval()
             epe[name][row], photo[name][row] = evaluate(dm, lambda b, s=student: s.predict_pairs(b["lq"]))
         print(

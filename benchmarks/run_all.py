@@ -49,22 +49,31 @@ def machine() -> dict:
     }
 
 
-def run(sections: Sequence[str], *, quick: bool) -> dict:
-    """Run the chosen measurements; returns ``{"machine", "speed", "memory", "train"}`` rows."""
+def run(sections: Sequence[str], *, quick: bool, json_path: str | None = None) -> dict:
+    """Run the chosen measurements; returns ``{"machine", "speed", "memory", "train"}`` rows.
+
+    With ``json_path``, the results so far are written there after each measurement (a long run that is
+    stopped keeps what it finished).
+    """
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    benches = {
+        "speed": (speed.bench_speed, speed.quick_settings),
+        "memory": (memory.bench_memory, memory.quick_settings),
+        "train": (train_step.bench_train_step, train_step.quick_settings),
+    }
     results: dict = {"machine": machine(), "quick": quick}
     start = time.perf_counter()
-    if "speed" in sections:
-        results["speed"] = speed.bench_speed(log=log, **(speed.quick_settings() if quick else {}))
-    if "memory" in sections:
-        results["memory"] = memory.bench_memory(log=log, **(memory.quick_settings() if quick else {}))
-    if "train" in sections:
-        results["train"] = train_step.bench_train_step(
-            log=log, **(train_step.quick_settings() if quick else {})
-        )
+    for name in SECTIONS:
+        if name not in sections:
+            continue
+        bench, quick_settings = benches[name]
+        results[name] = bench(log=log, **(quick_settings() if quick else {}))
+        results["seconds"] = time.perf_counter() - start
+        if json_path:
+            Path(json_path).write_text(json.dumps(results, indent=2, default=str))
     results["seconds"] = time.perf_counter() - start
     return results
 
@@ -119,10 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         p.error(f"expected --only from {', '.join(SECTIONS)}, got {', '.join(unknown)}")
-    results = run(sections, quick=args.quick)
+    results = run(sections, quick=args.quick, json_path=args.json)
     print(render(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 

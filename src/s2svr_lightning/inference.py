@@ -26,6 +26,7 @@ differ from the whole-frame ones everywhere, not only near seams).
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 
@@ -33,11 +34,34 @@ import torch
 
 from .models.s2svr import S2SVR
 
-__all__ = ["StreamingRestorer"]
+__all__ = ["StreamingRestorer", "reuse_freed_memory"]
 
 Tensor = torch.Tensor
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_INT_MAX = 2**31 - 1
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's ``malloc`` keep freed memory for reuse instead of returning it to the system.
+
+    Process-wide. Eager PyTorch allocates every activation afresh, and glibc serves each block above
+    32 MiB with a new ``mmap`` that the kernel zero-fills page by page on first touch. Deblurring at
+    360x640 in float32 has 44 MB activations, so every conv output page-faulted: a third of the CPU time
+    of a frame went to the kernel (benchmarks/OPTIMISATIONS.md). With ``mmap`` and heap trimming off,
+    freed blocks are reused and the process keeps its peak memory. Returns whether the C library took
+    the settings (False where it is not glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
 
 
 class _CausalStream:
@@ -186,6 +210,8 @@ class StreamingRestorer:
         tile_flow: ``"frame"`` (flow on the whole frame, cropped per tile) or ``"tile"`` (per tile).
         chunk: frames per chunk for bidirectional nets (ignored for causal nets).
         chunk_overlap: context frames at each inner chunk seam, discarded (``chunk > 2 * overlap``).
+        reuse_memory: on CPU, call :func:`reuse_freed_memory` (process-wide: glibc then keeps freed
+            memory instead of page-faulting every large activation anew).
 
     ``push(frame)`` takes ``(3, h, w)`` or ``(1, 3, h, w)``, float in [0, 1] (uint8 is divided by 255),
     and returns the list of output frames now complete, each ``(3, scale*h, scale*w)`` float32 on the CPU,
@@ -204,6 +230,7 @@ class StreamingRestorer:
         tile_flow: str = "frame",
         chunk: int = 25,
         chunk_overlap: int = 5,
+        reuse_memory: bool = True,
     ) -> None:
         if not isinstance(net, S2SVR):
             raise ValueError(f"expected an S2SVR network, got {type(net).__name__}")
@@ -223,6 +250,8 @@ class StreamingRestorer:
         if device is None:
             device = next(net.parameters()).device
         self.device = torch.device(device)
+        if reuse_memory and self.device.type == "cpu":
+            reuse_freed_memory()
         # channels_last end to end: the layout oneDNN's (and cuDNN's) convolutions run fastest on;
         # the weights and the frames are converted once and every op of the net keeps the layout
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
