@@ -1,7 +1,8 @@
 """Peak resident memory of ``restore``: streaming against a whole-sequence pass, at 50, 200 and 800 frames.
 
 One synthetic video (a real photograph panned smoothly, written with ``video_io``) of the longest length
-is restored in fresh subprocesses:
+is restored in fresh subprocesses, each on one thread (the memory does not depend on it, and two threads
+on a shared machine are much slower):
 
 - streaming: ``python -m s2svr_lightning.restore --ckpt CKPT VIDEO OUT.mp4 --max-frames N``, the command
   users run;
@@ -119,6 +120,7 @@ def whole_sequence_child(ckpt: str, video: str, output: str, max_frames: int) ->
 
     from s2svr_lightning.restore import VideoSink, load_restorer, open_source
 
+    torch.set_num_threads(1)  # as the streaming run (--threads 1): two threads thrash on a busy machine
     net, _ = load_restorer(ckpt)
     source = open_source(video)
     frames = torch.stack(list(itertools.islice(source.frames, max_frames)))
@@ -152,7 +154,7 @@ def bench_memory(
             log(f"{n} frames: streaming ...")
             stream_rss, stream_s = run_measured(
                 [python, "-m", "s2svr_lightning.restore", "--ckpt", str(ckpt), str(video), str(out_s),
-                 "--max-frames", str(n), "--no-progress"]
+                 "--max-frames", str(n), "--no-progress", "--threads", "1"]
             )  # fmt: skip
             log(f"{n} frames: whole sequence ...")
             whole_rss, whole_s = run_measured(

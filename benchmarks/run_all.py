@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -42,6 +43,8 @@ def machine() -> dict:
         pass
     return {
         "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -75,6 +78,7 @@ def run(sections: Sequence[str], *, quick: bool, json_path: str | None = None) -
         if json_path:
             Path(json_path).write_text(json.dumps(results, indent=2, default=str))
     results["seconds"] = time.perf_counter() - start
+    results["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     return results
 
 
@@ -84,8 +88,11 @@ def render(results: dict) -> str:
     lines = [
         "# s2svr-lightning benchmarks" + (" (--quick smoke run, tiny sizes)" if results.get("quick") else ""),
         "",
-        f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}, Python {m['python']}, "
-        f"bf16 units: {'yes' if m['bf16_units'] else 'no'}; total {results['seconds']:.0f} s.",
+        f"{m['cpu']}, {m.get('cores', '?')} cores, {m['threads']} threads, torch {m['torch']}, "
+        f"Python {m['python']}, "
+        f"bf16 units: {'yes' if m['bf16_units'] else 'no'}; total {results['seconds']:.0f} s; load average "
+        f"{m.get('load_average_1min', float('nan')):.1f} at the start, "
+        f"{m.get('load_average_1min_end', float('nan')):.1f} at the end (other processes share the cores).",
     ]
     if "speed" in results:
         lines += [

@@ -197,8 +197,8 @@ class FlowModuleBase(L.LightningModule):
         flows12 = [f12 for f12, _ in levels]
         flows21 = [f21 for _, f21 in levels]
         # before any warp: grid_sample with a NaN grid can crash in backward (facts 4.4)
-        raise_if_nonfinite(flows12[0], what=f"{what} flow 1->2", step=self.global_step, batch=batch)
-        raise_if_nonfinite(flows21[0], what=f"{what} flow 2->1", step=self.global_step, batch=batch)
+        raise_if_nonfinite(flows12, what=f"{what} flow 1->2", step=self.global_step, batch=batch)
+        raise_if_nonfinite(flows21, what=f"{what} flow 2->1", step=self.global_step, batch=batch)
         return flows12, flows21
 
     def extra_losses(
