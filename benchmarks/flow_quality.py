@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--steps", type=int, default=300, help="training steps of each of the three networks")
+    p.add_argument("--steps", type=int, default=200, help="training steps of each of the three networks")
     p.add_argument("--size", type=int, default=64, help="HQ frame side in pixels (a multiple of 4)")
     p.add_argument("--sequences", type=int, default=16, help="training sequences")
     p.add_argument("--test-sequences", type=int, default=4, help="held-out test sequences")

@@ -1,12 +1,14 @@
 """LightningModules of the three training stages (flow teacher, flow student, restorer) and their helpers."""
 
 from s2svr_lightning.lit.common import NonFiniteError, log_images, raise_if_nonfinite
+from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.lit.student import StudentFlowModule
 from s2svr_lightning.lit.teacher import FlowModuleBase, TeacherFlowModule
 
 __all__ = [
     "FlowModuleBase",
     "NonFiniteError",
+    "RestorerModule",
     "StudentFlowModule",
     "TeacherFlowModule",
     "log_images",
