@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator for training: cpu, gpu, auto")
     p.add_argument("--json", type=Path, default=None, help="also write the EPE table as JSON here")
     args = p.parse_args(argv)
     unknown = set(args.degradations.split(",")) - set(DEGRADATIONS)
@@ -106,7 +107,8 @@ def fit(
     trainer = L.Trainer(
         max_steps=args.steps,
         max_epochs=-1,
-        accelerator="cpu",
+        accelerator=args.accelerator,
+        devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -119,10 +121,16 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate(dm: VideoRestorationDataModule, predict: Callable[[dict], torch.Tensor]) -> tuple[float, float]:
+def evaluate(
+    dm: VideoRestorationDataModule,
+    predict: Callable[[dict], torch.Tensor],
+    device: torch.device | None = None,
+) -> tuple[float, float]:
     """Mean over held-out sequences of (EPE, photometric error of the aligned HQ frames) at the HQ size."""
     epes, photos = [], []
     for batch in dm.test_dataloader():
+        if device is not None:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         hq1, hq2 = consecutive_pairs(batch["hq"])
         gt = batch["flow"].flatten(0, 1)
         valid = batch["flow_valid"].flatten(0, 1) if "flow_valid" in batch else torch.ones_like(gt[:, :1])
@@ -143,18 +151,22 @@ def _fingerprint(dm: VideoRestorationDataModule) -> str:
 
 
 def run(args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Train and score every row for every degradation: ``(epe, photometric error, training seconds)``."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="flow_quality_") as workdir:
+        return _run(args, Path(workdir))
+
+
+def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict, dict]:
     warmup = args.steps // 3 if args.warmup is None else args.warmup
     common = {"lr": args.lr, "occlusion_warmup_steps": warmup, "val_log_images": 0}
     epe: dict[str, dict[str, float]] = {}
     photo: dict[str, dict[str, float]] = {}
     seconds: dict[str, dict[str, float]] = {}
     teachers: dict[str, Path] = {}
-    workdir = Path(tempfile.mkdtemp(prefix="flow_quality_"))
     for name in args.degradations.split(","):
-        task = DEGRADATIONS[name]
-        dm = datamodule(task, args)
+        dm = datamodule(DEGRADATIONS[name], args)
         epe[name], photo[name], seconds[name] = {}, {}, {}
         epe[name]["zero"], photo[name]["zero"] = evaluate(
             dm, lambda b: torch.zeros_like(b["flow"].flatten(0, 1))
@@ -168,10 +180,10 @@ def run(args: argparse.Namespace) -> tuple[dict, dict, dict]:
             teachers[key] = workdir / f"teacher_{name}.ckpt"
             trainer.save_checkpoint(teachers[key])
         else:
-            seconds[name]["teacher_hq"] = 0.0  # the same HQ video: the teacher trained above
+            seconds[name]["teacher_hq"] = 0.0  # the same HQ video (vsr and cve): the teacher trained above
         teacher = TeacherFlowModule.load_from_checkpoint(teachers[key], weights_only=True).eval()
         epe[name]["teacher_hq"], photo[name]["teacher_hq"] = evaluate(
-            dm, lambda b, t=teacher: t.predict_pairs(b["hq"])
+            dm, lambda b, t=teacher: t.predict_pairs(b["hq"]), device=teacher.device
         )
 
         for row, w_dis in (("student_plain", 0.0), ("student_distilled", 0.1)):
@@ -179,7 +191,9 @@ def run(args: argparse.Namespace) -> tuple[dict, dict, dict]:
             student = StudentFlowModule(teacher_checkpoint=str(teachers[key]), w_dis=w_dis, **common)
             _, seconds[name][row] = fit(student, dm, args)
             student.eval()
-            epe[name][row], photo[name][row] = evaluate(dm, lambda b, s=student: s.predict_pairs(b["lq"]))
+            epe[name][row], photo[name][row] = evaluate(
+                dm, lambda b, s=student: s.predict_pairs(b["lq"]), device=student.device
+            )
         print(
             f"[{name}] done: " + ", ".join(f"{r} {epe[name][r]:.3f}" for r in ROWS),
             file=sys.stderr,

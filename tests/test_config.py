@@ -121,7 +121,7 @@ def test_missing_dataset_root_is_a_clear_cli_error(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=600,
     )
     assert proc.returncode != 0
     assert "dataset.root" in proc.stderr and "train_sharp" in proc.stderr and "+task=demo" in proc.stderr
@@ -138,7 +138,7 @@ def test_optuna_search_without_the_extra_says_how_to_install_it(tmp_path):
         [sys.executable, "-m", "s2svr_lightning", "+task=demo", "hparams_search=optuna"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
         cwd=tmp_path,
     )
     assert proc.returncode != 0 and "pip install -e '.[optuna]'" in proc.stderr

@@ -110,7 +110,7 @@ def _demo_teacher_args(run_dir: Path, log_dir: Path) -> list[str]:
         "stage=teacher",
         f"hydra.run.dir={run_dir}",
         f"paths.log_dir={log_dir}",
-        "teacher.max_steps=40",
+        "teacher.max_steps=24",
         "teacher.data.batch_size=2",
         "dataset.train_sequences=4",
         "dataset.val_sequences=1",
@@ -133,32 +133,32 @@ def test_resume_after_sigterm_loses_no_step(tmp_path):
     args = _demo_teacher_args(run_dir, tmp_path)
     proc = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first_csv = run_dir / "teacher" / "logs" / "version_0" / "metrics.csv"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 900  # a safety net for very slow machines, not a speed target
     while time.monotonic() < deadline and proc.poll() is None:
         if first_csv.is_file() and len(_train_steps(first_csv)) >= 3:
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.stdout.read()
     proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
+    output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 128 + signal.SIGTERM, output
     assert "run the same command again to resume" in output
 
     last = run_dir / "teacher" / "checkpoints" / "last.ckpt"
     killed_at = _ckpt(last)["global_step"]
-    assert 3 <= killed_at < 40
+    assert 3 <= killed_at < 24
     assert not (run_dir / "teacher" / "checkpoints" / "final.ckpt").exists()
 
-    rerun = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resuming from" in rerun.stdout + rerun.stderr
-    assert _ckpt(run_dir / "teacher" / "checkpoints" / "final.ckpt")["global_step"] == 40
+    assert _ckpt(run_dir / "teacher" / "checkpoints" / "final.ckpt")["global_step"] == 24
     steps_before = _train_steps(first_csv)
     steps_after = _train_steps(run_dir / "teacher" / "logs" / "version_1" / "metrics.csv")
     # the step count continues: the second process trained exactly the steps the first had not
-    assert min(steps_after) == killed_at and max(steps_after) == 39
+    assert min(steps_after) == killed_at and max(steps_after) == 23
     assert max(steps_before) == killed_at - 1
-    assert read_results(run_dir)["teacher"]["steps"] == 40
+    assert read_results(run_dir)["teacher"]["steps"] == 24
 
 
 def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path):
@@ -193,7 +193,7 @@ def test_multirun_sweep_of_two_values_with_offline_wandb(tmp_path):
         f"paths.log_dir={tmp_path}",
         *TINY_MODEL,
     ]
-    proc = subprocess.run(_cli(*args), capture_output=True, text=True, env=env, timeout=400)
+    proc = subprocess.run(_cli(*args), capture_output=True, text=True, env=env, timeout=1200)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     lrs = []
