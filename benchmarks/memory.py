@@ -88,30 +88,63 @@ def write_clip(path: str | os.PathLike, num_frames: int, size: tuple[int, int], 
 # A small launcher between this (large) process and the measured command. A child forked from a big
 # process starts with the parent's pages counted in its peak RSS (the kernel records the old address
 # space's high-water mark at exec), so the measured command is forked from this ~10 MB interpreter
-# instead, which reports the command's own peak as ``os.wait4`` gives it.
+# instead, which reports the command's own peak as ``os.wait4`` gives it. An optional cap on the
+# command's address space (RLIMIT_AS) makes an allocation beyond it fail inside the command, instead of
+# the kernel's OOM killer stepping in on a machine shared with other work.
 _LAUNCHER = """
-import json, os, subprocess, sys
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+import json, os, resource, subprocess, sys
+limit = int(sys.argv[1])
+def cap():
+    if limit > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, preexec_fn=cap)
 _, status, usage = os.wait4(proc.pid, 0)
 print(json.dumps({"code": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}))
 """
 
 
-def run_measured(cmd: Sequence[str], *, timeout: float | None = None) -> tuple[int, float]:
-    """Run ``cmd``; return ``(its peak resident bytes, wall seconds)``; raise if it fails."""
+def run_child(
+    cmd: Sequence[str], *, timeout: float | None = None, memory_limit: int | None = None
+) -> tuple[int, int, float, str]:
+    """Run ``cmd`` through the launcher: ``(exit code, peak resident bytes, wall seconds, stderr tail)``.
+
+    ``memory_limit``: cap of the command's address space in bytes (None: no cap).
+    """
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-c", _LAUNCHER, *cmd], stdout=subprocess.PIPE, stderr=err, timeout=timeout
+            [sys.executable, "-c", _LAUNCHER, str(memory_limit or 0), *cmd],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            timeout=timeout,
         )
         seconds = time.perf_counter() - start
-        report = json.loads(done.stdout.decode().strip().splitlines()[-1]) if done.returncode == 0 else None
-        if report is None or report["code"] != 0:
-            err.seek(0)
-            tail = err.read().decode(errors="replace")[-2000:]
-            code = done.returncode if report is None else report["code"]
-            raise RuntimeError(f"{' '.join(cmd)} failed with exit code {code}:\n{tail}")
-    return report["maxrss_kb"] * 1024, seconds  # Linux reports kilobytes
+        err.seek(0)
+        tail = err.read().decode(errors="replace")[-2000:]
+    if done.returncode != 0:
+        return done.returncode, 0, seconds, tail
+    report = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return report["code"], report["maxrss_kb"] * 1024, seconds, tail  # Linux reports kilobytes
+
+
+def run_measured(cmd: Sequence[str], *, timeout: float | None = None) -> tuple[int, float]:
+    """Run ``cmd``; return ``(its peak resident bytes, wall seconds)``; raise if it fails."""
+    code, peak, seconds, tail = run_child(cmd, timeout=timeout)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {code}:\n{tail}")
+    return peak, seconds
+
+
+def available_memory() -> int:
+    """Bytes of memory the kernel says are available now (MemAvailable), 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def whole_sequence_child(ckpt: str, video: str, output: str, max_frames: int) -> None:

@@ -52,7 +52,9 @@ def machine() -> dict:
     }
 
 
-def run(sections: Sequence[str], *, quick: bool, json_path: str | None = None) -> dict:
+def run(
+    sections: Sequence[str], *, quick: bool, json_path: str | None = None, threads: int | None = None
+) -> dict:
     """Run the chosen measurements; returns ``{"machine", "speed", "memory", "train"}`` rows.
 
     With ``json_path``, the results so far are written there after each measurement (a long run that is
@@ -68,12 +70,16 @@ def run(sections: Sequence[str], *, quick: bool, json_path: str | None = None) -
         "train": (train_step.bench_train_step, train_step.quick_settings),
     }
     results: dict = {"machine": machine(), "quick": quick}
+    results["threads"] = threads or results["machine"]["threads"]
     start = time.perf_counter()
     for name in SECTIONS:
         if name not in sections:
             continue
         bench, quick_settings = benches[name]
-        results[name] = bench(log=log, **(quick_settings() if quick else {}))
+        kwargs = quick_settings() if quick else {}
+        if name != "memory":
+            kwargs["threads"] = threads
+        results[name] = bench(log=log, **kwargs)
         results["seconds"] = time.perf_counter() - start
         if json_path:
             Path(json_path).write_text(json.dumps(results, indent=2, default=str))
@@ -97,7 +103,7 @@ def render(results: dict) -> str:
     if "speed" in results:
         lines += [
             "",
-            "## Inference (streaming), per output frame",
+            f"## Inference (streaming), per output frame ({results.get('threads')} thread(s) for wall time)",
             "",
             "`ms / frame`, `frames/s`: wall time with every thread. `% of conv rate` = 100 x (GMAC per"
             " frame / CPU time per frame) / the rate of a large 3x3 conv (the network's width, same size,"
@@ -116,7 +122,7 @@ def render(results: dict) -> str:
     if "train" in results:
         lines += [
             "",
-            "## Training step (batch 1, fp32, flow net trained jointly)",
+            f"## Training step (batch 1, fp32, flow net trained jointly, {results.get('threads')} thread(s))",
             "",
             speed.markdown_table(results["train"], train_step.COLUMNS),
         ]
@@ -130,12 +136,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the wall-time speed pass and of training (default: torch's; on a busy machine "
+        "1 avoids OpenMP threads waiting on each other)",
+    )
     args = p.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         p.error(f"expected --only from {', '.join(SECTIONS)}, got {', '.join(unknown)}")
-    results = run(sections, quick=args.quick, json_path=args.json)
+    results = run(sections, quick=args.quick, json_path=args.json, threads=args.threads)
     print(render(results))
     return 0
 

@@ -1,8 +1,9 @@
 """Training step time of the restorer per task preset, at the recipe's crop and sequence length (batch 1).
 
-Each preset trains :class:`~s2svr_lightning.lit.RestorerModule` with a Lightning ``Trainer`` (fp32, one
-process) on in-memory samples of the preset's shape; a callback times every step from batch start to the
-end of the optimizer step (forward, Charbonnier loss, backward, Adam, scheduler). The first step (memory
+Each preset trains :class:`~s2svr_lightning.lit.RestorerModule` with a Lightning ``Trainer`` (fp32, in
+its own process, whose peak resident memory is reported too) on in-memory samples of the preset's shape;
+a callback times every step from batch start to the end of the optimizer step (forward, Charbonnier
+loss, backward, Adam, scheduler). The first step (memory
 allocation, oneDNN primitive creation) is reported apart from the median of the following ones. The flow
 net is trained jointly (``flow_freeze_steps=0``), as in all but the first few thousand iterations.
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +33,7 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import memory  # noqa: E402
 from speed import markdown_table  # noqa: E402
 
 PRESETS = {
@@ -45,25 +48,28 @@ def _step_timer():
     import lightning as L
 
     class StepTimer(L.Callback):
-        """Wall time of each training step, batch start to the end of the optimizer step."""
+        """Wall and process CPU time of each step, batch start to the end of the optimizer step."""
 
         def __init__(self) -> None:
             self.times: list[float] = []
-            self._t0 = 0.0
+            self.cpu_times: list[float] = []
+            self._t0 = self._c0 = 0.0
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self._t0 = time.perf_counter()
+            self._t0, self._c0 = time.perf_counter(), time.process_time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.times.append(time.perf_counter() - self._t0)
+            self.cpu_times.append(time.process_time() - self._c0)
 
     return StepTimer()
 
 
 def time_training_steps(
     model: str, kind: str, frames: int, crop: int, scale: int, *, steps: int, overrides: dict | None = None
-) -> list[float]:
-    """Seconds of each of ``steps`` training steps of a RestorerModule on ``(1, T, 3, crop, crop)`` LQ."""
+) -> dict[str, list[float]]:
+    """Wall and CPU seconds (``{"wall": [...], "cpu": [...]}``) of each of ``steps`` training steps of a
+    RestorerModule on ``(1, T, 3, crop, crop)`` LQ."""
     import lightning as L
 
     from s2svr_lightning.lit.restorer import RestorerModule
@@ -102,7 +108,47 @@ def time_training_steps(
     )
     loader = torch.utils.data.DataLoader(samples, batch_size=1, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
-    return timer.times
+    return {"wall": timer.times, "cpu": timer.cpu_times}
+
+
+def _child_row(
+    name: str, frames: int, crop: int, steps: int, overrides: dict | None, limit: int, threads: int | None
+) -> dict:
+    """Time one preset in a fresh process (capped at ``limit`` bytes of address space)."""
+    model, kind, _, _, scale = PRESETS[name]
+    with tempfile.TemporaryDirectory(prefix="s2svr_train_") as tmp:
+        out = Path(tmp) / "times.json"
+        cmd = [sys.executable, __file__, "--child", name, "--frames", str(frames), "--crop", str(crop)]
+        cmd += ["--steps", str(steps), "--overrides", json.dumps(overrides or {}), "--out", str(out)]
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+        code, peak, _, tail = memory.run_child(cmd, memory_limit=limit)
+        times = json.loads(out.read_text()) if code == 0 else None
+    row = {
+        "preset": name,
+        "builder": model,
+        "sample": f"{frames} x {crop}x{crop} LQ"
+        + (f" ({crop * scale}x{crop * scale} GT)" if scale > 1 else ""),
+        "peak_gib": peak / 2**30 if peak else None,
+    }
+    if times is None:
+        oom = "allocate" in tail or "MemoryError" in tail or code == -9
+        if not oom:
+            raise RuntimeError(f"training preset {name} failed with exit code {code}:\n{tail}")
+        row["status"] = f"out of memory (> {limit / 2**30:.0f} GiB)"
+        return row
+    later, later_cpu = times["wall"][1:] or times["wall"], times["cpu"][1:] or times["cpu"]
+    row.update(
+        {
+            "status": "ok",
+            "threads": threads,
+            "first_step_s": times["wall"][0],
+            "step_s": statistics.median(later),
+            "cpu_step_s": statistics.median(later_cpu),
+            "ms_per_frame": 1000.0 * statistics.median(later) / frames,
+        }
+    )
+    return row
 
 
 def bench_train_step(
@@ -111,27 +157,28 @@ def bench_train_step(
     steps: int = 2,
     shapes: dict | None = None,
     overrides: dict | None = None,
+    memory_fraction: float = 0.6,
+    threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """One row per preset: first step and median of the later steps, in seconds."""
+    """One row per preset: first step and median of the later steps (seconds), peak resident memory.
+
+    Each preset runs in its own process whose address space is capped at ``memory_fraction`` of the
+    memory available when it starts: a preset that needs more fails inside its process (reported as out
+    of memory, with a second row at half the crop) instead of waking the kernel's OOM killer on a machine
+    shared with other work. The recipes' 256x256 crops of 7 frames need more than 20 GB for deblurring.
+    """
     rows = []
     for name in presets:
-        model, kind, frames, crop, scale = PRESETS[name]
+        model, _, frames, crop, _ = PRESETS[name]
         frames, crop = (shapes or {}).get(name, (frames, crop))
+        limit = int(memory_fraction * memory.available_memory())
         log(f"{name}: {steps} training steps of {model} on 1x{frames}x3x{crop}x{crop} ...")
-        times = time_training_steps(model, kind, frames, crop, scale, steps=steps, overrides=overrides)
-        later = times[1:] or times
-        rows.append(
-            {
-                "preset": name,
-                "builder": model,
-                "sample": f"{frames} x {crop}x{crop} LQ"
-                + (f" ({crop * scale}x{crop * scale} GT)" if scale > 1 else ""),
-                "first_step_s": times[0],
-                "step_s": statistics.median(later),
-                "ms_per_frame": 1000.0 * statistics.median(later) / frames,
-            }
-        )
+        row = _child_row(name, frames, crop, steps, overrides, limit, threads)
+        rows.append(row)
+        if row["status"] != "ok" and crop >= 32:
+            log(f"{name}: {row['status']}; again at half the crop ...")
+            rows.append(_child_row(name, frames, crop // 2, steps, overrides, limit, threads))
     return rows
 
 
@@ -139,8 +186,11 @@ COLUMNS = [
     ("preset", "preset"),
     ("builder", "builder"),
     ("sample", "sample (batch 1)"),
+    ("status", "status"),
+    ("peak_gib", "peak RSS (GiB)"),
     ("first_step_s", "first step (s)"),
     ("step_s", "step (s, median)"),
+    ("cpu_step_s", "step CPU (s)"),
     ("ms_per_frame", "ms / frame"),
 ]
 
@@ -160,8 +210,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--steps", type=int, default=2, help="training steps per preset (the first is reported apart)"
     )
     p.add_argument("--json", default=None, help="also write the rows as JSON")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of each preset's process")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--frames", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--crop", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        model, kind, _, _, scale = PRESETS[args.child]
+        times = time_training_steps(
+            model, kind, args.frames, args.crop, scale, steps=args.steps, overrides=json.loads(args.overrides)
+        )
+        Path(args.out).write_text(json.dumps(times))
+        return 0
     kw = quick_settings() if args.quick else {"steps": args.steps}
+    kw["threads"] = args.threads
     rows = bench_train_step(log=lambda m: print(m, file=sys.stderr), **kw)
     print(markdown_table(rows, COLUMNS))
     if args.json:

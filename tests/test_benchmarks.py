@@ -50,6 +50,15 @@ def test_run_measured_reports_the_child_peak_memory():
         memory.run_measured([sys.executable, "-c", "import sys; sys.exit(3)"])
 
 
+def test_run_child_caps_memory_instead_of_meeting_the_oom_killer():
+    code, _, _, tail = memory.run_child(
+        [sys.executable, "-c", "b = bytearray(2 * 2**30)"], memory_limit=2**30
+    )
+    assert code == 1 and "MemoryError" in tail
+    code, peak, _, _ = memory.run_child([sys.executable, "-c", "b = bytearray(2**20)"], memory_limit=2**30)
+    assert code == 0 and 0 < peak < 2**30
+
+
 def test_speed_rows_at_tiny_size():
     rows = speed.bench_speed(
         builders=["s2svr_deblur"],

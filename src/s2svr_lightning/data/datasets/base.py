@@ -123,9 +123,16 @@ class SequenceSource(abc.ABC):
     def validate(self, verify: str = "header") -> None:  # noqa: B027 - optional hook
         """Full check at ``setup`` time; raises :class:`DatasetError`. Default: nothing to check."""
 
+    #: frame indices that count for the benchmark metric (e.g. Vimeo-90K-T's centre frame), or None for all
+    _score: tuple[int, ...] | None = None
+
     def score_mask(self, index: int) -> torch.Tensor | None:
         """Frames that count for the benchmark metric, ``(length,)`` bool, or None for all of them."""
-        return None
+        if self._score is None:
+            return None
+        mask = torch.zeros(self.length(index), dtype=torch.bool)
+        mask[list(self._score)] = True
+        return mask
 
     def describe(self) -> str:
         return f"{type(self).__name__} with {len(self)} sequences"
@@ -197,13 +204,6 @@ class PairedSource(SequenceSource):
                     f"expected LQ = HQ / {self.scale}"
                 )
 
-    def score_mask(self, index: int) -> torch.Tensor | None:
-        if self._score is None:
-            return None
-        mask = torch.zeros(self.length(index), dtype=torch.bool)
-        mask[list(self._score)] = True
-        return mask
-
     def load(self, index: int, start: int, stop: int, crop: Crop | None = None) -> dict[str, torch.Tensor]:
         _, lq, hq = self.sequences[index]
         frames = range(start, stop)
@@ -269,13 +269,6 @@ class DegradedSource(SequenceSource):
                     f"{key}: {store.path} has {len(store)} frames of {store.size()}; the {self.task} "
                     f"degradation needs {need} of at least {self.scale}x{self.scale} pixels"
                 )
-
-    def score_mask(self, index: int) -> torch.Tensor | None:
-        if self._score is None:
-            return None
-        mask = torch.zeros(self.length(index), dtype=torch.bool)
-        mask[list(self._score)] = True
-        return mask
 
     def load(self, index: int, start: int, stop: int, crop: Crop | None = None) -> dict[str, torch.Tensor]:
         store = self.sequences[index][1]
