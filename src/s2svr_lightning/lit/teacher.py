@@ -86,15 +86,18 @@ class FlowModuleBase(L.LightningModule):
     Args:
         flownet: builder name in ``s2svr_lightning.models`` (``"pwclite"``).
         flownet_overrides: keyword arguments for the builder.
-        flownet_init: ``"default"`` or ``"kaiming"`` (see :func:`init_flownet_`); a checkpoint loaded
-            afterwards replaces the weights anyway.
+        flownet_init: ``"kaiming"`` (the untrained network predicts zero flow) or ``"default"``
+            (PyTorch's init, ARFlow's in practice, which starts from a constant flow of several pixels
+            that the photometric loss cannot see past on small frames); see :func:`init_flownet_`. A
+            checkpoint loaded afterwards replaces the weights anyway.
         lr, betas, weight_decay: Adam (the paper: lr 1e-4).
         scheduler: None (constant lr, the paper and ARFlow) or ``"cosine"`` (to ``min_lr`` over the
             trainer's total steps).
         min_lr: final lr of the cosine schedule.
-        w_ph, w_sm: weights of Eq. 14 (the paper: 0.15 and 50).
-        w_l1, w_ssim, w_census: photometric terms (the paper: l1 only).
-        edge_alpha: edge weight ``exp(-edge_alpha |dI|)`` of Eq. 13 (the paper: 1).
+        w_ph, w_sm: weights of Eq. 14, l1 photometric and smoothness (the paper: 0.15 and 50).
+        w_ssim, w_census: ARFlow's SSIM and census photometric terms; the paper's weights are ARFlow's,
+            whose l1 weight 0.15 comes with SSIM 0.85 (see ``UnsupervisedFlowLoss``).
+        edge_alpha: edge weight ``exp(-edge_alpha |dI|)`` of Eq. 13 (ARFlow: 10, for images in [0, 1]).
         smooth_normalize: smoothness on ``flow / min(H, W)`` (ARFlow's scale for ``w_sm = 50``).
         occlusion: mask Eq. 11 by the forward-backward check.
         occlusion_warmup_steps: optimizer steps without the mask first; from random weights the check
@@ -116,7 +119,7 @@ class FlowModuleBase(L.LightningModule):
         *,
         flownet: str = "pwclite",
         flownet_overrides: Mapping[str, Any] | None = None,
-        flownet_init: str = "default",
+        flownet_init: str = "kaiming",
         lr: float = 1e-4,
         betas: Sequence[float] = (0.9, 0.999),
         weight_decay: float = 0.0,
@@ -124,10 +127,9 @@ class FlowModuleBase(L.LightningModule):
         min_lr: float = 1e-7,
         w_ph: float = 0.15,
         w_sm: float = 50.0,
-        w_l1: float = 1.0,
-        w_ssim: float = 0.0,
+        w_ssim: float = 0.85,
         w_census: float = 0.0,
-        edge_alpha: float = 1.0,
+        edge_alpha: float = 10.0,
         smooth_normalize: bool = True,
         occlusion: bool = True,
         occlusion_warmup_steps: int = 1000,
@@ -154,7 +156,6 @@ class FlowModuleBase(L.LightningModule):
         self.criterion = UnsupervisedFlowLoss(
             w_ph=w_ph,
             w_sm=w_sm,
-            w_l1=w_l1,
             w_ssim=w_ssim,
             w_census=w_census,
             edge_alpha=edge_alpha,

@@ -20,18 +20,24 @@ def _as_pyramid(flows: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tens
 
 
 class UnsupervisedFlowLoss(nn.Module):
-    """``w_ph * L_ph + w_sm * L_sm`` (Eq. 14), each the mean of the two directions 1->2 and 2->1.
+    """``w_ph * L_ph + w_ssim * L_ssim + w_census * L_census + w_sm * L_sm`` (Eq. 14 and ARFlow's terms).
 
-    The defaults are the paper's: l1 photometric term (Eq. 11) masked by the forward-backward occlusion
-    check, first-order edge-aware smoothness (Eq. 13), ``w_ph = 0.15``, ``w_sm = 50``, at the finest
-    (input) resolution only. Options, off by default: SSIM and census photometric terms, and
-    ARFlow-style multi-scale photometric terms over a flow pyramid (``scale_weights``, finest first;
-    frames area-downsampled to each level, occlusion computed at the finest level and resized with
-    nearest). Smoothness is always taken at the finest level.
+    Each term is the mean of the two directions 1->2 and 2->1. ``L_ph`` is Eq. 11 with the l1 ``rho``,
+    masked by the forward-backward occlusion check; ``L_ssim`` and ``L_census`` are ARFlow's photometric
+    terms under the same mask; ``L_sm`` is the edge-aware smoothness of Eq. 13 (``smoothness_loss``).
+
+    The paper's ``w_ph = 0.15`` and ``w_sm = 50`` are ARFlow's warm-up weights, where the l1 term of
+    weight 0.15 comes with an SSIM term of weight 0.85; that is the default here (``w_ssim = 0.85``).
+    ``w_ssim = 0`` is Eq. 14 to the letter, but with l1 alone and these weights the smoothness term
+    dominates and PWC-Lite settles on a constant flow (measured: ``benchmarks/flow_quality.py``).
+    Options, off by default: the census term, and ARFlow-style multi-scale photometric terms over a flow
+    pyramid (``scale_weights``, finest first; frames area-downsampled to each level, occlusion computed at
+    the finest level and resized with nearest). Smoothness is always taken at the finest level.
 
     Args:
-        w_ph, w_sm: weights of Eq. 14.
-        w_l1, w_ssim, w_census: the per-pixel photometric terms (``photometric_map``).
+        w_ph: weight of the l1 photometric term (Eq. 14).
+        w_ssim, w_census: weights of ARFlow's SSIM and census photometric terms.
+        w_sm: weight of the smoothness term (Eq. 14).
         edge_alpha: edge weight ``exp(-edge_alpha |dI|)`` of Eq. 13.
         smooth_normalize: smoothness on ``flow / min(H, W)`` (see ``smoothness_loss``).
         occlusion_alpha1, occlusion_alpha2: tolerances of ``forward_backward_occlusion``.
@@ -48,10 +54,9 @@ class UnsupervisedFlowLoss(nn.Module):
         *,
         w_ph: float = 0.15,
         w_sm: float = 50.0,
-        w_l1: float = 1.0,
-        w_ssim: float = 0.0,
+        w_ssim: float = 0.85,
         w_census: float = 0.0,
-        edge_alpha: float = 1.0,
+        edge_alpha: float = 10.0,
         smooth_normalize: bool = True,
         occlusion_alpha1: float = 0.01,
         occlusion_alpha2: float = 0.5,
@@ -60,8 +65,11 @@ class UnsupervisedFlowLoss(nn.Module):
         min_visible: float = 0.2,
     ) -> None:
         super().__init__()
-        if w_ph < 0 or w_sm < 0:
-            raise ValueError(f"expected non-negative loss weights, got w_ph={w_ph}, w_sm={w_sm}")
+        if min(w_ph, w_ssim, w_census, w_sm) < 0 or w_ph + w_ssim + w_census <= 0:
+            raise ValueError(
+                "expected non-negative loss weights and a positive photometric weight, got "
+                f"w_ph={w_ph}, w_ssim={w_ssim}, w_census={w_census}, w_sm={w_sm}"
+            )
         scale_weights = tuple(float(w) for w in scale_weights)
         if not scale_weights or scale_weights[0] <= 0 or min(scale_weights) < 0:
             raise ValueError(
@@ -69,7 +77,7 @@ class UnsupervisedFlowLoss(nn.Module):
             )
         self.w_ph, self.w_sm = float(w_ph), float(w_sm)
         self.photometric_kwargs = {
-            "w_l1": w_l1,
+            "w_l1": self.w_ph,
             "w_ssim": w_ssim,
             "w_census": w_census,
             "padding_mode": padding_mode,
@@ -130,7 +138,7 @@ class UnsupervisedFlowLoss(nn.Module):
                 an untrained network would make every pixel "occluded" (0/0 in Eq. 11).
 
         Returns:
-            dict with ``loss`` (Eq. 14), ``photometric``, ``smoothness``, ``occlusion`` (the share of
+            dict with ``loss``, ``photometric`` (the weighted photometric terms together), ``smoothness``, ``occlusion`` (the share of
             pixels the check marks occluded, computed even when it is not applied) and
             ``occlusion_masked`` (the share actually left out of Eq. 11); the shares carry no gradient.
         """
@@ -154,7 +162,7 @@ class UnsupervisedFlowLoss(nn.Module):
         )
         masked = 0.0 if mask1 is None else 0.5 * (mask1.mean() + mask2.mean())
         return {
-            "loss": self.w_ph * photo + self.w_sm * smooth,
+            "loss": photo + self.w_sm * smooth,
             "photometric": photo,
             "smoothness": smooth,
             "occlusion": 0.5 * (occ1.mean() + occ2.mean()),

@@ -11,6 +11,15 @@ Departures from ARFlow, each deliberate:
 - Weights keep PyTorch's default initialisation. ARFlow's ``init_weights`` loops over ``(name, module)``
   tuples, so its ``isinstance`` checks never match and its networks trained "from scratch" really used the
   default init; we state that instead of imitating a dead code path.
+- Each feature map is standardised before the correlation (``normalize_features=True``): per frame and
+  channel the spatial mean is removed, then the map is divided by its root mean square over channels and
+  pixels. No parameters. ARFlow correlates the raw LeakyReLU features: their cost volume is dominated by
+  the features' positive mean (it peaks at zero offset whatever the motion) and, at PyTorch's default
+  init, is ~1e-3 against ~5e-2 for the other inputs of the estimator. Measured on 64 px crops of
+  photographs with random translations up to 6 px, 300 Adam steps: supervised EPE 5.10 -> 5.10 without
+  the standardisation (the network learns only the mean flow) and 5.10 -> 2.40 with it; unsupervised
+  (photometric + smoothness) 5.10 -> 1.82 (``benchmarks/flow_quality.py`` measures the stages).
+  ``normalize_features=False`` is ARFlow's network exactly, for porting its weights.
 - The correlation is plain PyTorch (a loop over the 81 offsets on a zero-padded tensor), which equals the
   CUDA kernel and runs on any device. On channels_last features each offset is a reduction over the
   innermost (channel) axis, and the loop beat both a row-at-a-time ``unfold`` and an ``einsum`` over an
@@ -26,7 +35,7 @@ from torch import nn
 from .layout import is_channels_last
 from .warp import flow_warp, resize_flow
 
-__all__ = ["PWCLite", "correlation", "pwclite"]
+__all__ = ["PWCLite", "correlation", "pwclite", "standardize_features"]
 
 _PYRAMID_CHANNELS = (16, 32, 64, 96, 128, 192)
 _NUM_DECODED_LEVELS = 5  # 1/64, 1/32, 1/16, 1/8, 1/4: ARFlow stops at 1/4 and upsamples x4
@@ -61,6 +70,13 @@ def correlation(f1: torch.Tensor, f2: torch.Tensor, *, max_displacement: int = 4
     if is_channels_last(f1):  # stack the offsets innermost: a channels_last volume
         return torch.stack(costs, dim=-1).permute(0, 3, 1, 2)
     return torch.stack(costs, dim=1)
+
+
+def standardize_features(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``(B, C, H, W)`` -> zero spatial mean per channel, unit root mean square per sample."""
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    # eps inside the root: sqrt'(0) is infinite, and a 1x1 map is all zeros after centring
+    return x * torch.rsqrt(x.square().mean(dim=(1, 2, 3), keepdim=True) + eps)
 
 
 class FeaturePyramid(nn.Module):
@@ -146,14 +162,17 @@ class PWCLite(nn.Module):
 
     Args:
         max_displacement: correlation radius in pixels at every level (ARFlow: 4, 81 channels).
+        normalize_features: standardise the features entering the correlation (see the module notes);
+            False is ARFlow's network exactly.
 
     Inputs are RGB in [0, 1], ``(B, 3, H, W)`` with H, W >= 16. ``forward`` returns ``(B, 2, H, W)``;
     see :meth:`forward` for the backward flow and the pyramid.
     """
 
-    def __init__(self, *, max_displacement: int = 4) -> None:
+    def __init__(self, *, max_displacement: int = 4, normalize_features: bool = True) -> None:
         super().__init__()
         self.max_displacement = max_displacement
+        self.normalize_features = normalize_features
         corr_channels = (2 * max_displacement + 1) ** 2
         self.feature_pyramid = FeaturePyramid()
         # one 1x1 conv per decoded level (1/64 .. 1/4) to 32 channels; estimator and context are shared
@@ -176,7 +195,12 @@ class PWCLite(nn.Module):
                 # the padded size is a multiple of 64, so each level is exactly twice the previous one
                 flow = resize_flow(flow, (h, w))
                 x2_warped = flow_warp(x2, flow, padding_mode="border")
-            cost = F.leaky_relu(correlation(x1, x2_warped, max_displacement=self.max_displacement), 0.1)
+            c1, c2 = (
+                (standardize_features(x1), standardize_features(x2_warped))
+                if self.normalize_features
+                else (x1, x2_warped)
+            )
+            cost = F.leaky_relu(correlation(c1, c2, max_displacement=self.max_displacement), 0.1)
             features, residual = self.flow_estimator(torch.cat((cost, self.conv_1x1[level](x1), flow), dim=1))
             flow = flow + residual
             flow = flow + self.context_network(torch.cat((features, flow), dim=1))
@@ -237,6 +261,6 @@ class PWCLite(nn.Module):
         return outputs if return_pyramid else outputs[0]
 
 
-def pwclite() -> PWCLite:
+def pwclite(*, normalize_features: bool = True) -> PWCLite:
     """PWC-Lite as used by S2SVR (paper Sec. 3.3 and Table 4): 2,236,660 parameters, +-4 px correlation."""
-    return PWCLite(max_displacement=4)
+    return PWCLite(max_displacement=4, normalize_features=normalize_features)
