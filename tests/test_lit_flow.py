@@ -316,28 +316,32 @@ def _heldout_scores(module, dm) -> tuple[float, float, float]:
 
 
 @pytest.mark.slow
-def test_teacher_training_on_synthetic_video_improves_heldout_flow(tmp_path):
-    """A short fit with the paper's losses, weights and lr moves the held-out flow towards the truth.
+def test_teacher_training_on_synthetic_video_beats_zero_flow_on_heldout_pairs(tmp_path):
+    """A few hundred CPU steps with the default losses bring the held-out flow below zero flow.
 
-    What a few dozen CPU steps can do from PyTorch's default init: remove most of the untrained
-    network's large constant output (about 7 px here). It does not reach below zero flow: PWC-Lite from
-    scratch needs far longer training to read its cost volume (see the closing note of the flow stages).
+    Held-out sequences use other seeds *and* other photographs than training. The network starts at zero
+    flow (Kaiming init, zero flow predictors), so beating zero flow means it reads its cost volume. Measured
+    (seed 0, this machine): EPE 1.437 (= zero flow) -> 1.235 after 300 steps at lr 1e-3 (1.244 after 400);
+    longer runs reach about 25 % below zero flow after 750 steps and 28 % after 1000. The paper's lr 1e-4
+    needs far longer; 1e-3 is this test's CPU budget.
     """
     from s2svr_lightning.data import VideoRestorationDataModule
 
-    dataset = {"name": "synthetic", "size": 64, "frames": 8, "train_sequences": 8, "val_sequences": 1}
+    dataset = {"name": "synthetic", "size": 64, "frames": 8, "train_sequences": 64, "val_sequences": 1}
     dm = VideoRestorationDataModule(
-        dataset={**dataset, "test_sequences": 2}, task="vsr", num_frames=3, crop_size=64, batch_size=4
+        dataset={**dataset, "test_sequences": 3}, task="vsr", num_frames=3, crop_size=64, batch_size=4
     )
     dm.setup("fit")
     dm.setup("test")
     L.seed_everything(0, verbose=False)
-    teacher = TeacherFlowModule(occlusion_warmup_steps=30)
+    teacher = TeacherFlowModule(lr=1e-3, occlusion_warmup_steps=100)
     before = _heldout_scores(teacher, dm)
-    trainer = _trainer(tmp_path, max_steps=60, max_epochs=-1, limit_val_batches=0, logger=False)
+    teacher.train()
+    trainer = _trainer(tmp_path, max_steps=300, max_epochs=-1, limit_val_batches=0, logger=False)
     trainer.fit(teacher, train_dataloaders=dm.train_dataloader())
     after = _heldout_scores(teacher, dm)
     print(f"held-out EPE {before[0]:.3f} -> {after[0]:.3f} (zero flow {after[1]:.3f}); "
           f"photometric {before[2]:.4f} -> {after[2]:.4f}")  # fmt: skip
-    assert after[0] < 0.8 * before[0]
+    assert before[0] == pytest.approx(after[1], rel=1e-3)  # starts at zero flow
+    assert after[0] < 0.92 * after[1]
     assert after[2] < before[2]
