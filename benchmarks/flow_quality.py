@@ -47,18 +47,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--steps", type=int, default=200, help="training steps of each of the three networks")
+    p.add_argument("--steps", type=int, default=300, help="training steps of each of the three networks")
     p.add_argument("--size", type=int, default=64, help="HQ frame side in pixels (a multiple of 4)")
-    p.add_argument("--sequences", type=int, default=16, help="training sequences")
-    p.add_argument("--test-sequences", type=int, default=4, help="held-out test sequences")
+    p.add_argument("--sequences", type=int, default=64, help="training sequences")
+    p.add_argument("--test-sequences", type=int, default=3, help="held-out test sequences")
     p.add_argument("--frames", type=int, default=12, help="frames per synthetic sequence")
     p.add_argument("--clip-frames", type=int, default=3, help="frames per training clip (pairs = frames - 1)")
     p.add_argument("--batch-size", type=int, default=4, help="training clips per step")
     p.add_argument(
         "--max-motion", type=float, default=None, help="largest motion px/frame (default: the data's)"
     )
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (the paper: 1e-4)")
-    p.add_argument("--flownet-init", default="default", choices=("default", "kaiming"))
+    p.add_argument(
+        "--lr", type=float, default=1e-3, help="Adam learning rate (the paper: 1e-4, for far longer runs)"
+    )
+    p.add_argument("--flownet-init", default="kaiming", choices=("default", "kaiming"))
     p.add_argument("--warmup", type=int, default=None, help="occlusion warm-up steps (default: steps // 3)")
     p.add_argument(
         "--degradations", default=",".join(DEGRADATIONS), help="comma list of " + ", ".join(DEGRADATIONS)

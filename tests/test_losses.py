@@ -160,7 +160,9 @@ def test_unsupervised_loss_combines_eq14_with_the_paper_and_arflow_weights(photo
     assert l1_only["loss"].item() == pytest.approx(0.15 * l1_ref.item() + 50 * smooth_ref.item(), rel=1e-6)
     # without the mask (warm-up) every pixel counts
     unmasked = criterion(im1, im2, flow12, flow21, use_occlusion=False)
-    ref = 0.5 * (photometric_loss(im1, im2, flow12, **weights) + photometric_loss(im2, im1, flow21, **weights))
+    ref = 0.5 * (
+        photometric_loss(im1, im2, flow12, **weights) + photometric_loss(im2, im1, flow21, **weights)
+    )
     assert unmasked["photometric"].item() == pytest.approx(ref.item(), rel=1e-6)
 
 

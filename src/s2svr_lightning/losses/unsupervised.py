@@ -138,8 +138,9 @@ class UnsupervisedFlowLoss(nn.Module):
                 an untrained network would make every pixel "occluded" (0/0 in Eq. 11).
 
         Returns:
-            dict with ``loss``, ``photometric`` (the weighted photometric terms together), ``smoothness``, ``occlusion`` (the share of
-            pixels the check marks occluded, computed even when it is not applied) and
+            dict with ``loss``, ``photometric`` (the weighted photometric terms together),
+            ``smoothness``, ``occlusion`` (the share of pixels the check marks occluded, computed even
+            when it is not applied) and
             ``occlusion_masked`` (the share actually left out of Eq. 11); the shares carry no gradient.
         """
         flows12, flows21 = _as_pyramid(flow12), _as_pyramid(flow21)
