@@ -209,7 +209,7 @@ def table(epe: dict, photo: dict, seconds: dict, args: argparse.Namespace) -> st
         "| degradation | EPE zero | EPE teacher (HQ) | EPE student plain (LQ) | EPE student distilled (LQ) "
         "| photo zero | photo teacher | photo plain | photo distilled | train s |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 10]
     for name in epe:
         e, p = epe[name], photo[name]
         lines.append(
