@@ -89,3 +89,25 @@ def test_render_prints_one_document_with_every_section():
     assert text.count("\n## ") == 3
     assert "| s2svr_vsr | fp32 |" in text and "| 12.5 |" in text and "| 81.0 |" in text
     assert "| 50 | 300 | 900 |" in text
+
+
+def test_flow_quality_writes_every_row_for_each_degradation(tmp_path, capsys):
+    import json
+
+    import flow_quality
+
+    out = tmp_path / "flow.json"
+    argv = ["--steps", "2", "--sequences", "2", "--test-sequences", "1", "--frames", "3"]
+    assert flow_quality.main([*argv, "--degradations", "bicubic,blur", "--json", str(out)]) == 0
+    table = json.loads(out.read_text())
+    assert set(table) == {"bicubic", "blur"}
+    for rows in table.values():
+        assert set(rows) == set(flow_quality.ROWS)
+        assert all(math.isfinite(v) and v >= 0 for v in rows.values())
+        assert rows["zero"] > 0  # the synthetic video moves
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("| degradation"))
+    separator = printed.splitlines()[printed.splitlines().index(header) + 1]
+    assert header.count("|") == separator.count("|")
+    with pytest.raises(SystemExit):
+        flow_quality.parse_args(["--degradations", "bicubic,fog"])
