@@ -47,7 +47,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--steps", type=int, default=300, help="training steps of each of the three networks")
+    p.add_argument(
+        "--steps", type=int, default=600, help="training steps of each student (and of the teacher)"
+    )
+    p.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=None,
+        help="training steps of the teacher (default: --steps); the paper distils from a converged teacher",
+    )
     p.add_argument("--size", type=int, default=64, help="HQ frame side in pixels (a multiple of 4)")
     p.add_argument("--sequences", type=int, default=64, help="training sequences")
     p.add_argument("--test-sequences", type=int, default=3, help="held-out test sequences")
@@ -59,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--lr", type=float, default=1e-3, help="Adam learning rate (the paper: 1e-4, for far longer runs)"
+    )
+    p.add_argument(
+        "--scheduler", default="cosine", choices=("cosine", "none"), help="lr schedule of every network"
     )
     p.add_argument("--flownet-init", default="kaiming", choices=("default", "kaiming"))
     p.add_argument("--warmup", type=int, default=None, help="occlusion warm-up steps (default: steps // 3)")
@@ -102,12 +113,12 @@ def datamodule(task: str, args: argparse.Namespace) -> VideoRestorationDataModul
 
 
 def fit(
-    module: L.LightningModule, dm: VideoRestorationDataModule, args: argparse.Namespace
+    module: L.LightningModule, dm: VideoRestorationDataModule, args: argparse.Namespace, steps: int
 ) -> tuple[L.Trainer, float]:
-    """Train ``module`` for ``args.steps`` steps (no validation); returns the trainer and the seconds."""
+    """Train ``module`` for ``steps`` steps (no validation); returns the trainer and the seconds."""
     L.seed_everything(args.seed, workers=True, verbose=False)
     trainer = L.Trainer(
-        max_steps=args.steps,
+        max_steps=steps,
         max_epochs=-1,
         accelerator=args.accelerator,
         devices=1,
@@ -161,8 +172,12 @@ def run(args: argparse.Namespace) -> tuple[dict, dict, dict]:
 
 
 def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict, dict]:
-    warmup = args.steps // 3 if args.warmup is None else args.warmup
-    common = {"lr": args.lr, "occlusion_warmup_steps": warmup, "val_log_images": 0}
+    teacher_steps = args.teacher_steps or args.steps
+    common = {"lr": args.lr, "scheduler": args.scheduler, "val_log_images": 0}
+
+    def warmup(steps: int) -> int:
+        return steps // 3 if args.warmup is None else args.warmup
+
     epe: dict[str, dict[str, float]] = {}
     photo: dict[str, dict[str, float]] = {}
     seconds: dict[str, dict[str, float]] = {}
@@ -177,8 +192,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict, dict]:
         key = _fingerprint(dm)
         if key not in teachers:
             L.seed_everything(args.seed, verbose=False)
-            teacher = TeacherFlowModule(flownet_init=args.flownet_init, **common)
-            trainer, seconds[name]["teacher_hq"] = fit(teacher, dm, args)
+            teacher = TeacherFlowModule(
+                flownet_init=args.flownet_init, occlusion_warmup_steps=warmup(teacher_steps), **common
+            )
+            trainer, seconds[name]["teacher_hq"] = fit(teacher, dm, args, teacher_steps)
             teachers[key] = workdir / f"teacher_{name}.ckpt"
             trainer.save_checkpoint(teachers[key])
         else:
@@ -190,8 +207,13 @@ def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict, dict]:
 
         for row, w_dis in (("student_plain", 0.0), ("student_distilled", 0.1)):
             L.seed_everything(args.seed, verbose=False)
-            student = StudentFlowModule(teacher_checkpoint=str(teachers[key]), w_dis=w_dis, **common)
-            _, seconds[name][row] = fit(student, dm, args)
+            student = StudentFlowModule(
+                teacher_checkpoint=str(teachers[key]),
+                w_dis=w_dis,
+                occlusion_warmup_steps=warmup(args.steps),
+                **common,
+            )
+            _, seconds[name][row] = fit(student, dm, args, args.steps)
             student.eval()
             epe[name][row], photo[name][row] = evaluate(
                 dm, lambda b, s=student: s.predict_pairs(b["lq"]), device=student.device
@@ -222,8 +244,9 @@ def table(epe: dict, photo: dict, seconds: dict, args: argparse.Namespace) -> st
     lines.append(
         f"\nEPE in HQ pixels (lower is better) on {args.test_sequences} held-out sequences of {args.frames} "
         f"frames at {args.size}x{args.size}; photo = mean |HQ_t - warp(HQ_t+1, flow)| on valid pixels. "
-        f"{args.steps} steps per network, batch {args.batch_size} clips of {args.clip_frames} frames, "
-        f"lr {args.lr}, seed {args.seed}."
+        f"Teacher {args.teacher_steps or args.steps} steps, each student {args.steps} (from the teacher), "
+        f"batch {args.batch_size} clips of {args.clip_frames} frames, lr {args.lr} ({args.scheduler}), "
+        f"seed {args.seed}."
     )
     return "\n".join(lines)
 

@@ -97,7 +97,18 @@ def test_flow_quality_writes_every_row_for_each_degradation(tmp_path, capsys):
     import flow_quality
 
     out = tmp_path / "flow.json"
-    argv = ["--steps", "2", "--sequences", "2", "--test-sequences", "1", "--frames", "3"]
+    argv = [
+        "--steps",
+        "2",
+        "--teacher-steps",
+        "3",
+        "--sequences",
+        "2",
+        "--test-sequences",
+        "1",
+        "--frames",
+        "3",
+    ]
     assert flow_quality.main([*argv, "--degradations", "bicubic,blur", "--json", str(out)]) == 0
     table = json.loads(out.read_text())
     assert set(table) == {"bicubic", "blur"}
@@ -109,5 +120,6 @@ def test_flow_quality_writes_every_row_for_each_degradation(tmp_path, capsys):
     header = next(line for line in printed.splitlines() if line.startswith("| degradation"))
     separator = printed.splitlines()[printed.splitlines().index(header) + 1]
     assert header.count("|") == separator.count("|")
+    assert "Teacher 3 steps, each student 2" in printed
     with pytest.raises(SystemExit):
         flow_quality.parse_args(["--degradations", "bicubic,fog"])

@@ -317,14 +317,13 @@ def _heldout_scores(module, dm) -> tuple[float, float, float]:
 
 @pytest.mark.slow
 def test_teacher_training_on_synthetic_video_beats_zero_flow_on_heldout_pairs(tmp_path):
-    """A few hundred CPU steps with the default losses bring the held-out flow below zero flow.
+    """Six hundred CPU steps with the default losses take the held-out EPE well below zero flow.
 
     Held-out sequences use other seeds *and* other photographs than training. The network starts at zero
-    flow (Kaiming init, zero flow predictors), so beating zero flow means it reads its cost volume. Measured
-    (this machine): EPE 1.437 (= zero flow) -> 1.235 after 300 steps at lr 1e-3 (1.244 after 400); with
-    seeds 1-4 instead of 0: 1.196, 1.182, 1.147, 1.140 (ratios 0.79-0.86 against the asserted 0.92);
-    longer runs reach about 25 % below zero flow after 750 steps and 28 % after 1000. The paper's lr 1e-4
-    needs far longer; 1e-3 is this test's CPU budget.
+    flow (Kaiming init, zero flow predictors), so beating zero flow means it reads its cost volume. The
+    cosine schedule matters for a fair end point: at a constant lr 1e-3 the held-out EPE swings by
+    +-15 % from one hundred steps to the next. Measured numbers are in the closing note of issue 4 and
+    README.md; the paper's lr 1e-4 needs far longer.
     """
     from s2svr_lightning.data import VideoRestorationDataModule
 
@@ -335,14 +334,14 @@ def test_teacher_training_on_synthetic_video_beats_zero_flow_on_heldout_pairs(tm
     dm.setup("fit")
     dm.setup("test")
     L.seed_everything(0, verbose=False)
-    teacher = TeacherFlowModule(lr=1e-3, occlusion_warmup_steps=100)
+    teacher = TeacherFlowModule(lr=1e-3, scheduler="cosine", occlusion_warmup_steps=100)
     before = _heldout_scores(teacher, dm)
     teacher.train()
-    trainer = _trainer(tmp_path, max_steps=300, max_epochs=-1, limit_val_batches=0, logger=False)
+    trainer = _trainer(tmp_path, max_steps=600, max_epochs=-1, limit_val_batches=0, logger=False)
     trainer.fit(teacher, train_dataloaders=dm.train_dataloader())
     after = _heldout_scores(teacher, dm)
-    print(f"held-out EPE {before[0]:.3f} -> {after[0]:.3f} (zero flow {after[1]:.3f}); "
-          f"photometric {before[2]:.4f} -> {after[2]:.4f}")  # fmt: skip
+    print(f"held-out EPE {before[0]:.3f} -> {after[0]:.3f} (zero flow {after[1]:.3f}, ratio "
+          f"{after[0] / after[1]:.3f}); photometric {before[2]:.4f} -> {after[2]:.4f}")  # fmt: skip
     assert before[0] == pytest.approx(after[1], rel=1e-3)  # starts at zero flow
-    assert after[0] < 0.92 * after[1]
+    assert after[0] < 0.8 * after[1]
     assert after[2] < before[2]

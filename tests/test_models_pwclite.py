@@ -4,7 +4,7 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from s2svr_lightning.models import PWCLite, pwclite
+from s2svr_lightning.models import PWCLite, init_flownet_, pwclite
 from s2svr_lightning.models.pwclite import correlation
 
 
@@ -72,6 +72,30 @@ def test_correlation_keeps_channels_last():
     assert torch.allclose(out, correlation(f1, f2, max_displacement=2), atol=1e-6)
 
 
+def test_levels_below_min_level_size_are_left_at_zero_flow():
+    torch.manual_seed(0)
+    small = PWCLite(min_level_size=8).eval()  # PyTorch's init: every decoded level predicts some flow
+    every = PWCLite(min_level_size=1).eval()
+    every.load_state_dict(small.state_dict())
+    im1, im2 = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        skipped = small(im1, im2, return_pyramid=True)
+        decoded = every(im1, im2, return_pyramid=True)
+    # 64 px: 1/64, 1/32 and 1/16 are 1, 2 and 4 px wide, so decoding starts at 1/8
+    assert [float(f.abs().max()) == 0 for f in skipped] == [False, False, True, True, True]
+    assert all(float(f.abs().max()) > 0 for f in decoded)
+    assert not torch.allclose(skipped[0], decoded[0])
+    # large enough that every level has >= 8 px: the two networks are the same function
+    big1, big2 = torch.rand(1, 3, 512, 512), torch.rand(1, 3, 512, 512)
+    with torch.no_grad():
+        assert torch.allclose(small(big1, big2), every(big1, big2), atol=1e-6)
+
+
+def test_min_level_size_must_be_positive():
+    with pytest.raises(ValueError, match="min_level_size >= 1"):
+        PWCLite(min_level_size=0)
+
+
 def _translated_pairs(images: list[torch.Tensor], n: int, generator: torch.Generator, *, shift: int = 6):
     """``n`` pairs of 64 px crops with ``im1(p) = im2(p + d)`` for random integer ``d``: flow ``d``."""
     im1, im2, flow = [], [], []
@@ -95,8 +119,6 @@ def test_learns_to_read_its_cost_volume(normalize_features):
     A network that does not read its cost volume can only learn the mean flow (zero here). With the
     standardised features it does within 150 steps; ARFlow's raw features do not (the module notes).
     """
-    from s2svr_lightning.lit.teacher import init_flownet_
-
     images = []
     for name in ("astronaut", "coffee", "chelsea", "rocket"):
         photo = torch.from_numpy(np.ascontiguousarray(getattr(skimage.data, name)())).permute(2, 0, 1)

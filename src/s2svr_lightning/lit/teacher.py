@@ -18,10 +18,10 @@ from s2svr_lightning.flow_viz import flow_to_color
 from s2svr_lightning.lit.common import log_images, raise_if_nonfinite
 from s2svr_lightning.losses import UnsupervisedFlowLoss, photometric_loss
 from s2svr_lightning.metrics import endpoint_error
-from s2svr_lightning.models import build_model
+from s2svr_lightning.models import build_model, init_flownet_
 from s2svr_lightning.models.warp import resize_flow
 
-__all__ = ["FlowModuleBase", "TeacherFlowModule", "build_flownet", "consecutive_pairs", "init_flownet_"]
+__all__ = ["FlowModuleBase", "TeacherFlowModule", "build_flownet", "consecutive_pairs"]
 
 
 def _plain(value: Any) -> Any:
@@ -42,32 +42,6 @@ def _plain(value: Any) -> Any:
 def build_flownet(name: str, overrides: Mapping[str, Any] | None = None) -> nn.Module:
     """The flow network from plain data (a builder name of ``s2svr_lightning.models`` + overrides)."""
     return build_model(name, **dict(overrides or {}))
-
-
-@torch.no_grad()
-def init_flownet_(net: nn.Module, scheme: str) -> nn.Module:
-    """Re-initialise a flow network in place before training.
-
-    ``"default"`` keeps the network's own initialisation (PyTorch's default, as ARFlow's PWC-Lite really
-    had). ``"kaiming"``: Kaiming-normal weights for LeakyReLU(0.1) and zero biases on every convolution,
-    and zero weights on the convolutions with 2 output channels (the flow predictors), so the untrained
-    network predicts zero flow. PyTorch's default init shrinks the activations at every layer, so the
-    cost volume starts ~1e-3 against features ~5e-2 and is learnt to be read only slowly; Kaiming
-    keeps it O(0.1) from the start.
-    """
-    if scheme == "default":
-        return net
-    if scheme != "kaiming":
-        raise ValueError(f"expected flownet_init 'default' or 'kaiming', got {scheme!r}")
-    for module in net.modules():
-        if isinstance(module, nn.Conv2d):
-            if module.out_channels == 2:
-                nn.init.zeros_(module.weight)
-            else:
-                nn.init.kaiming_normal_(module.weight, a=0.1, nonlinearity="leaky_relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    return net
 
 
 def consecutive_pairs(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

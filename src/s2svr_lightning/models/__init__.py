@@ -8,7 +8,7 @@ from torch import nn
 
 from .attention import LocalAttention
 from .convgru import ConvGRU, ResConvGRU, ResidualBlock
-from .pwclite import PWCLite, pwclite
+from .pwclite import PWCLite, init_flownet_, pwclite
 from .s2svr import S2SVR, s2svr_cve, s2svr_deblur, s2svr_vsr
 from .warp import flow_warp, pixel_grid, resize_flow
 
@@ -22,6 +22,7 @@ __all__ = [
     "S2SVR",
     "build_model",
     "flow_warp",
+    "init_flownet_",
     "pixel_grid",
     "pwclite",
     "resize_flow",
