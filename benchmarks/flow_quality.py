@@ -73,6 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scheduler", default="cosine", choices=("cosine", "none"), help="lr schedule of every network"
     )
     p.add_argument("--flownet-init", default="kaiming", choices=("default", "kaiming"))
+    p.add_argument(
+        "--min-level-size",
+        type=int,
+        default=8,
+        help="PWC-Lite min_level_size: 8 skips the 1-4 px pyramid levels of small frames (same accuracy, "
+        "23%% faster at 64 px); 1 is the library default (every level)",
+    )
     p.add_argument("--warmup", type=int, default=None, help="occlusion warm-up steps (default: steps // 3)")
     p.add_argument(
         "--degradations", default=",".join(DEGRADATIONS), help="comma list of " + ", ".join(DEGRADATIONS)
@@ -174,7 +181,12 @@ def run(args: argparse.Namespace) -> tuple[dict, dict, dict]:
 
 def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict, dict]:
     teacher_steps = args.teacher_steps
-    common = {"lr": args.lr, "scheduler": args.scheduler, "val_log_images": 0}
+    common = {
+        "lr": args.lr,
+        "scheduler": args.scheduler,
+        "val_log_images": 0,
+        "flownet_overrides": {"min_level_size": args.min_level_size},
+    }
 
     def warmup(steps: int) -> int:
         return steps // 3 if args.warmup is None else args.warmup

@@ -79,6 +79,9 @@ def test_build_model_rejects_unknown_names():
     with pytest.raises(ValueError, match="expected a model name"):
         build_model("edvr")
     assert n_params(build_model("pwclite")) == 2_236_660
+    assert build_model("pwclite", min_level_size=8).min_level_size == 8
+    with pytest.raises(ValueError, match=r"among \['min_level_size', 'normalize_features'\].*\['levels'\]"):
+        build_model("pwclite", levels=3)
 
 
 @pytest.mark.parametrize("radius", [1, 2])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -42,10 +43,14 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 def build_model(name: str, **overrides) -> nn.Module:
     """Build a network by builder name (``pwclite``, ``s2svr_vsr``, ``s2svr_deblur``, ``s2svr_cve``).
 
-    ``overrides`` go to the builder as keyword arguments (``pwclite`` takes none).
+    ``overrides`` go to the builder as keyword arguments (``pwclite``: ``normalize_features``,
+    ``min_level_size``); an unknown one is a ``ValueError`` that lists the builder's arguments.
     """
     if name not in BUILDERS:
         raise ValueError(f"expected a model name in {sorted(BUILDERS)}, got {name!r}")
-    if name == "pwclite" and overrides:
-        raise ValueError(f"expected no overrides for 'pwclite', got {sorted(overrides)}")
+    params = inspect.signature(BUILDERS[name]).parameters
+    accepted = {k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    unknown = sorted(set(overrides) - accepted)
+    if unknown and len(accepted) == len(params):  # builders with **kwargs check their own
+        raise ValueError(f"expected overrides of {name!r} among {sorted(accepted)}, got unknown {unknown}")
     return BUILDERS[name](**overrides)

@@ -19,16 +19,16 @@ Departures from ARFlow, each deliberate:
   photographs with random translations up to 6 px, 300 Adam steps: supervised EPE 5.10 -> 5.10 without
   the standardisation (the network learns only the mean flow) and 5.10 -> 2.40 with it; unsupervised
   (photometric + smoothness) 5.10 -> 1.82 (``benchmarks/flow_quality.py`` measures the stages).
-  ``normalize_features=False`` (with ``min_level_size=1``) is ARFlow's network exactly, for porting its
-  weights.
-- Decoding starts at the coarsest level with at least ``min_level_size`` (8) pixels on its shorter side;
-  coarser levels are left at zero flow. ARFlow always decodes from 1/64, which on its 256+ px training
-  crops is >= 4 px; on small frames those levels are 1-4 px, their +-4 px correlation sees mostly zero
-  padding, and a standardised 1x1 map is all zeros, so they only add noise for the shared estimator to
-  undo. Measured on 64 px synthetic video (teacher, 600 steps, cosine lr from 1e-3, seeds 0 / 1): held-out
-  EPE / zero flow 0.722 / 0.643 decoding all five levels, 0.707 / 0.649 from 1/8, and 23 % less time per
-  step. Frames of 512 px and more decode every level, so it changes nothing there. ``min_level_size=1``
-  (with ``normalize_features=False``) is ARFlow exactly.
+  ``normalize_features=False`` is ARFlow's network exactly, for porting its weights.
+- ``min_level_size`` (default 1: every level, as ARFlow) starts decoding at the coarsest level with at
+  least that many pixels on its shorter side and leaves coarser levels at zero flow. ARFlow always
+  decodes from 1/64, which on its 256+ px training crops is >= 4 px; on small frames those levels are
+  1-4 px, their +-4 px correlation sees mostly zero padding, and a standardised 1x1 map is all zeros.
+  Measured on 64 px synthetic video (teacher, 600 steps, cosine lr from 1e-3, seeds 0 / 1): held-out
+  EPE / zero flow 0.722 / 0.643 decoding all five levels, 0.707 / 0.649 with ``min_level_size=8``, which
+  also takes 23 % less time per step. Not the default: the skipped levels' pyramid convolutions then
+  get no gradient, which DDP rejects unless ``find_unused_parameters`` is set, and the gain is speed,
+  not accuracy. Frames of 512 px and more decode every level either way.
 - The correlation is plain PyTorch (a loop over the 81 offsets on a zero-padded tensor), which equals the
   CUDA kernel and runs on any device. On channels_last features each offset is a reduction over the
   innermost (channel) axis, and the loop beat both a row-at-a-time ``unfold`` and an ``einsum`` over an
@@ -172,17 +172,17 @@ class PWCLite(nn.Module):
     Args:
         max_displacement: correlation radius in pixels at every level (ARFlow: 4, 81 channels).
         normalize_features: standardise the features entering the correlation (see the module notes);
-            False (with ``min_level_size=1``) is ARFlow's network exactly.
+            False is ARFlow's network exactly.
         min_level_size: decoding starts at the coarsest level whose shorter side has at least this many
-            pixels (the finest level, 1/4, is always decoded); coarser levels output zero flow. ``1``
-            decodes all five levels, as ARFlow does (see the module notes).
+            pixels (the finest level, 1/4, is always decoded); coarser levels output zero flow. The
+            default ``1`` decodes all five levels, as ARFlow does (see the module notes).
 
     Inputs are RGB in [0, 1], ``(B, 3, H, W)`` with H, W >= 16. ``forward`` returns ``(B, 2, H, W)``;
     see :meth:`forward` for the backward flow and the pyramid.
     """
 
     def __init__(
-        self, *, max_displacement: int = 4, normalize_features: bool = True, min_level_size: int = 8
+        self, *, max_displacement: int = 4, normalize_features: bool = True, min_level_size: int = 1
     ) -> None:
         super().__init__()
         if max_displacement < 1 or min_level_size < 1:
@@ -284,10 +284,10 @@ class PWCLite(nn.Module):
         return outputs if return_pyramid else outputs[0]
 
 
-def pwclite(*, normalize_features: bool = True, min_level_size: int = 8) -> PWCLite:
+def pwclite(*, normalize_features: bool = True, min_level_size: int = 1) -> PWCLite:
     """PWC-Lite as used by S2SVR (paper Sec. 3.3 and Table 4): 2,236,660 parameters, +-4 px correlation.
 
-    ``normalize_features=False, min_level_size=1`` is ARFlow's network exactly.
+    ``normalize_features=False`` is ARFlow's network exactly.
     """
     return PWCLite(max_displacement=4, normalize_features=normalize_features, min_level_size=min_level_size)
 
