@@ -180,7 +180,6 @@ def run(args: argparse.Namespace) -> tuple[dict, dict, dict]:
 
 
 def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict, dict]:
-    teacher_steps = args.teacher_steps
     common = {
         "lr": args.lr,
         "scheduler": args.scheduler,
@@ -206,9 +205,9 @@ def _run(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict, dict]:
         if key not in teachers:
             L.seed_everything(args.seed, verbose=False)
             teacher = TeacherFlowModule(
-                flownet_init=args.flownet_init, occlusion_warmup_steps=warmup(teacher_steps), **common
+                flownet_init=args.flownet_init, occlusion_warmup_steps=warmup(args.teacher_steps), **common
             )
-            trainer, seconds[name]["teacher_hq"] = fit(teacher, dm, args, teacher_steps)
+            trainer, seconds[name]["teacher_hq"] = fit(teacher, dm, args, args.teacher_steps)
             teachers[key] = workdir / f"teacher_{name}.ckpt"
             trainer.save_checkpoint(teachers[key])
         else:

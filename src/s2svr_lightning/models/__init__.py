@@ -49,8 +49,9 @@ def build_model(name: str, **overrides) -> nn.Module:
     if name not in BUILDERS:
         raise ValueError(f"expected a model name in {sorted(BUILDERS)}, got {name!r}")
     params = inspect.signature(BUILDERS[name]).parameters
-    accepted = {k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
-    unknown = sorted(set(overrides) - accepted)
-    if unknown and len(accepted) == len(params):  # builders with **kwargs check their own
-        raise ValueError(f"expected overrides of {name!r} among {sorted(accepted)}, got unknown {unknown}")
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(overrides) - set(params))
+    if unknown and not takes_any:  # builders with **kwargs check their own
+        accepted = sorted(params)
+        raise ValueError(f"expected overrides of {name!r} among {accepted}, got unknown {unknown}")
     return BUILDERS[name](**overrides)
