@@ -347,57 +347,14 @@ class VideoSink:
 def degraded_stream(
     task: TaskSpec, hq_frames: Iterable[torch.Tensor], *, chunk: int = 32
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Make ``(lq, hq_target)`` pairs from HQ frames with the task's degradation, in bounded memory.
-
-    The LQ frames are rounded to 8 bits, as degraded datasets store them (and as the DataModule makes
-    them for user footage).
-
-    - ``vsr``: each frame mod-cropped to a multiple of the scale and bicubic-downsampled on its own.
-    - ``deblur``: a sliding buffer of ``blur_frames`` sub-frames, one blurred frame per window, advanced
-      by the window stride: exactly what :func:`~s2svr_lightning.data.degradations.degrade` gives on the
-      whole video.
-    - ``cve``: HEVC in chunks of ``chunk`` frames, each chunk its own low-delay-P stream (an I frame at
-      every chunk start, like a stream with periodic intra refresh); the rest are P frames at the
-      checkpoint's QP. Exact for videos of at most ``chunk`` frames.
-    """
-    from .data.degradations import degrade
-    from .metrics import quantize_8bit
+    """``(lq, hq_target)`` pairs from HQ frames with the task's degradation, in bounded memory (see
+    :func:`s2svr_lightning.data.degradations.degrade_stream`)."""
+    from .data.degradations import degrade_stream
 
     opts = dict(task.degradation)
     if task.kind == "vsr":
-        s = task.scale
-        for hq in hq_frames:
-            h, w = hq.shape[-2:]
-            hq = hq[..., : h - h % s, : w - w % s]
-            lq, target = degrade("vsr", hq.unsqueeze(0), scale=s, return_target=True)
-            yield quantize_8bit(lq[0]), target[0]
-    elif task.kind == "deblur":
-        k = int(opts.get("blur_frames", 7))
-        stride = opts.get("blur_stride")
-        stride = k if stride is None else int(stride)
-        window: deque[torch.Tensor] = deque()
-        skip = 0
-        for hq in hq_frames:
-            if skip:
-                skip -= 1
-                continue
-            window.append(hq)
-            if len(window) == k:
-                lq, target = degrade("deblur", torch.stack(list(window)), blur_frames=k, return_target=True)
-                yield quantize_8bit(lq[0]), target[0]
-                for _ in range(min(stride, k)):
-                    window.popleft()
-                skip = max(stride - k, 0)
-    else:
-        qp = int(opts.get("qp", 37))
-        buf: list[torch.Tensor] = []
-        for hq in itertools.chain(hq_frames, [None]):
-            if hq is not None:
-                buf.append(hq)
-            if buf and (hq is None or len(buf) == chunk):
-                lq, target = degrade("cve", torch.stack(buf), qp=qp, return_target=True)
-                yield from zip(quantize_8bit(lq).unbind(0), target.unbind(0))
-                buf = []
+        opts["scale"] = task.scale
+    return degrade_stream(task.kind, hq_frames, chunk=chunk, **opts)
 
 
 def baseline_frame(task: TaskSpec, lq: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,12 @@ and return the same dtype on the same device:
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import shutil
 import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 
 import numpy as np
@@ -25,7 +28,15 @@ import torch.nn.functional as F
 
 from .color import rgb_to_yuv420, yuv420_to_rgb
 
-__all__ = ["TASKS", "bicubic_downsample", "temporal_blur", "hevc_compress", "degrade", "degraded_length"]
+__all__ = [
+    "TASKS",
+    "bicubic_downsample",
+    "temporal_blur",
+    "hevc_compress",
+    "degrade",
+    "degrade_stream",
+    "degraded_length",
+]
 
 TASKS = ("vsr", "deblur", "cve")
 
@@ -270,3 +281,59 @@ def degrade(
     else:
         raise ValueError(f"expected task in {TASKS}, got {task!r}")
     return (lq, hq) if return_target else lq
+
+
+def degrade_stream(
+    task: str,
+    hq_frames: Iterable[torch.Tensor],
+    *,
+    scale: int = 4,
+    blur_frames: int = 7,
+    blur_stride: int | None = None,
+    qp: int = 37,
+    chunk: int = 32,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`degrade` on HQ frames ``(3, H, W)`` that arrive one at a time, in bounded memory.
+
+    Yields ``(lq, hq_target)`` pairs, the LQ rounded to 8 bits as degraded datasets store them.
+
+    - ``vsr``: each frame mod-cropped to a multiple of ``scale`` and downsampled on its own.
+    - ``deblur``: a sliding buffer of ``blur_frames`` sub-frames, one blurred frame per window, advanced
+      by the window stride: exactly what :func:`degrade` gives on the whole video.
+    - ``cve``: HEVC in chunks of ``chunk`` frames, each its own low-delay-P stream (an I frame at every
+      chunk start, like a stream with periodic intra refresh). Exact for videos of at most ``chunk`` frames.
+    """
+    from s2svr_lightning.metrics import quantize_8bit
+
+    if task == "vsr":
+        for hq in hq_frames:
+            h, w = hq.shape[-2:]
+            hq = hq[..., : h - h % scale, : w - w % scale]
+            yield quantize_8bit(bicubic_downsample(hq, scale)), hq
+    elif task == "deblur":
+        stride = blur_frames if blur_stride is None else int(blur_stride)
+        window: deque[torch.Tensor] = deque()
+        skip = 0
+        for hq in hq_frames:
+            if skip:
+                skip -= 1
+                continue
+            window.append(hq)
+            if len(window) == blur_frames:
+                clip = torch.stack(list(window))
+                lq, target = degrade("deblur", clip, blur_frames=blur_frames, return_target=True)
+                yield quantize_8bit(lq[0]), target[0]
+                for _ in range(min(stride, blur_frames)):
+                    window.popleft()
+                skip = max(stride - blur_frames, 0)
+    elif task == "cve":
+        buf: list[torch.Tensor] = []
+        for hq in itertools.chain(hq_frames, [None]):
+            if hq is not None:
+                buf.append(hq)
+            if buf and (hq is None or len(buf) == chunk):
+                clip = torch.stack(buf)
+                yield from zip(quantize_8bit(hevc_compress(clip, qp)).unbind(0), clip.unbind(0))
+                buf = []
+    else:
+        raise ValueError(f"expected task in {TASKS}, got {task!r}")
