@@ -36,7 +36,7 @@ import torch
 
 from s2svr_lightning.data import VideoRestorationDataModule
 from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule
-from s2svr_lightning.lit.teacher import consecutive_pairs
+from s2svr_lightning.lit.flow import consecutive_pairs
 from s2svr_lightning.losses import photometric_loss
 from s2svr_lightning.metrics import endpoint_error
 from s2svr_lightning.models.warp import resize_flow

@@ -89,7 +89,7 @@ def test_log_images_reaches_tensorboard_and_wandb_loggers():
 
 # ------------------------------------------------------------------------------------------ modules
 from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule  # noqa: E402
-from s2svr_lightning.lit.teacher import consecutive_pairs  # noqa: E402
+from s2svr_lightning.lit.flow import consecutive_pairs  # noqa: E402
 from s2svr_lightning.models import flow_warp  # noqa: E402
 
 

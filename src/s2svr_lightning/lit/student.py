@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from s2svr_lightning.lit.common import raise_if_nonfinite
-from s2svr_lightning.lit.teacher import FlowModuleBase, build_flownet, consecutive_pairs
+from s2svr_lightning.lit.flow import FlowModuleBase, build_flownet, consecutive_pairs
 from s2svr_lightning.losses import distillation_loss
 
 __all__ = ["StudentFlowModule"]
