@@ -151,7 +151,8 @@ def whole_sequence_child(ckpt: str, video: str, output: str, max_frames: int) ->
     """Decode N frames into one tensor, restore them in one ``forward``, encode: the non-streaming way."""
     import itertools
 
-    from s2svr_lightning.restore import VideoSink, load_restorer, open_source
+    from s2svr_lightning.checkpoint import load_restorer
+    from s2svr_lightning.data.frames import VideoSink, open_source
 
     torch.set_num_threads(1)  # as the streaming run (--threads 1): two threads thrash on a busy machine
     net, _ = load_restorer(ckpt)

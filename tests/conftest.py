@@ -67,3 +67,73 @@ def moving_photo():
         )
 
     return make
+
+
+# ---------------------------------------------------------------------------------------------- torch
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: two OpenMP threads on a shared 2-core machine are many times
+    slower than one for tiny convs. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+TINY_RESTORER = {"channels": 8, "num_blocks": 1}  # overrides of s2svr_* builders that run in milliseconds
+
+
+def save_checkpoint(module, path):
+    """Write ``module``'s checkpoint to ``path`` as a trainer would (``s2svr_kind``, hparams, weights)."""
+    import lightning as L
+
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(str(path))
+    return path
+
+
+@pytest.fixture(name="save_checkpoint")
+def _save_checkpoint_fixture():
+    """:func:`save_checkpoint` as a fixture: ``save_checkpoint(module, path) -> path``."""
+    return save_checkpoint
+
+
+@pytest.fixture(scope="session")
+def restorer_ckpt(tmp_path_factory):
+    """A tiny untrained VSR restorer checkpoint (8 channels, one residual block), written by the current
+    RestorerModule: LQ 16x24 frames restore to 64x96 in milliseconds."""
+    import torch
+
+    from s2svr_lightning.lit.restorer import RestorerModule
+
+    torch.manual_seed(0)
+    module = RestorerModule(model="s2svr_vsr", model_overrides=TINY_RESTORER, total_steps=1)
+    return save_checkpoint(module, tmp_path_factory.mktemp("restorer") / "restorer.ckpt")
+
+
+@pytest.fixture
+def write_frames():
+    """Factory writing uint8 frames ``(N, H, W, 3)`` as ``0000.png, 0001.png, ...`` into a new folder."""
+    from PIL import Image
+
+    def make(folder, frames):
+        folder.mkdir(parents=True)
+        for i, frame in enumerate(np.asarray(frames)):
+            Image.fromarray(frame).save(folder / f"{i:04d}.png")
+        return folder
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def restorer_net(restorer_ckpt):
+    """The network of :func:`restorer_ckpt`, loaded by :func:`s2svr_lightning.checkpoint.load_restorer`."""
+    from s2svr_lightning.checkpoint import load_restorer
+
+    return load_restorer(restorer_ckpt)[0]

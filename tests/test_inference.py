@@ -107,7 +107,7 @@ def test_memory_does_not_grow_with_length():
     sizes = []
     for frame in torch.rand(12, 3, 16, 16):
         restorer.push(frame)
-        state = restorer._streams[0]
+        state = restorer._streams[0].window
         sizes.append(max(len(state.latents), len(state.frames), len(state.to_prev), len(state.to_next)))
     assert max(sizes) <= 2 * net.radius + 1
     assert sizes[-1] == sizes[-4]

@@ -1,4 +1,4 @@
-"""The ``restore`` command: round trips, fps, scores, bad input, interruption, export.
+"""The ``restore`` command: round trips, fps, scores, bad input, interruption, the ``--export`` option.
 
 A tiny untrained VSR restorer (8 channels, one residual block) is saved as a real restorer checkpoint;
 frames are 16x24 LQ (64x96 output) so every run takes well under a second per frame.
@@ -15,7 +15,6 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -24,48 +23,9 @@ from s2svr_lightning.data.image_io import read_image
 from s2svr_lightning.data.video_io import VideoReader
 from s2svr_lightning.inference import StreamingRestorer
 from s2svr_lightning.metrics import psnr, quantize_8bit, ssim
-from s2svr_lightning.restore import (
-    AtomicOutput,
-    StreamingStep,
-    load_restorer,
-    main,
-    restore_video,
-    run_exported_step,
-)
+from s2svr_lightning.restore import main, restore_video
 
-TINY = {"channels": 8, "num_blocks": 1}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on a shared 2-core machine are many times slower than one for these tiny convs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _save(module: L.LightningModule, path: Path) -> Path:
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    from s2svr_lightning.lit.restorer import RestorerModule
-
-    torch.manual_seed(0)
-    module = RestorerModule(model="s2svr_vsr", model_overrides=TINY, total_steps=1)
-    return _save(module, tmp_path_factory.mktemp("ckpt") / "restorer.ckpt")
-
-
-@pytest.fixture(scope="module")
-def net(ckpt):
-    return load_restorer(ckpt)[0]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hq_frames(n: int = 5) -> np.ndarray:
@@ -81,76 +41,69 @@ def _lq_frames(n: int = 5) -> np.ndarray:
     return np.ascontiguousarray(_hq_frames(n)[:, ::4, ::4])
 
 
-def _write_folder(folder: Path, frames: np.ndarray) -> Path:
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    for i, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"{i:04d}.png")
-    return folder
-
-
-def _expected(net, frames: np.ndarray) -> np.ndarray:
+def _expected(restorer_net, frames: np.ndarray) -> np.ndarray:
     """What streaming gives on these uint8 frames, rounded to uint8 (H, W, 3) as the writers round."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
-    out = torch.stack(list(StreamingRestorer(net).restore(x)))
+    out = torch.stack(list(StreamingRestorer(restorer_net).restore(x)))
     return out.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def test_frame_folder_round_trip_equals_streaming_and_whole_sequence(tmp_path, ckpt, net):
+def test_frame_folder_round_trip_equals_streaming_and_whole_sequence(
+    tmp_path, restorer_ckpt, restorer_net, write_frames
+):
     lq = _lq_frames(5)
-    src = _write_folder(tmp_path / "lq", lq)
-    assert main(["--ckpt", str(ckpt), str(src), str(tmp_path / "out"), "--no-progress"]) == 0
+    src = write_frames(tmp_path / "lq", lq)
+    assert main(["--ckpt", str(restorer_ckpt), str(src), str(tmp_path / "out"), "--no-progress"]) == 0
     files = sorted((tmp_path / "out").iterdir())
     assert [f.name for f in files] == [f"{i:08d}.png" for i in range(5)]
     got = np.stack([read_image(f) for f in files])
     assert got.shape == (5, 64, 96, 3)
-    np.testing.assert_array_equal(got, _expected(net, lq))
+    np.testing.assert_array_equal(got, _expected(restorer_net, lq))
     # and the stream equals one whole-sequence pass (up to the 8-bit rounding of a boundary value)
     with torch.inference_mode():
-        whole = net(torch.from_numpy(lq).permute(0, 3, 1, 2).float().div(255).unsqueeze(0))[0]
+        whole = restorer_net(torch.from_numpy(lq).permute(0, 3, 1, 2).float().div(255).unsqueeze(0))[0]
     whole = whole.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert np.abs(got.astype(int) - whole.astype(int)).max() <= 1
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
-def test_mp4_round_trip_keeps_exact_fps(tmp_path, ckpt, net, make_video):
+def test_mp4_round_trip_keeps_exact_fps(tmp_path, restorer_ckpt, restorer_net, make_video):
     fps = Fraction(30000, 1001)
     lq = _lq_frames(6)
     src = make_video(
         tmp_path / "in.mp4", lq, fps=fps, codec="libx264", pix_fmt="yuv444p", options={"qp": "0"}
     )
     out = tmp_path / "out.mkv"
-    assert main(["--ckpt", str(ckpt), str(src), str(out), "--no-progress", "--crf", "0"]) == 0
+    assert main(["--ckpt", str(restorer_ckpt), str(src), str(out), "--no-progress", "--crf", "0"]) == 0
     reader = VideoReader(out)
     assert reader.fps == fps
     assert len(reader) == 6 and reader.size == (64, 96)
     # the content is the restoration of the decoded input: crf 0 keeps the luma (4:2:0 halves the chroma)
     decoded = np.stack(list(VideoReader(src).iter_frames()))
-    want = torch.from_numpy(_expected(net, decoded)).permute(0, 3, 1, 2).float() / 255
+    want = torch.from_numpy(_expected(restorer_net, decoded)).permute(0, 3, 1, 2).float() / 255
     got = torch.from_numpy(np.stack(list(reader.iter_frames()))).permute(0, 3, 1, 2).float() / 255
     assert psnr(got, want, y_channel=True).min() > 40.0
 
 
-def test_folder_to_video_uses_given_fps(tmp_path, ckpt):
-    src = _write_folder(tmp_path / "lq", _lq_frames(3))
+def test_folder_to_video_uses_given_fps(tmp_path, restorer_ckpt, write_frames):
+    src = write_frames(tmp_path / "lq", _lq_frames(3))
     out = tmp_path / "out.mp4"
-    assert main(["--ckpt", str(ckpt), str(src), str(out), "--fps", "12", "--no-progress"]) == 0
+    assert main(["--ckpt", str(restorer_ckpt), str(src), str(out), "--fps", "12", "--no-progress"]) == 0
     reader = VideoReader(out)
     assert reader.fps == 12 and len(reader) == 3
 
 
-def test_reference_scores_match_the_metrics_module(tmp_path, ckpt, net):
+def test_reference_scores_match_the_metrics_module(tmp_path, restorer_ckpt, restorer_net, write_frames):
     lq, hq = _lq_frames(4), _hq_frames(4)
-    src = _write_folder(tmp_path / "lq", lq)
-    ref = _write_folder(tmp_path / "hq", hq)
+    src = write_frames(tmp_path / "lq", lq)
+    ref = write_frames(tmp_path / "hq", hq)
     report = tmp_path / "m.json"
-    args = ["--ckpt", str(ckpt), str(src), str(tmp_path / "out"), "--reference", str(ref)]
+    args = ["--ckpt", str(restorer_ckpt), str(src), str(tmp_path / "out"), "--reference", str(ref)]
     assert main([*args, "--metrics-json", str(report), "--no-progress"]) == 0
     m = json.loads(report.read_text())
     assert {"psnr", "ssim", "baseline_psnr", "baseline_ssim", "frames", "fps"} <= set(m)
     assert m["frames"] == 4 and m["fps"] > 0
-    out = torch.from_numpy(_expected(net, lq)).permute(0, 3, 1, 2).float() / 255
+    out = torch.from_numpy(_expected(restorer_net, lq)).permute(0, 3, 1, 2).float() / 255
     target = torch.from_numpy(hq).permute(0, 3, 1, 2).float() / 255
     assert m["psnr"] == pytest.approx(float(psnr(out, target).mean()), abs=1e-6)
     assert m["ssim"] == pytest.approx(float(ssim(out, target).mean()), abs=1e-6)
@@ -160,18 +113,28 @@ def test_reference_scores_match_the_metrics_module(tmp_path, ckpt, net):
     assert m["baseline_psnr"] != pytest.approx(m["psnr"], abs=1e-3)
 
 
-def test_degrade_makes_lq_from_the_hq_input_and_scores_against_it(tmp_path, ckpt, net):
+def test_degrade_makes_lq_from_the_hq_input_and_scores_against_it(
+    tmp_path, restorer_ckpt, restorer_net, write_frames
+):
     from s2svr_lightning.data.degradations import degrade
 
     hq = _hq_frames(4)
-    src = _write_folder(tmp_path / "hq", hq)
+    src = write_frames(tmp_path / "hq", hq)
     report = tmp_path / "m.json"
-    args = ["--ckpt", str(ckpt), str(src), str(tmp_path / "out"), "--degrade", "--metrics-json", str(report)]
+    args = [
+        "--ckpt",
+        str(restorer_ckpt),
+        str(src),
+        str(tmp_path / "out"),
+        "--degrade",
+        "--metrics-json",
+        str(report),
+    ]
     assert main([*args, "--no-progress"]) == 0
     m = json.loads(report.read_text())
     target = torch.from_numpy(hq).permute(0, 3, 1, 2).float() / 255
     lq = quantize_8bit(degrade("vsr", target, scale=4))
-    restored = torch.stack(list(StreamingRestorer(net).restore(lq)))
+    restored = torch.stack(list(StreamingRestorer(restorer_net).restore(lq)))
     assert m["frames"] == 4
     assert m["psnr"] == pytest.approx(float(psnr(restored, target).mean()), abs=1e-6)
     bicubic = torch.nn.functional.interpolate(lq, scale_factor=4, mode="bicubic", align_corners=False).clamp(
@@ -180,10 +143,20 @@ def test_degrade_makes_lq_from_the_hq_input_and_scores_against_it(tmp_path, ckpt
     assert m["baseline_psnr"] == pytest.approx(float(psnr(bicubic, target).mean()), abs=1e-6)
 
 
-def test_max_frames(tmp_path, ckpt):
-    src = _write_folder(tmp_path / "lq", _lq_frames(5))
+def test_max_frames(tmp_path, restorer_ckpt, write_frames):
+    src = write_frames(tmp_path / "lq", _lq_frames(5))
     assert (
-        main(["--ckpt", str(ckpt), str(src), str(tmp_path / "out"), "--max-frames", "2", "--no-progress"])
+        main(
+            [
+                "--ckpt",
+                str(restorer_ckpt),
+                str(src),
+                str(tmp_path / "out"),
+                "--max-frames",
+                "2",
+                "--no-progress",
+            ]
+        )
         == 0
     )
     assert len(list((tmp_path / "out").iterdir())) == 2
@@ -200,22 +173,24 @@ def test_max_frames(tmp_path, ckpt):
         ("bad_output_suffix", "expected OUTPUT a video file"),
     ],
 )
-def test_bad_input_fails_with_a_clear_message(tmp_path, ckpt, capsys, case, message):
+def test_bad_input_fails_with_a_clear_message(
+    tmp_path, restorer_ckpt, capsys, case, message, write_frames, save_checkpoint
+):
     from s2svr_lightning.lit import TeacherFlowModule
 
-    src = _write_folder(tmp_path / "lq", _lq_frames(2))
+    src = write_frames(tmp_path / "lq", _lq_frames(2))
     out = tmp_path / "out.mp4"
-    use_ckpt = ckpt
+    use_ckpt = restorer_ckpt
     if case == "missing_input":
         src = tmp_path / "nope.mp4"
     elif case == "corrupt_video":
         src = tmp_path / "broken.mp4"
         src.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
     elif case == "flow_checkpoint":
-        use_ckpt = _save(TeacherFlowModule(), tmp_path / "teacher.ckpt")
+        use_ckpt = save_checkpoint(TeacherFlowModule(), tmp_path / "teacher.ckpt")
     elif case == "corrupt_checkpoint":
         use_ckpt = tmp_path / "bad.ckpt"
-        use_ckpt.write_bytes(Path(ckpt).read_bytes()[:5000])
+        use_ckpt.write_bytes(Path(restorer_ckpt).read_bytes()[:5000])
     elif case == "output_exists":
         out.write_bytes(b"precious")
     elif case == "bad_output_suffix":
@@ -232,17 +207,17 @@ def test_bad_input_fails_with_a_clear_message(tmp_path, ckpt, capsys, case, mess
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
-def test_overwrite_replaces_an_existing_output(tmp_path, ckpt):
-    src = _write_folder(tmp_path / "lq", _lq_frames(2))
+def test_overwrite_replaces_an_existing_output(tmp_path, restorer_ckpt, write_frames):
+    src = write_frames(tmp_path / "lq", _lq_frames(2))
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.png").write_bytes(b"old")
-    assert main(["--ckpt", str(ckpt), str(src), str(out), "--overwrite", "--no-progress"]) == 0
+    assert main(["--ckpt", str(restorer_ckpt), str(src), str(out), "--overwrite", "--no-progress"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["00000000.png", "00000001.png"]
 
 
-def test_interrupted_run_leaves_no_output(tmp_path, ckpt, monkeypatch, capsys):
-    src = _write_folder(tmp_path / "lq", _lq_frames(5))
+def test_interrupted_run_leaves_no_output(tmp_path, restorer_ckpt, monkeypatch, capsys, write_frames):
+    src = write_frames(tmp_path / "lq", _lq_frames(5))
     out = tmp_path / "out"
     calls = []
     original = StreamingRestorer.push
@@ -257,15 +232,15 @@ def test_interrupted_run_leaves_no_output(tmp_path, ckpt, monkeypatch, capsys):
         return original(self, frame)
 
     monkeypatch.setattr(StreamingRestorer, "push", push)
-    assert main(["--ckpt", str(ckpt), str(src), str(out), "--no-progress"]) == 130
+    assert main(["--ckpt", str(restorer_ckpt), str(src), str(out), "--no-progress"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lq"]
 
 
-def test_sigterm_from_outside_removes_the_partial_output(tmp_path, ckpt):
+def test_sigterm_from_outside_removes_the_partial_output(tmp_path, restorer_ckpt, write_frames):
     """A real process, stopped by a signal while it writes: no file at OUTPUT, no partial left."""
-    src = _write_folder(tmp_path / "lq", np.repeat(_lq_frames(2), 100, axis=0))
+    src = write_frames(tmp_path / "lq", np.repeat(_lq_frames(2), 100, axis=0))
     out = tmp_path / "out.mp4"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
@@ -273,7 +248,7 @@ def test_sigterm_from_outside_removes_the_partial_output(tmp_path, ckpt):
         "-m",
         "s2svr_lightning.restore",
         "--ckpt",
-        str(ckpt),
+        str(restorer_ckpt),
         str(src),
         str(out),
         "--no-progress",
@@ -291,59 +266,20 @@ def test_sigterm_from_outside_removes_the_partial_output(tmp_path, ckpt):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lq"]
 
 
-def test_atomic_output_is_invisible_until_committed(tmp_path):
-    target = tmp_path / "result.mp4"
-    with AtomicOutput(target) as tmp:
-        tmp.write_bytes(b"data")
-        assert tmp.parent == tmp_path and tmp.suffix == ".mp4" and "partial" in tmp.name
-        assert not target.exists()
-    assert target.read_bytes() == b"data" and not tmp.exists()
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        AtomicOutput(target).check()
-    with pytest.raises(RuntimeError):
-        with AtomicOutput(target, overwrite=True) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("boom")
-    assert target.read_bytes() == b"data" and not tmp.exists()
-
-
-def test_exported_step_reproduces_streaming(tmp_path, ckpt, net):
-    frames = torch.from_numpy(_lq_frames(4)).permute(0, 3, 1, 2).float() / 255
-    src = _write_folder(tmp_path / "lq", _lq_frames(4))
-    path = tmp_path / "step.pt"
-    assert main(["--ckpt", str(ckpt), str(src), str(path), "--export", "torchscript"]) == 0
-    step = torch.jit.load(str(path))
-    layers, radius = len(net.encoder), net.radius
-    for n in (1, 4):  # a clip shorter than the attention window, and a longer one
-        with torch.inference_mode():
-            want = torch.stack(list(StreamingRestorer(net).restore(frames[:n])))
-            got = run_exported_step(step, list(frames[:n]), layers=layers, radius=radius, channels=8, scale=4)
-            got = torch.stack(list(got))
-        assert got.shape == want.shape
-        assert torch.allclose(got, want, atol=1e-5)
-
-
-def test_streaming_step_refuses_a_bidirectional_net():
-    from s2svr_lightning.models import build_model
-
-    with pytest.raises(ValueError, match="causal"):
-        StreamingStep(build_model("s2svr_deblur", **TINY, bidirectional_first_layer=True))
-
-
-def test_restore_video_api_returns_a_summary(tmp_path, ckpt):
-    src = _write_folder(tmp_path / "lq", _lq_frames(3))
-    summary = restore_video(ckpt, src, tmp_path / "out", progress=False)
+def test_restore_video_api_returns_a_summary(tmp_path, restorer_ckpt, write_frames):
+    src = write_frames(tmp_path / "lq", _lq_frames(3))
+    summary = restore_video(restorer_ckpt, src, tmp_path / "out", progress=False)
     assert summary.frames == 3 and summary.seconds > 0 and summary.metrics()["psnr"] is None
 
 
 @pytest.mark.parametrize("k, stride", [(3, None), (3, 2), (2, 4)])
 def test_degraded_stream_equals_degrading_the_whole_clip_for_deblurring(k, stride):
     from s2svr_lightning.data.degradations import degrade
-    from s2svr_lightning.restore import TaskSpec, degraded_stream
+    from s2svr_lightning.task import Task
 
     hq = torch.rand(11, 3, 8, 8)
-    task = TaskSpec(kind="deblur", scale=1, degradation={"blur_frames": k, "blur_stride": stride})
-    pairs = list(degraded_stream(task, iter(hq)))
+    task = Task(kind="deblur", scale=1, degradation={"blur_frames": k, "blur_stride": stride})
+    pairs = list(task.degrade_stream(iter(hq)))
     lq, target = degrade("deblur", hq, blur_frames=k, blur_stride=stride, return_target=True)
     assert len(pairs) == lq.shape[0] > 0
     assert torch.allclose(torch.stack([p[0] for p in pairs]), quantize_8bit(lq))
@@ -352,36 +288,31 @@ def test_degraded_stream_equals_degrading_the_whole_clip_for_deblurring(k, strid
 
 def test_degraded_stream_compresses_in_chunks_for_compressed_video():
     from s2svr_lightning.data.degradations import degrade
-    from s2svr_lightning.restore import TaskSpec, degraded_stream
+    from s2svr_lightning.task import Task
 
     hq = torch.from_numpy(_hq_frames(5)[:, :32, :32]).permute(0, 3, 1, 2).float() / 255
-    task = TaskSpec(kind="cve", scale=1, degradation={"qp": 37})
+    task = Task(kind="cve", scale=1, degradation={"qp": 37})
     whole = quantize_8bit(degrade("cve", hq, qp=37))
-    streamed = torch.stack([lq for lq, _ in degraded_stream(task, iter(hq), chunk=8)])
+    streamed = torch.stack([lq for lq, _ in task.degrade_stream(iter(hq), chunk=8)])
     assert torch.equal(streamed, whole)  # one chunk: the same HEVC stream
-    chunked = torch.stack([lq for lq, _ in degraded_stream(task, iter(hq), chunk=2)])
+    chunked = torch.stack([lq for lq, _ in task.degrade_stream(iter(hq), chunk=2)])
     assert chunked.shape == whole.shape and torch.equal(chunked[:2], whole[:2])
     assert psnr(chunked, hq).mean() < 45  # really compressed
 
 
-def test_onnx_export_without_the_onnx_package_says_what_to_install(tmp_path, ckpt, capsys):
-    pytest.importorskip("torch.onnx")
-    try:
-        import onnx  # noqa: F401
-
-        pytest.skip("onnx is installed")
-    except ImportError:
-        pass
-    src = _write_folder(tmp_path / "lq", _lq_frames(1))
-    assert main(["--ckpt", str(ckpt), str(src), str(tmp_path / "step.onnx"), "--export", "onnx"]) == 2
-    assert "pip install onnx" in capsys.readouterr().err
-    assert not (tmp_path / "step.onnx").exists()
-
-
-def test_tiled_restore_stays_close_to_untiled(tmp_path, ckpt):
-    src = _write_folder(tmp_path / "lq", _lq_frames(3))
-    assert main(["--ckpt", str(ckpt), str(src), str(tmp_path / "whole"), "--no-progress"]) == 0
-    args = ["--ckpt", str(ckpt), str(src), str(tmp_path / "tiled"), "--tile", "16", "--tile-overlap", "4"]
+def test_tiled_restore_stays_close_to_untiled(tmp_path, restorer_ckpt, write_frames):
+    src = write_frames(tmp_path / "lq", _lq_frames(3))
+    assert main(["--ckpt", str(restorer_ckpt), str(src), str(tmp_path / "whole"), "--no-progress"]) == 0
+    args = [
+        "--ckpt",
+        str(restorer_ckpt),
+        str(src),
+        str(tmp_path / "tiled"),
+        "--tile",
+        "16",
+        "--tile-overlap",
+        "4",
+    ]
     assert main([*args, "--no-progress"]) == 0
     whole = np.stack([read_image(f) for f in sorted((tmp_path / "whole").iterdir())])
     tiled = np.stack([read_image(f) for f in sorted((tmp_path / "tiled").iterdir())])

@@ -1,17 +1,18 @@
-"""Checkpointing pieces of the pipeline: atomic writes and a checkpoint on interruption.
+"""Lightning plugins of the pipeline's checkpointing: atomic checkpoint files, a checkpoint on interruption.
 
-Lightning's default checkpoint writer goes through an fsspec transaction whose temporary file lives in
-the system temp dir; the final move is atomic only if that dir shares the checkpoint's filesystem (facts
-section 10). :class:`AtomicCheckpointIO` writes the temporary file next to the target instead, so a kill
-at any moment leaves either the previous complete checkpoint or the new complete one, never half a file.
+- :class:`AtomicCheckpointIO`: the trainer's checkpoint writer. Lightning's default one goes through an
+  fsspec transaction whose temporary file lives in the system temp dir, so its final move is atomic only
+  if that dir shares the checkpoint's filesystem (``lightning.fabric.utilities.cloud_io._atomic_save``
+  and fsspec's ``LocalFileOpener``, Lightning 2.x). This one writes through
+  :func:`s2svr_lightning.atomic.atomic_write_bytes`, next to the target: a kill at any moment leaves
+  either the previous complete checkpoint or the new complete one, never half a file.
+- :class:`CheckpointOnInterrupt`: saves ``last.ckpt`` when SIGTERM or Ctrl-C stops a fit, so that the
+  re-run resumes at the step reached.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -21,35 +22,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-__all__ = ["AtomicCheckpointIO", "CheckpointOnInterrupt", "atomic_write_bytes"]
+from s2svr_lightning.atomic import atomic_write_bytes
+
+__all__ = ["AtomicCheckpointIO", "CheckpointOnInterrupt"]
 
 
 def _is_local(path: str | os.PathLike) -> bool:
     return "://" not in str(path) or str(path).startswith("file://")
-
-
-def atomic_write_bytes(path: str | os.PathLike, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temporary file in ``path``'s directory, fsync it, then rename it onto
-    ``path`` (``os.replace`` is atomic within one filesystem)."""
-    path = Path(str(path).removeprefix("file://"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # persist the rename itself (not supported everywhere)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

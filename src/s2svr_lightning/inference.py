@@ -34,7 +34,7 @@ import torch
 
 from .models.s2svr import S2SVR
 
-__all__ = ["StreamingRestorer", "reuse_freed_memory"]
+__all__ = ["LatentWindow", "StreamingRestorer", "reuse_freed_memory"]
 
 Tensor = torch.Tensor
 
@@ -66,6 +66,69 @@ def reuse_freed_memory() -> bool:
     return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
 
 
+class LatentWindow:
+    """The latents and flows around the frame being decoded: what S2SVR's attention window reads (Eq. 5).
+
+    Per frame ``j`` it keeps the latent ``z_j``, ``to_prev[j]`` (= ``o_j``, the flow j -> j-1),
+    ``to_next[j]`` (the flow j -> j+1) and, if given, the frame itself; :meth:`forget` drops what no later
+    window reads, so it holds about ``2r + 1`` frames' worth whatever the video's length. Both the
+    streaming restorer and the host loop of an exported step (:mod:`s2svr_lightning.export`) keep their
+    window here.
+    """
+
+    def __init__(self, radius: int) -> None:
+        self.radius = int(radius)
+        self.frames: dict[int, Tensor] = {}
+        self.latents: dict[int, Tensor] = {}
+        self.to_prev: dict[int, Tensor] = {}
+        self.to_next: dict[int, Tensor] = {}
+
+    def add(
+        self, t: int, latent: Tensor, flows: tuple[Tensor, Tensor] | None = None, frame: Tensor | None = None
+    ) -> None:
+        """Frame ``t``'s latent, its flows ``(t -> t-1, t-1 -> t)`` (none for frame 0) and frame."""
+        self.latents[t] = latent
+        if flows is not None:
+            self.to_prev[t], self.to_next[t - 1] = flows
+        if frame is not None:
+            self.frames[t] = frame
+
+    def neighbours(
+        self, i: int, last: int
+    ) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]]]:
+        """``(past, future)`` of frame ``i`` for :meth:`S2SVR.align_window` (``last``: the last frame):
+        ``past = [(z_{i-1}, o_i), (z_{i-2}, o_{i-1}), ...]``, ``future = [(z_{i+1}, F_{i->i+1}), ...]``,
+        each at most ``r`` long (shorter at the video's ends)."""
+        r = self.radius
+        past = [(self.latents[j], self.to_prev[j + 1]) for j in range(i - 1, max(i - r, 0) - 1, -1)]
+        future = [(self.latents[j], self.to_next[j - 1]) for j in range(i + 1, min(i + r, last) + 1)]
+        return past, future
+
+    def padded(self, i: int, last: int, zero_flow: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The window of frame ``i`` at a fixed size, for a traced graph: the ``2r + 1`` latents
+        ``z_{i-r} .. z_{i+r}``, the ``r`` past flows ``o_i, o_{i-1}, ...`` and the ``r`` future flows
+        ``F_{i->i+1}, ...``. Neighbours beyond the ends are the nearest latent with a zero flow, which is
+        what :meth:`S2SVR.align_window` repeats for a short window."""
+        r = self.radius
+        latents = [self.latents[min(max(j, 0), last)] for j in range(i - r, i + r + 1)]
+        past = [self.to_prev[i - j] if i - j >= 1 else zero_flow for j in range(r)]
+        future = [self.to_next[i + j] if i + j + 1 <= last else zero_flow for j in range(r)]
+        return latents, past, future
+
+    def forget(self, i: int, last: int) -> None:
+        """Frame ``i`` is decoded (``last``: the newest frame held): drop what no later window reads (the
+        window of ``i + 1`` starts at ``i + 1 - r``; the newest frame is kept for the next flow)."""
+        keep_from = i + 1 - self.radius
+        for store, first in (
+            (self.latents, keep_from),
+            (self.to_prev, min(keep_from + 1, i + 1)),
+            (self.to_next, i + 1),
+            (self.frames, min(i + 1, last)),
+        ):
+            for key in [k for k in store if k < first]:
+                del store[key]
+
+
 class _CausalStream:
     """One causal stream over ``(1, 3, h, w)`` frames: the state of ``S2SVR.forward`` cut at frame t."""
 
@@ -74,26 +137,20 @@ class _CausalStream:
         self.radius = net.radius
         self.count = 0  # frames received
         self.next_out = 0  # index of the next frame to decode
-        self.frames: dict[int, Tensor] = {}
-        self.latents: dict[int, Tensor] = {}
-        self.to_prev: dict[int, Tensor] = {}  # to_prev[t] = o_t, flow t -> t-1
-        self.to_next: dict[int, Tensor] = {}  # to_next[t] = flow t -> t+1
+        self.window = LatentWindow(net.radius)
         self.encoder_states: list[Tensor] | None = None
         self.decoder_states: list[Tensor] | None = None
         self.y_prev: Tensor | None = None
 
     def push(self, x_t: Tensor, flows: tuple[Tensor, Tensor] | None = None) -> list[Tensor]:
         """``flows``: ``(t -> t-1, t-1 -> t)`` given from outside (whole-frame flows), else computed."""
-        net, t = self.net, self.count
-        if t > 0:
-            if flows is None:
-                flows = net.pair_flows(x_t, self.frames[t - 1])
-            self.to_prev[t], self.to_next[t - 1] = flows
-        z, self.encoder_states = net.encode_step(x_t, self.encoder_states, self.to_prev.get(t))
+        net, t, window = self.net, self.count, self.window
+        if t > 0 and flows is None:
+            flows = net.pair_flows(x_t, window.frames[t - 1])
+        z, self.encoder_states = net.encode_step(x_t, self.encoder_states, flows[0] if t > 0 else None)
         if t == 0:
             self.decoder_states, self.y_prev = net.init_decoder(x_t, self.encoder_states)
-        self.frames[t] = x_t
-        self.latents[t] = z
+        window.add(t, z, flows if t > 0 else None, frame=x_t)
         self.count += 1
         outputs = []
         while self.next_out + self.radius <= t:
@@ -107,25 +164,15 @@ class _CausalStream:
         return outputs
 
     def _decode(self, *, last: int) -> Tensor:
-        net, i, r = self.net, self.next_out, self.radius
-        past = [(self.latents[j], self.to_prev[j + 1]) for j in range(i - 1, max(i - r, 0) - 1, -1)]
-        future = [(self.latents[j], self.to_next[j - 1]) for j in range(i + 1, min(i + r, last) + 1)]
-        window = net.align_window(self.latents[i], past, future)
+        net, i, window = self.net, self.next_out, self.window
+        past, future = window.neighbours(i, last)
+        aligned = net.align_window(window.latents[i], past, future)
         y, self.decoder_states = net.decode_step(
-            self.frames[i], window, self.decoder_states, self.y_prev, self.to_prev.get(i)
+            window.frames[i], aligned, self.decoder_states, self.y_prev, window.to_prev.get(i)
         )
         self.y_prev = y
         self.next_out = i + 1
-        # forget what no later step reads: the window of step i+1 starts at i+1-r
-        keep_from = i + 1 - r
-        for store, first in (
-            (self.latents, keep_from),
-            (self.to_prev, keep_from + 1),
-            (self.to_next, i + 1),
-            (self.frames, min(i + 1, self.count - 1)),
-        ):
-            for key in [k for k in store if k < first]:
-                del store[key]
+        window.forget(i, self.count - 1)
         return y
 
 

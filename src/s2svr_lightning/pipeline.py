@@ -40,7 +40,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from s2svr_lightning.callbacks import AtomicCheckpointIO, CheckpointOnInterrupt, atomic_write_bytes
+from s2svr_lightning.atomic import atomic_write_bytes
+from s2svr_lightning.callbacks import AtomicCheckpointIO, CheckpointOnInterrupt
 
 __all__ = ["ConfigError", "STAGES", "TASKS", "run", "build_datamodule", "build_trainer", "read_results"]
 

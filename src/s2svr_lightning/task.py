@@ -157,6 +157,13 @@ class Task:
 
         return degraded_length(self.kind, num_frames, **self.degradation)
 
+    @property
+    def frame_stride(self) -> int:
+        """HQ frames per LQ frame of the degradation (the blur window's stride for deblurring, else 1)."""
+        from s2svr_lightning.data.degradations import frame_stride
+
+        return frame_stride(self.kind, **self.degradation) if self.kind == "deblur" else 1
+
     # ------------------------------------------------------------------ baseline
     def baseline(self, lq: torch.Tensor) -> torch.Tensor:
         """The reference every benchmark table starts from, ``(..., 3, h, w)`` -> ``(..., 3, H, W)``.

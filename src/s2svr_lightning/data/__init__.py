@@ -1,35 +1,55 @@
 """Data: the task DataModule, datasets over the benchmarks' real layouts, degradations, video I/O and the
-built-in synthetic video with exact flow."""
+built-in synthetic video with exact flow.
 
-from .color import rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
-from .datamodule import EvalShardSampler, VideoRestorationDataModule, shard_sequences
-from .datasets import DATASETS, build_dataset
-from .datasets.synthetic import SyntheticConfig, SyntheticSource
-from .degradations import TASKS, bicubic_downsample, degrade, hevc_compress, temporal_blur
-from .errors import DatasetError
-from .image_io import list_frame_files, read_image
-from .video_io import VideoReader, VideoWriter, read_frame_folder
+Names are imported lazily (as in :mod:`s2svr_lightning`), so that ``restore`` can read video through
+:mod:`~s2svr_lightning.data.frames` without loading Lightning for the DataModule.
+"""
 
-__all__ = [
-    "VideoRestorationDataModule",
-    "EvalShardSampler",
-    "shard_sequences",
-    "DATASETS",
-    "build_dataset",
-    "SyntheticConfig",
-    "SyntheticSource",
-    "TASKS",
-    "bicubic_downsample",
-    "temporal_blur",
-    "hevc_compress",
-    "degrade",
-    "DatasetError",
-    "VideoReader",
-    "VideoWriter",
-    "read_frame_folder",
-    "read_image",
-    "list_frame_files",
-    "rgb_to_y",
-    "rgb_to_ycbcr",
-    "ycbcr_to_rgb",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "VideoRestorationDataModule": ".datamodule",
+    "EvalShardSampler": ".datamodule",
+    "shard_sequences": ".datamodule",
+    "DATASETS": ".datasets",
+    "build_dataset": ".datasets",
+    "SyntheticConfig": ".datasets.synthetic",
+    "SyntheticSource": ".datasets.synthetic",
+    "TASKS": ".degradations",
+    "bicubic_downsample": ".degradations",
+    "temporal_blur": ".degradations",
+    "hevc_compress": ".degradations",
+    "degrade": ".degradations",
+    "degrade_stream": ".degradations",
+    "DatasetError": ".errors",
+    "VideoReader": ".video_io",
+    "VideoWriter": ".video_io",
+    "read_frame_folder": ".video_io",
+    "read_image": ".image_io",
+    "list_frame_files": ".image_io",
+    "FrameSource": ".frames",
+    "open_source": ".frames",
+    "FolderSink": ".frames",
+    "VideoSink": ".frames",
+    "rgb_to_y": ".color",
+    "rgb_to_ycbcr": ".color",
+    "ycbcr_to_rgb": ".color",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -36,6 +36,7 @@ __all__ = [
     "degrade",
     "degrade_stream",
     "degraded_length",
+    "frame_stride",
 ]
 
 TASKS = ("vsr", "deblur", "cve")
@@ -126,12 +127,20 @@ def temporal_blur(subframes: torch.Tensor, k: int, *, stride: int | None = None)
     return windows.mean(dim=-1)
 
 
+def frame_stride(task: str, *, blur_frames: int = 7, blur_stride: int | None = None) -> int:
+    """HQ frames per LQ frame of :func:`degrade`: the blur window's stride for ``deblur``, 1 otherwise (so
+    a deblurred video's frame rate is the sub-frames' divided by it)."""
+    if task == "deblur":
+        return int(blur_frames if blur_stride is None else blur_stride)
+    return 1
+
+
 def degraded_length(
     task: str, num_frames: int, *, blur_frames: int = 7, blur_stride: int | None = None
 ) -> int:
     """Number of LQ frames :func:`degrade` makes from ``num_frames`` HQ frames."""
     if task == "deblur":
-        stride = blur_frames if blur_stride is None else blur_stride
+        stride = frame_stride(task, blur_frames=blur_frames, blur_stride=blur_stride)
         return 0 if num_frames < blur_frames else (num_frames - blur_frames) // stride + 1
     return num_frames
 

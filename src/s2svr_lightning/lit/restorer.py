@@ -21,6 +21,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from s2svr_lightning.checkpoint import read_checkpoint, sub_state_dict
 from s2svr_lightning.lit.common import log_images, raise_if_nonfinite
 from s2svr_lightning.losses import charbonnier_loss
 from s2svr_lightning.metrics import VideoMetrics
@@ -28,7 +29,6 @@ from s2svr_lightning.metrics import VideoMetrics
 __all__ = ["RestorerModule", "TASK_KINDS", "baseline_restoration"]
 
 TASK_KINDS = ("vsr", "deblur", "cve")
-_FLOWNET_PREFIX = "flownet."
 
 
 def _plain(value: Any) -> Any:
@@ -166,25 +166,8 @@ class RestorerModule(L.LightningModule):
 
     def load_flownet(self, path: str | Path) -> None:
         """Copy a flow stage checkpoint's ``flownet.*`` weights into ``self.net.flownet``."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"flow checkpoint {path} does not exist (expected the student stage's .ckpt)"
-            )
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        kind = ckpt.get("s2svr_kind")
-        if kind not in ("student", "teacher"):
-            raise ValueError(
-                f"expected a student or teacher flow checkpoint in {path}, got s2svr_kind={kind!r}"
-            )
-        state = {
-            k[len(_FLOWNET_PREFIX) :]: v
-            for k, v in ckpt["state_dict"].items()
-            if k.startswith(_FLOWNET_PREFIX)
-        }
-        if not state:
-            raise ValueError(f"expected flownet.* weights in {path}, found none")
-        self.net.flownet.load_state_dict(state, strict=True)
+        ckpt = read_checkpoint(path, kind=("student", "teacher"), what="flow checkpoint")
+        self.net.flownet.load_state_dict(sub_state_dict(ckpt, "flownet.", path=path), strict=True)
 
     def setup(self, stage: str) -> None:
         # Only a fresh fit takes the student's flow net; a resumed fit restores its own weights afterwards

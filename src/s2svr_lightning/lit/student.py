@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from s2svr_lightning.checkpoint import read_checkpoint, sub_state_dict
 from s2svr_lightning.lit.common import raise_if_nonfinite
 from s2svr_lightning.lit.flow import FlowModuleBase, build_flownet, consecutive_pairs
 from s2svr_lightning.losses import distillation_loss
@@ -70,15 +71,9 @@ class StudentFlowModule(FlowModuleBase):
     # ---------------------------------------------------------------- teacher
     def load_teacher(self, path: str | Path) -> None:
         """Load the teacher's flow network from a teacher checkpoint (and the student's, if configured)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"teacher checkpoint not found: {path}")
+        checkpoint = read_checkpoint(path, kind="teacher", what="teacher checkpoint")
         if self.teacher is None:
             raise ValueError("expected a student built with teacher_checkpoint, got one without a teacher")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        kind = checkpoint.get("s2svr_kind")
-        if kind != "teacher":
-            raise ValueError(f"expected a teacher checkpoint (s2svr_kind 'teacher') at {path}, got {kind!r}")
         hp = checkpoint.get("hyper_parameters", {})
         theirs = (hp.get("flownet", "pwclite"), dict(hp.get("flownet_overrides") or {}))
         ours = (self.hparams.flownet, dict(self.hparams.flownet_overrides or {}))
@@ -86,9 +81,7 @@ class StudentFlowModule(FlowModuleBase):
             raise ValueError(
                 f"expected a teacher with the student's flow network {ours}, got {theirs} in {path}"
             )
-        state = {
-            k[len("flownet.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("flownet.")
-        }
+        state = sub_state_dict(checkpoint, "flownet.", path=path)
         self.teacher.load_state_dict(state)
         if self.hparams.init_from_teacher:
             self.flownet.load_state_dict(state)
@@ -102,7 +95,7 @@ class StudentFlowModule(FlowModuleBase):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a student checkpoint carries the teacher's weights: the teacher file is not needed any more
-        if any(k.startswith("teacher.") for k in checkpoint.get("state_dict", {})):
+        if sub_state_dict(checkpoint.get("state_dict", {}), "teacher."):
             self._teacher_loaded = True
 
     def on_fit_start(self) -> None:

@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...atomic import atomic_write_bytes
 from ...models.warp import flow_warp, pixel_grid
 from ..degradations import TASKS, bicubic_downsample, hevc_compress
 from ..errors import DatasetError
@@ -622,7 +622,7 @@ class SyntheticSource(SequenceSource):
         if seq is None:
             seq = self.render(index)
             if path is not None:
-                _atomic_save(seq, path)
+                atomic_write_bytes(path, lambda f: torch.save(seq, f))
         with self._lock:
             self._memory[index] = seq
             while len(self._memory) > max(0, self.config.cache_size):
@@ -710,20 +710,6 @@ def _single_thread():
 
 def _to_u8(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8)
-
-
-def _atomic_save(obj, path: str) -> None:
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class SyntheticDataset:

@@ -1,0 +1,135 @@
+"""Atomic outputs: a file or folder appears at its path complete, or not at all.
+
+Every output of the project (checkpoints, ``results.json``, restored videos and frame folders, cached
+synthetic clips) is written under a hidden temporary name in the output's own folder and renamed onto
+its path when complete. ``os.replace`` is atomic within one filesystem (POSIX ``rename(2)``), which is
+why the temporary lives next to the target and not in the system temp dir: Lightning's default
+checkpoint writer goes through an fsspec transaction whose temporary file lives there, and a move across
+filesystems is a copy that a kill can cut in half. On any exception (``KeyboardInterrupt`` included) the
+temporary is removed; a process killed outright can leave only a hidden ``.<name>.partial-...`` entry,
+never a file at the output's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["AtomicOutput", "atomic_write_bytes", "atomic_write_text"]
+
+
+class AtomicOutput:
+    """Write an output file or folder under a temporary name and move it into place only when complete.
+
+    ``with AtomicOutput(path) as tmp: <write tmp>`` commits on a clean exit. The temporary sibling is named
+    ``.<stem>.partial-<pid>-<random><suffix>``: hidden, clearly marked as partial, unique to the writer,
+    and with the output's extension kept so that a container format chosen from it (``.mp4``) still is.
+
+    Args:
+        path: the final output path.
+        overwrite: replace an existing ``path``; otherwise an existing one raises ``FileExistsError``.
+        is_dir: the output is a folder (of PNG frames, say) rather than a file.
+        make_parents: create ``path``'s folder if missing (otherwise a missing one is an error).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        is_dir: bool = False,
+        make_parents: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.overwrite = bool(overwrite)
+        self.is_dir = bool(is_dir)
+        self.make_parents = bool(make_parents)
+        self.tmp: Path | None = None
+        self.committed = False
+
+    def check(self) -> None:
+        """Raise early if the output exists (without ``overwrite``) or its folder does not."""
+        if self.path.exists() or self.path.is_symlink():
+            if not self.overwrite:
+                raise FileExistsError(f"output {self.path} already exists; pass --overwrite to replace it")
+            if self.path.is_dir() != self.is_dir:
+                what = "a folder" if self.path.is_dir() else "a file"
+                raise FileExistsError(f"output {self.path} exists and is {what}; refusing to replace it")
+        parent = self.path.parent
+        if self.make_parents:
+            parent.mkdir(parents=True, exist_ok=True)
+        elif not parent.is_dir():
+            raise FileNotFoundError(f"output folder {parent} does not exist")
+
+    def __enter__(self) -> Path:
+        self.check()
+        self.committed = False
+        name = f".{self.path.stem}.partial-{os.getpid()}-{secrets.token_hex(4)}{self.path.suffix}"
+        self.tmp = self.path.parent / name
+        if self.is_dir:
+            self.tmp.mkdir()
+        else:
+            # created here (exclusively, with the umask's permissions) so the name is ours alone
+            os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        return self.tmp
+
+    def commit(self) -> None:
+        """Move the finished temporary onto ``path`` (replacing it when ``overwrite``)."""
+        if self.tmp is None:
+            raise RuntimeError("expected commit() inside the with-block, got it outside")
+        self.check()
+        if self.is_dir and self.path.exists():
+            # os.replace cannot replace a non-empty folder: move the old one aside first
+            trash = self.path.parent / f".{self.path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.replace(self.path, trash)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
+        self.committed = True
+        _fsync_dir(self.path.parent)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None and not self.committed:
+                self.commit()
+        finally:
+            if not self.committed and self.tmp is not None:
+                _remove(self.tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync it, then rename it onto ``path``
+    (replacing an existing file; missing folders are created; a ``file://`` prefix is accepted)."""
+    out = AtomicOutput(Path(str(path).removeprefix("file://")), overwrite=True, make_parents=True)
+    with out as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_write_bytes`."""
+    data = text.encode("utf-8")
+    atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # persist the rename itself (not supported everywhere)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

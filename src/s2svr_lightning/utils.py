@@ -1,0 +1,99 @@
+"""Small helpers every layer uses: shape guards, 8-bit frame conversion, OmegaConf to plain data.
+
+Nothing here imports Lightning or the data stack, so the networks, ``restore`` and the LightningModules
+can all use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["expect_shape", "to_float_frames", "to_plain", "to_uint8_frames"]
+
+
+def expect_shape(x: Any, shape: str, name: str, *, dims: int | None = None, **sizes: int) -> torch.Tensor:
+    """Check a tensor against a shape written as in the docstrings, ``"(B, T, 3, H, W)"``.
+
+    Each entry of ``shape`` is a number (that size exactly), a name (any size, unless given in ``sizes``,
+    e.g. ``C=3``), or ``...`` (any number of leading dims). ``dims`` overrides the number of dims the
+    spec implies (for specs such as ``"(3, H, W) or (1, 3, H, W)"`` checked per case by the caller).
+
+    Raises:
+        ValueError: ``expected <name> of shape <shape>, got <actual shape>`` (or the type when ``x`` is
+            not a tensor).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"expected {name} of shape {shape}, got {type(x).__name__}")
+    entries = [e.strip() for e in shape.strip().strip("()").split(",") if e.strip()]
+    lead = bool(entries) and entries[0] == "..."
+    if lead:
+        entries = entries[1:]
+    n = len(entries) if dims is None else dims
+    ok = x.dim() >= n if lead else x.dim() == n
+    if ok and dims is None:
+        for entry, size in zip(entries, x.shape[x.dim() - len(entries) :]):
+            want = int(entry) if entry.isdigit() else sizes.get(entry)
+            if want is not None and size != want:
+                ok = False
+                break
+    if not ok:
+        raise ValueError(f"expected {name} of shape {shape}, got {tuple(x.shape)}")
+    return x
+
+
+def to_float_frames(frames: Any, *, channels_last: bool = False) -> torch.Tensor:
+    """8-bit frames -> float32 in [0, 1], channels first.
+
+    ``frames``: a uint8 numpy array or tensor ``(..., C, H, W)``, or ``(..., H, W, C)`` (the layout of
+    decoded video and images) with ``channels_last=True``. A float input is taken as already in [0, 1].
+    """
+    t = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"expected a uint8 array or tensor of frames, got {type(frames).__name__}")
+    if t.dim() < 3:
+        raise ValueError(f"expected frames of shape (..., H, W, C) or (..., C, H, W), got {tuple(t.shape)}")
+    if channels_last:
+        t = t.movedim(-1, -3)
+    if t.dtype == torch.uint8:
+        return t.float().div_(255.0)
+    if not t.is_floating_point():
+        raise ValueError(f"expected uint8 or float frames, got {t.dtype}")
+    return t.float()
+
+
+def to_uint8_frames(frames: torch.Tensor, *, channels_last: bool = False) -> torch.Tensor:
+    """Float frames in [0, 1] ``(..., C, H, W)`` -> uint8, clamped and rounded to the nearest level (as
+    :func:`s2svr_lightning.metrics.quantize_8bit` rounds; NaN becomes 0); uint8 passes through.
+
+    ``channels_last=True`` returns ``(..., H, W, C)`` (the layout of images and video writers), contiguous.
+    """
+    if not isinstance(frames, torch.Tensor) or frames.dim() < 3:
+        got = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ValueError(f"expected frames of shape (..., C, H, W), got {got}")
+    x = frames.detach()
+    if x.dtype != torch.uint8:
+        if not x.is_floating_point():
+            raise ValueError(f"expected uint8 or float frames in [0, 1], got {x.dtype}")
+        x = x.float().nan_to_num(0.0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    return x.movedim(-3, -1).contiguous() if channels_last else x
+
+
+def to_plain(value: Any) -> Any:
+    """OmegaConf containers, mappings and tuples -> plain dicts and lists (resolving interpolations), so
+    that hyperparameters load with ``torch.load(weights_only=True)`` and compare with ``==``."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra, a dependency
+        pass
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return value

@@ -1,0 +1,57 @@
+"""Export of one streaming step (TorchScript / ONNX): the exported step's host loop equals streaming."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_RESTORER
+
+from s2svr_lightning.export import StreamingStep, run_exported_step
+from s2svr_lightning.inference import StreamingRestorer
+from s2svr_lightning.restore import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_exported_step_reproduces_streaming(
+    tmp_path, restorer_ckpt, restorer_net, moving_photo, write_frames
+):
+    lq = moving_photo(4, 16, 24)
+    frames = torch.from_numpy(lq).permute(0, 3, 1, 2).float() / 255
+    src = write_frames(tmp_path / "lq", lq)
+    path = tmp_path / "step.pt"
+    assert main(["--ckpt", str(restorer_ckpt), str(src), str(path), "--export", "torchscript"]) == 0
+    step = torch.jit.load(str(path))
+    layers, radius = len(restorer_net.encoder), restorer_net.radius
+    for n in (1, 4):  # a clip shorter than the attention window, and a longer one
+        with torch.inference_mode():
+            want = torch.stack(list(StreamingRestorer(restorer_net).restore(frames[:n])))
+            got = run_exported_step(step, list(frames[:n]), layers=layers, radius=radius, channels=8, scale=4)
+            got = torch.stack(list(got))
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_streaming_step_refuses_a_bidirectional_net():
+    from s2svr_lightning.models import build_model
+
+    with pytest.raises(ValueError, match="causal"):
+        StreamingStep(build_model("s2svr_deblur", **TINY_RESTORER, bidirectional_first_layer=True))
+
+
+def test_onnx_export_without_the_onnx_package_says_what_to_install(
+    tmp_path, restorer_ckpt, capsys, moving_photo, write_frames
+):
+    pytest.importorskip("torch.onnx")
+    try:
+        import onnx  # noqa: F401
+
+        pytest.skip("onnx is installed")
+    except ImportError:
+        pass
+    src = write_frames(tmp_path / "lq", moving_photo(1, 16, 24))
+    assert (
+        main(["--ckpt", str(restorer_ckpt), str(src), str(tmp_path / "step.onnx"), "--export", "onnx"]) == 2
+    )
+    assert "pip install onnx" in capsys.readouterr().err
+    assert not (tmp_path / "step.onnx").exists()
