@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from s2svr_lightning.data import DatasetError, VideoRestorationDataModule, shard_sequences
-from s2svr_lightning.data.datasets.base import chunk_windows
+from s2svr_lightning.data.datasets.clips import chunk_windows
 from s2svr_lightning.models.warp import flow_warp
 
 

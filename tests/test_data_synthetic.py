@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from s2svr_lightning.data.datasets.base import _hflip, _mirror, _reverse, _transpose, _vflip
+from s2svr_lightning.data.datasets.clips import _hflip, _mirror, _reverse, _transpose, _vflip
 from s2svr_lightning.data.datasets.synthetic import (
     HELDOUT_PHOTOS,
     TRAIN_PHOTOS,

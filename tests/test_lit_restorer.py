@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from s2svr_lightning.lit.common import NonFiniteError
-from s2svr_lightning.lit.restorer import RestorerModule, baseline_restoration
+from s2svr_lightning.lit.restorer import RestorerModule
+from s2svr_lightning.task import Task
 from s2svr_lightning.metrics import psnr, ssim
 from s2svr_lightning.models import pwclite
 
@@ -171,4 +172,4 @@ def test_bad_arguments_are_clear():
         RestorerModule(model="s2svr_vsr", model_overrides=TINY, scale=1)
     with pytest.raises(ValueError, match="kind"):
         RestorerModule(model="s2svr_vsr", model_overrides=TINY, kind="denoise")
-    assert baseline_restoration(torch.zeros(1, 2, 3, 16, 16), kind="cve", scale=1).shape == (1, 2, 3, 16, 16)
+    assert Task(kind="cve").baseline(torch.zeros(1, 2, 3, 16, 16)).shape == (1, 2, 3, 16, 16)

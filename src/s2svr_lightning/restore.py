@@ -185,7 +185,7 @@ def restore_video(
     if video_fps is None:
         video_fps = DEFAULT_FOLDER_FPS
     if degrade:
-        video_fps = video_fps / task.frame_stride  # deblurring: one blurred frame per window of sub-frames
+        video_fps = video_fps / task.frame_span[1]  # deblurring: one blurred frame per window of sub-frames
 
     restorer = StreamingRestorer(
         net, device=device, precision=precision, tile=tile, tile_flow=tile_flow, **_tile_kwargs(tile_overlap)

@@ -99,12 +99,14 @@ class Task:
         degradation: Mapping[str, Any] | None = None,
         metrics: Mapping[str, Any] | None = None,
     ) -> Task:
-        """A task from config-shaped pieces: ``metrics`` holds ``y_channel``, ``border``, ``reduction``."""
+        """A task from config-shaped pieces: ``metrics`` holds ``y_channel``, ``border``, ``reduction``;
+        ``degradation`` may carry a ``name`` label (``{"name": "hevc", "qp": 37}``), which is dropped."""
         metrics = dict(metrics or {})
+        degradation = {k: v for k, v in dict(degradation or {}).items() if k != "name"}
         unknown = sorted(set(metrics) - {"y_channel", "border", "reduction"})
         if unknown:
             raise ValueError(f"expected metric options among y_channel, border, reduction, got {unknown}")
-        return cls(kind=kind, scale=int(scale or 0), degradation=dict(degradation or {}), **metrics)
+        return cls(kind=kind, scale=int(scale or 0), degradation=degradation, **metrics)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for checkpoints and ``results.json``); :meth:`from_dict` rebuilds the task."""
@@ -158,11 +160,12 @@ class Task:
         return degraded_length(self.kind, num_frames, **self.degradation)
 
     @property
-    def frame_stride(self) -> int:
-        """HQ frames per LQ frame of the degradation (the blur window's stride for deblurring, else 1)."""
-        from s2svr_lightning.data.degradations import frame_stride
+    def frame_span(self) -> tuple[int, int]:
+        """``(window, stride)``: LQ frame ``i`` is made from HQ frames ``i * stride`` to
+        ``i * stride + window - 1`` (the blur window for deblurring; ``(1, 1)`` otherwise)."""
+        from s2svr_lightning.data.degradations import frame_span
 
-        return frame_stride(self.kind, **self.degradation) if self.kind == "deblur" else 1
+        return frame_span(self.kind, **self.degradation) if self.kind == "deblur" else (1, 1)
 
     # ------------------------------------------------------------------ baseline
     def baseline(self, lq: torch.Tensor) -> torch.Tensor:

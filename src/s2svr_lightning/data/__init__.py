@@ -18,7 +18,6 @@ _EXPORTS = {
     "build_dataset": ".datasets",
     "SyntheticConfig": ".datasets.synthetic",
     "SyntheticSource": ".datasets.synthetic",
-    "TASKS": ".degradations",
     "bicubic_downsample": ".degradations",
     "temporal_blur": ".degradations",
     "hevc_compress": ".degradations",

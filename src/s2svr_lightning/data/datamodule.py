@@ -22,9 +22,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..task import TASK_KINDS
 from .datasets import DEFAULT_TASK, EvalSequenceDataset, SequenceSource, TrainClipDataset, build_dataset
 from .datasets.base import VERIFY_LEVELS
-from .degradations import TASKS
 
 __all__ = ["VideoRestorationDataModule", "EvalShardSampler", "shard_sequences"]
 
@@ -147,8 +147,8 @@ class VideoRestorationDataModule(L.LightningDataModule):
         dataset = {"name": "synthetic"} if dataset is None else _plain(dataset)
         if not isinstance(dataset, dict) or "name" not in dataset:
             raise ValueError(f"expected dataset to be a mapping with a 'name' key, got {dataset!r}")
-        if task not in TASKS:
-            raise ValueError(f"expected task in {TASKS}, got {task!r}")
+        if task not in TASK_KINDS:
+            raise ValueError(f"expected task in {TASK_KINDS}, got {task!r}")
         if scale is None:
             scale = 4 if task == "vsr" else 1
         if not isinstance(scale, int) or scale < 1 or (task != "vsr" and scale != 1):

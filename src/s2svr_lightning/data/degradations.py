@@ -26,20 +26,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..task import TASK_KINDS
 from .color import rgb_to_yuv420, yuv420_to_rgb
 
 __all__ = [
-    "TASKS",
     "bicubic_downsample",
     "temporal_blur",
     "hevc_compress",
     "degrade",
     "degrade_stream",
     "degraded_length",
-    "frame_stride",
+    "frame_span",
 ]
-
-TASKS = ("vsr", "deblur", "cve")
 
 
 def _check_frames(x: torch.Tensor, name: str, min_dim: int = 3) -> None:
@@ -127,22 +125,22 @@ def temporal_blur(subframes: torch.Tensor, k: int, *, stride: int | None = None)
     return windows.mean(dim=-1)
 
 
-def frame_stride(task: str, *, blur_frames: int = 7, blur_stride: int | None = None) -> int:
-    """HQ frames per LQ frame of :func:`degrade`: the blur window's stride for ``deblur``, 1 otherwise (so
-    a deblurred video's frame rate is the sub-frames' divided by it)."""
+def frame_span(task: str, *, blur_frames: int = 7, blur_stride: int | None = None) -> tuple[int, int]:
+    """``(window, stride)`` of :func:`degrade` in HQ frames: LQ frame ``i`` is made from HQ frames
+    ``i * stride .. i * stride + window - 1``. ``(blur_frames, blur_stride)`` for ``deblur`` (the stride
+    defaults to the window), ``(1, 1)`` otherwise; a deblurred video's frame rate is the sub-frames'
+    divided by the stride."""
     if task == "deblur":
-        return int(blur_frames if blur_stride is None else blur_stride)
-    return 1
+        return int(blur_frames), int(blur_frames if blur_stride is None else blur_stride)
+    return 1, 1
 
 
 def degraded_length(
     task: str, num_frames: int, *, blur_frames: int = 7, blur_stride: int | None = None
 ) -> int:
     """Number of LQ frames :func:`degrade` makes from ``num_frames`` HQ frames."""
-    if task == "deblur":
-        stride = frame_stride(task, blur_frames=blur_frames, blur_stride=blur_stride)
-        return 0 if num_frames < blur_frames else (num_frames - blur_frames) // stride + 1
-    return num_frames
+    window, stride = frame_span(task, blur_frames=blur_frames, blur_stride=blur_stride)
+    return 0 if num_frames < window else (num_frames - window) // stride + 1
 
 
 _MIN_SIDE = 128
@@ -288,7 +286,7 @@ def degrade(
     elif task == "cve":
         lq, hq = hevc_compress(hq_frames, qp), hq_frames
     else:
-        raise ValueError(f"expected task in {TASKS}, got {task!r}")
+        raise ValueError(f"expected task in {TASK_KINDS}, got {task!r}")
     return (lq, hq) if return_target else lq
 
 
@@ -345,4 +343,4 @@ def degrade_stream(
                 yield from zip(quantize_8bit(hevc_compress(clip, qp)).unbind(0), clip.unbind(0))
                 buf = []
     else:
-        raise ValueError(f"expected task in {TASKS}, got {task!r}")
+        raise ValueError(f"expected task in {TASK_KINDS}, got {task!r}")

@@ -21,45 +21,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from s2svr_lightning.checkpoint import read_checkpoint, sub_state_dict
+from s2svr_lightning.checkpoint import read_checkpoint, restorer_task, sub_state_dict
 from s2svr_lightning.lit.common import log_images, raise_if_nonfinite
 from s2svr_lightning.losses import charbonnier_loss
 from s2svr_lightning.metrics import VideoMetrics
+from s2svr_lightning.task import Task
+from s2svr_lightning.utils import to_plain
 
-__all__ = ["RestorerModule", "TASK_KINDS", "baseline_restoration"]
-
-TASK_KINDS = ("vsr", "deblur", "cve")
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers and tuples -> plain dicts / lists, so hparams load with ``weights_only``."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra, a dependency
-        pass
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def baseline_restoration(lq: torch.Tensor, *, kind: str, scale: int) -> torch.Tensor:
-    """The reference every benchmark table starts from, ``(B, T, 3, h, w)`` -> ``(B, T, 3, H, W)``.
-
-    Super-resolution: bicubic upsampling (the "Bicubic" rows of Table 1; PyTorch's bicubic kernel,
-    a = -0.75, clamped to [0, 1]). Deblurring and compressed video: the degraded input itself.
-    """
-    if lq.dim() != 5:
-        raise ValueError(f"expected lq of shape (B, T, 3, h, w), got {tuple(lq.shape)}")
-    if kind != "vsr":
-        return lq
-    b, t, c, h, w = lq.shape
-    up = F.interpolate(lq.flatten(0, 1), scale_factor=scale, mode="bicubic", align_corners=False)
-    return up.clamp(0.0, 1.0).view(b, t, c, h * scale, w * scale)
+__all__ = ["RestorerModule"]
 
 
 class RestorerModule(L.LightningModule):
@@ -69,10 +38,11 @@ class RestorerModule(L.LightningModule):
         model: builder name in :mod:`s2svr_lightning.models` (``s2svr_vsr``, ``s2svr_deblur``, ``s2svr_cve``).
         model_overrides: keyword overrides for the builder (channels, blocks, ...), stored as plain data so
             that a checkpoint rebuilds the network by itself.
-        kind: the restoration task the checkpoint serves, ``"vsr"``, ``"deblur"`` or ``"cve"`` (default:
-            from the builder name).
-        scale: the network's scale (4 for vsr, 1 otherwise; default: the network's).
-        degradation: how the LQ input was made (e.g. ``{"name": "hevc", "qp": 37}``), for ``restore``.
+        kind: the restoration task the checkpoint serves, ``"vsr"``, ``"deblur"`` or ``"cve"``.
+        scale: the task's scale (default: the kind's, 4 for vsr, 1 otherwise); must be the network's.
+        degradation: how the LQ input was made (the kind's options, e.g. ``{"qp": 37}``), for ``restore``.
+            ``kind``, ``scale``, ``degradation`` and ``metrics`` make the module's
+            :class:`~s2svr_lightning.task.Task` (:attr:`task`).
         flow_init: a student (or teacher) flow checkpoint whose ``flownet.*`` weights initialise the flow
             net when a fresh fit starts (not when resuming, not on ``load_from_checkpoint``).
         lr: learning rate of everything but the flow net (paper: 2e-4).
@@ -93,7 +63,7 @@ class RestorerModule(L.LightningModule):
         *,
         model: str = "s2svr_vsr",
         model_overrides: Mapping[str, Any] | None = None,
-        kind: str | None = None,
+        kind: str = "vsr",
         scale: int | None = None,
         degradation: Mapping[str, Any] | None = None,
         flow_init: str | None = None,
@@ -111,21 +81,30 @@ class RestorerModule(L.LightningModule):
         super().__init__()
         from s2svr_lightning.models import build_model
 
-        if kind is None:
-            kind = "vsr" if "vsr" in model else "cve" if "cve" in model else "deblur"
-        if kind not in TASK_KINDS:
-            raise ValueError(f"expected kind in {TASK_KINDS}, got {kind!r}")
         if flow_freeze_steps < 0:
             raise ValueError(f"expected flow_freeze_steps >= 0, got {flow_freeze_steps}")
         if lr <= 0 or flow_lr < 0 or min_lr < 0:
             raise ValueError(f"expected lr > 0, flow_lr >= 0 and min_lr >= 0, got {lr}, {flow_lr}, {min_lr}")
+        model_overrides = to_plain(model_overrides) or {}
+        self.net = build_model(model, **model_overrides)
+        if scale is not None and int(scale) != int(self.net.scale):
+            raise ValueError(f"expected scale {scale} to equal the network's scale, got {self.net.scale}")
+        degradation, metrics = to_plain(degradation) or {}, to_plain(metrics) or {}
+        task = restorer_task({"kind": kind, "scale": scale, "degradation": degradation, "metrics": metrics})
+        if task.scale != int(self.net.scale):
+            raise ValueError(
+                f"expected a network of scale {task.scale} for the {task.kind} task, got {model} of scale "
+                f"{self.net.scale} (pass the kind of the model's task)"
+            )
+        self.task: Task = task
+        # plain data, so that a checkpoint rebuilds the network and the task without a config
         self.save_hyperparameters(
             {
                 "model": model,
-                "model_overrides": _plain(model_overrides) or {},
-                "kind": kind,
-                "scale": None if scale is None else int(scale),
-                "degradation": _plain(degradation) or {},
+                "model_overrides": model_overrides,
+                "kind": task.kind,
+                "scale": task.scale,
+                "degradation": degradation,
                 "flow_init": None if flow_init is None else str(flow_init),
                 "lr": float(lr),
                 "flow_lr": float(flow_lr),
@@ -135,19 +114,12 @@ class RestorerModule(L.LightningModule):
                 "total_steps": None if total_steps is None else int(total_steps),
                 "min_lr": float(min_lr),
                 "charbonnier_eps": float(charbonnier_eps),
-                "metrics": _plain(metrics) or {},
+                "metrics": metrics,
                 "num_log_images": int(num_log_images),
             }
         )
-        self.net = build_model(model, **self.hparams.model_overrides)
-        if self.hparams.scale is None:
-            self.hparams.scale = int(self.net.scale)
-        if int(self.net.scale) != self.hparams.scale:
-            raise ValueError(
-                f"expected scale {self.hparams.scale} to equal the network's scale, got {self.net.scale}"
-            )
-        self.val_metrics = VideoMetrics(**self.hparams.metrics)
-        self.test_metrics = VideoMetrics(**self.hparams.metrics)
+        self.val_metrics = VideoMetrics(**task.metric_options)
+        self.test_metrics = VideoMetrics(**task.metric_options)
         self.test_per_sequence: dict[str, dict[str, float]] = {}
         self._flow_trainable: bool | None = None
 
@@ -158,11 +130,11 @@ class RestorerModule(L.LightningModule):
 
     @property
     def kind(self) -> str:
-        return self.hparams.kind
+        return self.task.kind
 
     @property
     def scale(self) -> int:
-        return int(self.hparams.scale)
+        return self.task.scale
 
     def load_flownet(self, path: str | Path) -> None:
         """Copy a flow stage checkpoint's ``flownet.*`` weights into ``self.net.flownet``."""
@@ -234,7 +206,7 @@ class RestorerModule(L.LightningModule):
         lq, hq = batch["lq"], batch["hq"]
         out = self(lq).float()
         raise_if_nonfinite(out, what=f"{prefix} output", step=self.global_step, batch=batch)
-        base = baseline_restoration(lq.float(), kind=self.kind, scale=self.scale)
+        base = self.task.baseline(lq.float())
         keys = batch.get("key", [f"{prefix}_{batch_idx}_{i}" for i in range(lq.shape[0])])
         # "frames" / "score": the DataModule's frame numbers and the frames this sample must count
         metrics.update(

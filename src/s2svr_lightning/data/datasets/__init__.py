@@ -11,20 +11,14 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from .base import (
-    DegradedSource,
-    EvalSequenceDataset,
-    FrameStore,
-    PairedSource,
-    SequenceSource,
-    TrainClipDataset,
-    chunk_windows,
-)
+from .base import DatasetEntry, DegradedSource, FrameStore, PairedSource, SequenceSource
+from .clips import EvalSequenceDataset, TrainClipDataset, chunk_windows
 
 __all__ = [
     "DATASETS",
     "DEFAULT_TASK",
     "build_dataset",
+    "DatasetEntry",
     "SequenceSource",
     "FrameStore",
     "PairedSource",
@@ -75,6 +69,10 @@ def build_dataset(options: Mapping[str, Any], *, task: str, scale: int, seed: in
         import inspect
 
         params = [
-            p for p in inspect.signature(cls).parameters if p not in ("task", "scale", "seed", "options")
+            name
+            for name, p in inspect.signature(cls).parameters.items()
+            if name not in ("task", "scale", "seed") and p.kind is p.KEYWORD_ONLY
         ]
+        if issubclass(cls, DatasetEntry):
+            params.insert(0, "root")
         raise ValueError(f"bad options for the {name} dataset ({err}); expected some of {params}") from err

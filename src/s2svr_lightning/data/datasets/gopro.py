@@ -9,12 +9,11 @@ frames are paired by file name and sorted, never assumed. LQ is ``blur`` (the pu
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import DatasetError
 from ..image_io import ImageFolderStore, list_frame_files, natural_key
-from .base import PairedSource, layout_error, require_dir
+from .base import DatasetEntry, PairedSource, layout_error, require_dir
 
 __all__ = ["GoProDataset"]
 
@@ -24,7 +23,7 @@ LAYOUT = (
 )
 
 
-class GoProDataset:
+class GoProDataset(DatasetEntry):
     """The ``gopro`` dataset entry.
 
     Args:
@@ -36,23 +35,14 @@ class GoProDataset:
 
     name = "gopro"
     tasks = ("deblur",)
+    layout = LAYOUT
 
-    def __init__(
-        self,
-        *,
-        task: str,
-        scale: int,
-        seed: int = 0,
-        root: str | os.PathLike | None = None,
-        lq: str = "blur",
-        hq: str = "sharp",
-        val_split: str = "test",
-    ) -> None:
-        self.root = None if root is None else Path(os.path.expanduser(str(root)))
+    def __init__(self, *, lq: str = "blur", hq: str = "sharp", val_split: str = "test", **common) -> None:
+        super().__init__(**common)
         self.lq, self.hq, self.val_split = lq, hq, val_split
 
     def _base(self) -> Path:
-        require_dir(self.name, self.root, LAYOUT, "root folder")
+        self.require_root()
         nested = self.root / "GOPRO_Large"
         if nested.is_dir():
             return nested
@@ -63,8 +53,6 @@ class GoProDataset:
         )
 
     def check(self) -> None:
-        if self.root is None:
-            raise layout_error(self.name, "dataset.root", "not set", LAYOUT)
         self._base()
 
     def source(self, split: str) -> PairedSource:

@@ -19,7 +19,7 @@ import torch
 
 from ..color import yuv420_to_rgb
 from ..errors import DatasetError
-from .base import Crop, FrameStore, PairedSource, layout_error, require_dir
+from .base import Crop, DatasetEntry, FrameStore, PairedSource, layout_error, require_dir
 
 __all__ = ["MFQEDataset", "YuvStore", "parse_yuv_name"]
 
@@ -112,7 +112,7 @@ class YuvStore(FrameStore):
         return state
 
 
-class MFQEDataset:
+class MFQEDataset(DatasetEntry):
     """The ``mfqe`` dataset entry.
 
     Args:
@@ -124,29 +124,25 @@ class MFQEDataset:
 
     name = "mfqe"
     tasks = ("cve",)
+    layout = LAYOUT
 
     def __init__(
         self,
         *,
-        task: str,
-        scale: int,
-        seed: int = 0,
-        root: str | os.PathLike | None = None,
         train_folder: str = "train_108",
         test_folder: str = "test_18",
         qp: int = 37,
         lq_folder: str | None = None,
         hq_folder: str = "raw",
+        **common,
     ) -> None:
-        self.root = None if root is None else Path(os.path.expanduser(str(root)))
+        super().__init__(**common)
         self.folders = {"train": train_folder, "val": test_folder, "test": test_folder}
         self.lq_folder = lq_folder if lq_folder is not None else f"HM16.5_LDP/QP{qp}"
         self.hq_folder = hq_folder
 
     def check(self) -> None:
-        if self.root is None:
-            raise layout_error(self.name, "dataset.root", "not set", LAYOUT)
-        require_dir(self.name, self.root, LAYOUT, "root folder")
+        self.require_root()
         if not any((self.root / f).is_dir() for f in set(self.folders.values())):
             raise layout_error(
                 self.name,

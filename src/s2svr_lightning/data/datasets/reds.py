@@ -11,12 +11,9 @@ as 240-269). Partitions:
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from ..errors import DatasetError
 from ..image_io import ImageFolderStore, list_frame_files, natural_key
-from .base import PairedSource, layout_error, require_dir
+from .base import DatasetEntry, PairedSource, layout_error, require_dir
 
 __all__ = ["REDSDataset", "REDS4_CLIPS"]
 
@@ -24,7 +21,7 @@ REDS4_CLIPS = ("000", "011", "015", "020")
 LAYOUT = "<root>/train_sharp/<clip>/<8 digits>.png and <root>/train_sharp_bicubic/X4/<clip>/<8 digits>.png"
 
 
-class REDSDataset:
+class REDSDataset(DatasetEntry):
     """The ``reds`` dataset entry.
 
     Args:
@@ -36,30 +33,25 @@ class REDSDataset:
 
     name = "reds"
     tasks = ("vsr",)
+    layout = LAYOUT
 
     def __init__(
         self,
         *,
-        task: str,
-        scale: int,
-        seed: int = 0,
-        root: str | os.PathLike | None = None,
         partition: str = "reds4",
         hq_folder: str = "train_sharp",
         lq_folder: str | None = None,
+        **common,
     ) -> None:
         if partition not in ("reds4", "official"):
             raise ValueError(f"expected partition 'reds4' or 'official', got {partition!r}")
-        self.root = None if root is None else Path(os.path.expanduser(str(root)))
-        self.scale = scale
+        super().__init__(**common)
         self.partition = partition
         self.hq_folder = hq_folder
-        self.lq_folder = lq_folder if lq_folder is not None else f"train_sharp_bicubic/X{scale}"
+        self.lq_folder = lq_folder if lq_folder is not None else f"train_sharp_bicubic/X{self.scale}"
 
     def check(self) -> None:
-        if self.root is None:
-            raise layout_error(self.name, "dataset.root", "not set", LAYOUT)
-        require_dir(self.name, self.root, LAYOUT, "root folder")
+        self.require_root()
         require_dir(self.name, self.root / self.hq_folder, LAYOUT, "HQ folder")
         require_dir(self.name, self.root / self.lq_folder, LAYOUT, "LQ folder")
 

@@ -41,7 +41,9 @@ import torch.nn.functional as F
 
 from ...atomic import atomic_write_bytes
 from ...models.warp import flow_warp, pixel_grid
-from ..degradations import TASKS, bicubic_downsample, hevc_compress
+from ...task import TASK_KINDS
+from ...utils import to_float_frames, to_uint8_frames
+from ..degradations import degrade
 from ..errors import DatasetError
 from .base import Crop, SequenceSource
 
@@ -508,8 +510,8 @@ class SyntheticSource(SequenceSource):
     ) -> None:
         if split not in _SPLITS:
             raise ValueError(f"expected split in {tuple(_SPLITS)}, got {split!r}")
-        if task not in TASKS:
-            raise ValueError(f"expected task in {TASKS}, got {task!r}")
+        if task not in TASK_KINDS:
+            raise ValueError(f"expected task in {TASK_KINDS}, got {task!r}")
         self.split, self.task, self.seed, self.config = split, task, int(seed), config
         self.scale = scale if task == "vsr" else 1
         c = config
@@ -580,8 +582,8 @@ class SyntheticSource(SequenceSource):
                     out[name] = value[..., top // s : (top + h) // s, left // s : (left + w) // s]
                 else:
                     out[name] = value[..., top : top + h, left : left + w]
-        out["lq"] = out["lq"].float() / 255.0
-        out["hq"] = out["hq"].float() / 255.0
+        out["lq"] = to_float_frames(out["lq"])
+        out["hq"] = to_float_frames(out["hq"])
         out["flow_valid"] = out["flow_valid"].float()
         out["flow_bwd_valid"] = out["flow_bwd_valid"].float()
         if crop is not None:  # a target outside the crop is no longer visible
@@ -641,17 +643,17 @@ class SyntheticSource(SequenceSource):
         scene = self.scene(index)
         times = np.arange(c.frames, dtype=np.float64)
         hq, label, pure = scene.render(times)
+        hq_u8 = to_uint8_frames(hq)
         if self.task == "deblur":
+            # a real exposure: the scene rendered at blur_frames instants around each frame time and
+            # averaged, so every frame keeps its exact flow (degrade's sub-frame averaging would make one
+            # LQ frame per window of HQ frames instead)
             k = c.blur_frames
             offsets = c.exposure * (np.arange(k) / (k - 1) - 0.5) if k > 1 else np.zeros(1)
             lq = torch.stack([scene.render(t + offsets)[0].mean(0) for t in times])
-        hq_u8 = _to_u8(hq)
-        if self.task == "vsr":
-            lq_u8 = _to_u8(bicubic_downsample(hq_u8.float() / 255.0, self.scale))
-        elif self.task == "cve":
-            lq_u8 = _to_u8(hevc_compress(hq_u8.float() / 255.0, c.qp))
-        else:
-            lq_u8 = _to_u8(lq)
+        else:  # the stored 8-bit HQ frames, degraded as every dataset degrades them
+            lq = degrade(self.task, to_float_frames(hq_u8), scale=self.scale, qp=c.qp)
+        lq_u8 = to_uint8_frames(lq)
         fwd, fwd_valid, bwd, bwd_valid = [], [], [], []
         for t in range(c.frames - 1):
             f, v = scene.flow(times[t], times[t + 1], label[t], pure[t], label[t + 1], pure[t + 1])
@@ -708,10 +710,6 @@ def _single_thread():
             torch.set_num_threads(previous)
 
 
-def _to_u8(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8)
-
-
 class SyntheticDataset:
     """The ``synthetic`` dataset entry: options -> one :class:`SyntheticSource` per split.
 
@@ -722,7 +720,7 @@ class SyntheticDataset:
     """
 
     name = "synthetic"
-    tasks = TASKS
+    tasks = TASK_KINDS
 
     def __init__(self, *, task: str, scale: int, seed: int = 0, size: int | None = None, **options) -> None:
         fields = set(SyntheticConfig.__dataclass_fields__)

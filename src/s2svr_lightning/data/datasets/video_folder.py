@@ -15,9 +15,10 @@ import os
 import warnings
 from pathlib import Path
 
+from ...task import Task
 from ..image_io import IMAGE_EXTENSIONS, ImageFolderStore, list_frame_files, natural_key
 from ..video_io import VideoStore, is_video_file
-from .base import DegradedSource, FrameStore, layout_error, require_dir
+from .base import DatasetEntry, DegradedSource, FrameStore, layout_error, require_dir
 
 __all__ = ["VideoFolderDataset", "list_videos"]
 
@@ -44,7 +45,7 @@ def list_videos(
     return items
 
 
-class VideoFolderDataset:
+class VideoFolderDataset(DatasetEntry):
     """The ``video_folder`` dataset entry.
 
     Args:
@@ -56,32 +57,31 @@ class VideoFolderDataset:
     """
 
     name = "video_folder"
-    tasks = ("vsr", "deblur", "cve")
+    layout = LAYOUT
 
     def __init__(
         self,
         *,
-        task: str,
-        scale: int,
-        seed: int = 0,
-        root: str | os.PathLike | None = None,
         val_root: str | os.PathLike | None = None,
         test_root: str | os.PathLike | None = None,
         blur_frames: int = 7,
         blur_stride: int | None = None,
         qp: int = 37,
         backend: str = "auto",
+        **common,
     ) -> None:
-        self.root = None if root is None else Path(os.path.expanduser(str(root)))
+        super().__init__(**common)
         self.val_root = None if val_root is None else Path(os.path.expanduser(str(val_root)))
         self.test_root = None if test_root is None else Path(os.path.expanduser(str(test_root)))
-        self.task, self.scale = task, scale
-        self.blur_frames, self.blur_stride, self.qp, self.backend = blur_frames, blur_stride, qp, backend
+        self.backend = backend
+        options = {"vsr": {}, "deblur": {"blur_frames": blur_frames, "blur_stride": blur_stride}}
+        # the LQ's degradation: the task's kind and scale with this dataset's options
+        self.degradation = Task(
+            kind=self.task, scale=self.scale, degradation=options.get(self.task, {"qp": qp})
+        )
 
     def check(self) -> None:
-        if self.root is None:
-            raise layout_error(self.name, "dataset.root", "not set", LAYOUT)
-        require_dir(self.name, self.root, LAYOUT, "root folder")
+        self.require_root()
         for extra in (self.val_root, self.test_root):
             if extra is not None:
                 require_dir(self.name, extra, LAYOUT, "held-out folder")
@@ -114,11 +114,4 @@ class VideoFolderDataset:
             raise layout_error(
                 self.name, folder, f"empty {split} split: no video files or frame folders", LAYOUT
             )
-        return DegradedSource(
-            items,
-            task=self.task,
-            scale=self.scale,
-            blur_frames=self.blur_frames,
-            blur_stride=self.blur_stride,
-            qp=self.qp,
-        )
+        return DegradedSource(items, task=self.degradation)

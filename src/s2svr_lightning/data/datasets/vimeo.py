@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ...task import Task
 from ..errors import DatasetError
 from ..image_io import ImageFolderStore
-from .base import DegradedSource, PairedSource, SequenceSource, layout_error, require_dir
+from .base import DatasetEntry, DegradedSource, PairedSource, SequenceSource, layout_error, require_dir
 
 __all__ = ["VimeoDataset"]
 
@@ -24,7 +25,7 @@ LAYOUT = (
 )
 
 
-class VimeoDataset:
+class VimeoDataset(DatasetEntry):
     """The ``vimeo`` dataset entry.
 
     Args:
@@ -38,32 +39,27 @@ class VimeoDataset:
 
     name = "vimeo"
     tasks = ("vsr",)
+    layout = LAYOUT
 
     def __init__(
         self,
         *,
-        task: str,
-        scale: int,
-        seed: int = 0,
-        root: str | os.PathLike | None = None,
         lq_root: str | os.PathLike | None = None,
         train_list: str = "sep_trainlist.txt",
         test_list: str = "sep_testlist.txt",
         val_list: str | None = None,
         frames_per_sequence: int = 7,
         score_centre: bool = True,
+        **common,
     ) -> None:
-        self.root = None if root is None else Path(os.path.expanduser(str(root)))
+        super().__init__(**common)
         self.lq_root = None if lq_root is None else Path(os.path.expanduser(str(lq_root)))
-        self.scale = scale
         self.lists = {"train": train_list, "val": val_list or test_list, "test": test_list}
         self.frames = int(frames_per_sequence)
         self.score_centre = score_centre
 
     def check(self) -> None:
-        if self.root is None:
-            raise layout_error(self.name, "dataset.root", "not set", LAYOUT)
-        require_dir(self.name, self.root, LAYOUT, "root folder")
+        self.require_root()
         require_dir(self.name, self.root / "sequences", LAYOUT, "sequences folder")
         if self.lq_root is not None:
             require_dir(self.name, self.lq_root, LAYOUT + " (lq_root: the same shape)", "LQ root folder")
@@ -90,7 +86,7 @@ class VimeoDataset:
                 raise DatasetError(f"{list_path}: entry {entry!r} has no folder {folder}")
             hq_stores.append((f"vimeo/{entry}", ImageFolderStore([folder / n for n in names], path=folder)))
         if self.lq_root is None:
-            return DegradedSource(hq_stores, task="vsr", scale=self.scale, score=score)
+            return DegradedSource(hq_stores, task=Task(kind="vsr", scale=self.scale), score=score)
         lq_base = self._lq_base()
         sequences = []
         for (key, hq), entry in zip(hq_stores, entries):
