@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from s2svr_lightning.lit.common import NonFiniteError
 from s2svr_lightning.lit.restorer import RestorerModule
-from s2svr_lightning.task import Task
 from s2svr_lightning.metrics import psnr, ssim
 from s2svr_lightning.models import pwclite
+from s2svr_lightning.task import Task
 
 TINY = {"channels": 8, "num_blocks": 1, "num_layers": 1}
 
