@@ -74,6 +74,7 @@ def save_untrained_checkpoint(
 def write_clip(path: str | os.PathLike, num_frames: int, size: tuple[int, int], *, fps: int = 25) -> Path:
     """Write a panned-photograph video of ``num_frames`` frames at ``size`` (lossless-ish x264, crf 0)."""
     from s2svr_lightning.data.video_io import VideoWriter
+    from s2svr_lightning.utils import to_uint8_frames
 
     chunk = 50  # render in chunks: the video may be longer than we want to hold in memory here
     with VideoWriter(path, fps, crf=0) as writer:
@@ -81,7 +82,7 @@ def write_clip(path: str | os.PathLike, num_frames: int, size: tuple[int, int], 
             n = min(chunk, num_frames - start)
             frames = photo_clip(start + n, *size, step=(0.35, 0.55))[start:]
             for frame in frames:
-                writer.write(frame.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+                writer.write(to_uint8_frames(frame, channels_last=True).numpy())
     return Path(path)
 
 

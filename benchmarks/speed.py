@@ -86,7 +86,9 @@ def photo_clip(
     """
     from skimage import data
 
-    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+    from s2svr_lightning.utils import to_float_frames
+
+    img = to_float_frames(data.astronaut(), channels_last=True).unsqueeze(0)
     need_h = height + int(abs(step[0]) * num_frames) + 4
     need_w = width + int(abs(step[1]) * num_frames) + 4
     grow = max(need_h / img.shape[-2], need_w / img.shape[-1], 1.0)

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .utils import expect_shape, to_uint8_frames
+
 __all__ = ["flow_to_color", "make_colorwheel"]
 
 # segment lengths of the wheel, red -> yellow -> green -> cyan -> blue -> magenta -> red
@@ -57,8 +59,7 @@ def flow_to_color(
     squeeze = flow.dim() == 3
     if squeeze:
         flow = flow.unsqueeze(0)
-    if flow.dim() != 4 or flow.shape[1] != 2:
-        raise ValueError(f"expected flow (B, 2, H, W) or (2, H, W), got {tuple(flow.shape)}")
+    expect_shape(flow, "(B, 2, H, W)", "flow")
     if not flow.is_floating_point():
         raise ValueError(f"expected a floating-point flow, got {flow.dtype}")
     flow = flow.detach().to(torch.float64)
@@ -92,5 +93,5 @@ def flow_to_color(
     color = color * finite.unsqueeze(-1)
     image = color.permute(0, 3, 1, 2).to(torch.float32)
     if to_uint8:
-        image = (image * 255).round().clamp(0, 255).to(torch.uint8)
+        image = to_uint8_frames(image)
     return image[0] if squeeze else image

@@ -33,6 +33,7 @@ from contextlib import nullcontext
 import torch
 
 from .models.s2svr import S2SVR
+from .utils import to_float_frames
 
 __all__ = ["LatentWindow", "StreamingRestorer", "reuse_freed_memory"]
 
@@ -349,10 +350,9 @@ class StreamingRestorer:
                 "expected a frame of shape (3, h, w) or (1, 3, h, w) with h, w >= 16, "
                 f"got {tuple(frame.shape)}"
             )
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        elif not x.is_floating_point():
+        if x.dtype != torch.uint8 and not x.is_floating_point():
             raise ValueError(f"expected a float frame in [0, 1] or uint8, got {x.dtype}")
+        x = to_float_frames(x)
         h, w = x.shape[-2:]
         if self._size is None:
             self._start(h, w)

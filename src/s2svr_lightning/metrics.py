@@ -28,6 +28,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 # The library's one BT.601 limited-range conversion (Y = 16 + 65.481 R + 128.553 G + 24.966 B on the 0-255
 # scale for RGB in [0, 1], not rounded); not kornia's full-range rgb_to_ycbcr, which scores differently.
 from s2svr_lightning.data.color import rgb_to_y
+from s2svr_lightning.utils import expect_shape
 
 __all__ = [
     "VideoMetrics",
@@ -240,8 +241,7 @@ class VideoMetrics(Metric):
             mask: optional ``(B, T)`` or ``(T,)`` bool, the frames to score (the DataModule's ``score``:
                 the owned part of a chunk, or a benchmark's subset such as Vimeo-90K-T's centre frame).
         """
-        if pred.dim() != 5:
-            raise ValueError(f"expected pred of shape (B, T, 3, H, W), got {tuple(pred.shape)}")
+        expect_shape(pred, "(B, T, 3, H, W)", "pred")
         if target.shape != pred.shape:
             raise ValueError(
                 f"expected pred and target of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}"

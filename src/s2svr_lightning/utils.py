@@ -15,31 +15,25 @@ import torch
 __all__ = ["expect_shape", "to_float_frames", "to_plain", "to_uint8_frames"]
 
 
-def expect_shape(x: Any, shape: str, name: str, *, dims: int | None = None, **sizes: int) -> torch.Tensor:
-    """Check a tensor against a shape written as in the docstrings, ``"(B, T, 3, H, W)"``.
+def expect_shape(x: Any, shape: str, name: str) -> torch.Tensor:
+    """Check a tensor against a shape written as in the docstrings, e.g. ``"(B, T, 3, H, W)"``; returns it.
 
-    Each entry of ``shape`` is a number (that size exactly), a name (any size, unless given in ``sizes``,
-    e.g. ``C=3``), or ``...`` (any number of leading dims). ``dims`` overrides the number of dims the
-    spec implies (for specs such as ``"(3, H, W) or (1, 3, H, W)"`` checked per case by the caller).
+    Each entry of ``shape`` is a number (that size exactly), a name (any size), or a leading ``...`` (any
+    number of leading dims).
 
     Raises:
-        ValueError: ``expected <name> of shape <shape>, got <actual shape>`` (or the type when ``x`` is
-            not a tensor).
+        ValueError: ``expected <name> of shape <shape>, got <its shape>`` (or its type if not a tensor).
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"expected {name} of shape {shape}, got {type(x).__name__}")
-    entries = [e.strip() for e in shape.strip().strip("()").split(",") if e.strip()]
-    lead = bool(entries) and entries[0] == "..."
+    entries = [e.strip() for e in shape.strip().strip("()").split(",")]
+    lead = entries[0] == "..."
     if lead:
         entries = entries[1:]
-    n = len(entries) if dims is None else dims
-    ok = x.dim() >= n if lead else x.dim() == n
-    if ok and dims is None:
-        for entry, size in zip(entries, x.shape[x.dim() - len(entries) :]):
-            want = int(entry) if entry.isdigit() else sizes.get(entry)
-            if want is not None and size != want:
-                ok = False
-                break
+    ok = x.dim() >= len(entries) if lead else x.dim() == len(entries)
+    if ok:
+        sizes = x.shape[x.dim() - len(entries) :]
+        ok = all(not e.isdigit() or size == int(e) for e, size in zip(entries, sizes))
     if not ok:
         raise ValueError(f"expected {name} of shape {shape}, got {tuple(x.shape)}")
     return x

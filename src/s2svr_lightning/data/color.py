@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils import expect_shape
+
 __all__ = [
     "rgb_to_ycbcr",
     "ycbcr_to_rgb",
@@ -29,9 +31,7 @@ _YCBCR2RGB = np.linalg.inv(_RGB2YCBCR)
 
 
 def _check_rgb(x: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() < 3 or x.shape[-3] != 3:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"expected {name} of shape (..., 3, H, W), got {shape}")
+    expect_shape(x, "(..., 3, H, W)", name)
     if not x.is_floating_point():
         raise ValueError(f"expected a floating point {name} in [0, 1], got dtype {x.dtype}")
 
@@ -70,8 +70,7 @@ def rgb_to_yuv420(frames: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndar
     the chroma planes then have ``ceil(H/2) x ceil(W/2)`` samples, as in YUV files.
     """
     _check_rgb(frames, "frames")
-    if frames.dim() != 4:
-        raise ValueError(f"expected frames of shape (T, 3, H, W), got {tuple(frames.shape)}")
+    expect_shape(frames, "(T, 3, H, W)", "frames")
     ycc = rgb_to_ycbcr(frames.detach().to("cpu", torch.float64).clamp(0.0, 1.0)) * 255.0
     h, w = ycc.shape[-2:]
     chroma = ycc[:, 1:]

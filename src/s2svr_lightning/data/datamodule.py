@@ -23,19 +23,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..task import TASK_KINDS
+from ..utils import to_plain
 from .datasets import DEFAULT_TASK, EvalSequenceDataset, SequenceSource, TrainClipDataset, build_dataset
 from .datasets.base import VERIFY_LEVELS
 
 __all__ = ["VideoRestorationDataModule", "EvalShardSampler", "shard_sequences"]
-
-
-def _plain(obj: Any) -> Any:
-    """OmegaConf containers and other mappings/sequences -> plain dicts/lists (recursively)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def shard_sequences(frames_per_sequence: Sequence[int], num_replicas: int) -> list[list[int]]:
@@ -144,7 +136,7 @@ class VideoRestorationDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
     ) -> None:
         super().__init__()
-        dataset = {"name": "synthetic"} if dataset is None else _plain(dataset)
+        dataset = {"name": "synthetic"} if dataset is None else to_plain(dataset)
         if not isinstance(dataset, dict) or "name" not in dataset:
             raise ValueError(f"expected dataset to be a mapping with a 'name' key, got {dataset!r}")
         if task not in TASK_KINDS:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..task import TASK_KINDS
+from ..utils import expect_shape
 from .color import rgb_to_yuv420, yuv420_to_rgb
 
 __all__ = [
@@ -50,9 +51,7 @@ def _check_frames(x: torch.Tensor, name: str, min_dim: int = 3) -> None:
 
 
 def _check_sequence(x: torch.Tensor, name: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"expected {name} of shape (T, 3, H, W), got {shape}")
+    expect_shape(x, "(T, 3, H, W)", name)
     _check_frames(x, name)
 
 

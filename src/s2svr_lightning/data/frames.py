@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils import to_float_frames, to_uint8_frames
+from ..utils import expect_shape, to_float_frames, to_uint8_frames
 
 __all__ = ["FolderSink", "FrameSource", "VideoSink", "open_source"]
 
@@ -40,8 +40,7 @@ class FrameSource:
 
 def _rgb(frame) -> torch.Tensor:
     """uint8 ``(H, W, 3)`` -> float ``(3, H, W)`` in [0, 1]."""
-    if frame.ndim != 3 or frame.shape[-1] != 3:
-        raise ValueError(f"expected an RGB frame (H, W, 3), got {tuple(frame.shape)}")
+    frame = expect_shape(torch.as_tensor(frame), "(H, W, 3)", "an RGB frame")
     return to_float_frames(frame, channels_last=True)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import to_float_frames
 from .datasets.base import Crop, FrameStore
 from .errors import DatasetError
 
@@ -114,7 +115,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def frames_to_tensor(frames: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
     """uint8 frames ``(n, H, W, 3)`` -> float32 ``(n, 3, H, W)`` in [0, 1]."""
     arr = np.stack(list(frames)) if not isinstance(frames, np.ndarray) else frames
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255.0)
+    return to_float_frames(arr, channels_last=True)
 
 
 class ImageFolderStore(FrameStore):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import expect_shape, to_uint8_frames
 from .datasets.base import Crop, FrameStore
 from .errors import DatasetError
 from .image_io import frames_to_tensor, list_frame_files, read_image
@@ -466,9 +467,8 @@ class VideoWriter:
 
         if isinstance(frame, torch.Tensor):
             if frame.is_floating_point():
-                if frame.dim() != 3 or frame.shape[0] != 3:
-                    raise ValueError(f"expected a float frame (3, H, W), got {tuple(frame.shape)}")
-                frame = frame.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
+                expect_shape(frame, "(3, H, W)", "a float frame")
+                frame = to_uint8_frames(frame, channels_last=True)
             frame = frame.detach().cpu().numpy()
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:

@@ -12,6 +12,8 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from s2svr_lightning.utils import to_uint8_frames
+
 __all__ = ["NonFiniteError", "raise_if_nonfinite", "describe_batch", "log_images", "images_to_strip"]
 
 
@@ -80,11 +82,9 @@ def _to_uint8_chw(image: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected images (3, H, W) or (1, H, W), got {tuple(image.shape)}")
     if image.shape[0] == 1:
         image = image.expand(3, -1, -1)
-    if image.dtype == torch.uint8:
-        return image
-    if not image.is_floating_point():
+    if image.dtype != torch.uint8 and not image.is_floating_point():
         raise ValueError(f"expected uint8 or float images in [0, 1], got {image.dtype}")
-    return (image.float().nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)
+    return to_uint8_frames(image)
 
 
 def images_to_strip(images: torch.Tensor | Sequence[torch.Tensor], *, gap: int = 2) -> np.ndarray:

@@ -20,23 +20,9 @@ from s2svr_lightning.losses import UnsupervisedFlowLoss, photometric_loss
 from s2svr_lightning.metrics import endpoint_error
 from s2svr_lightning.models import build_model, init_flownet_
 from s2svr_lightning.models.warp import resize_flow
+from s2svr_lightning.utils import expect_shape, to_plain
 
 __all__ = ["FlowModuleBase", "build_flownet", "consecutive_pairs"]
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (Hydra) -> plain dict / list, so checkpoints load with ``weights_only``."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value
 
 
 def build_flownet(name: str, overrides: Mapping[str, Any] | None = None) -> nn.Module:
@@ -125,7 +111,7 @@ class FlowModuleBase(L.LightningModule):
         self.save_hyperparameters()
         # Hydra passes DictConfig / ListConfig: store plain containers so checkpoints load with weights_only
         for key, value in list(self.hparams.items()):
-            self.hparams[key] = _plain(value)
+            self.hparams[key] = to_plain(value)
         self.flownet = init_flownet_(build_flownet(flownet, self.hparams.flownet_overrides), flownet_init)
         self.criterion = UnsupervisedFlowLoss(
             w_ph=w_ph,
@@ -144,9 +130,7 @@ class FlowModuleBase(L.LightningModule):
     def forward(self, im1: torch.Tensor, im2: torch.Tensor) -> torch.Tensor:
         """Flow ``im1 -> im2`` ``(B, 2, H, W)`` in pixels for frames ``(B, 3, H, W)`` in [0, 1]."""
         for name, x in (("im1", im1), ("im2", im2)):
-            if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-                got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise ValueError(f"expected {name} of shape (B, 3, H, W), got {got}")
+            expect_shape(x, "(B, 3, H, W)", name)
         return self.flownet(im1, im2)
 
     # ---------------------------------------------------------------- training

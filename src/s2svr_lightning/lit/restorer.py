@@ -26,7 +26,7 @@ from s2svr_lightning.lit.common import log_images, raise_if_nonfinite
 from s2svr_lightning.losses import charbonnier_loss
 from s2svr_lightning.metrics import VideoMetrics
 from s2svr_lightning.task import Task
-from s2svr_lightning.utils import to_plain
+from s2svr_lightning.utils import to_float_frames, to_plain
 
 __all__ = ["RestorerModule"]
 
@@ -231,8 +231,7 @@ class RestorerModule(L.LightningModule):
             from s2svr_lightning.flow_viz import flow_to_color
 
             flow = self.net.flownet(lq[:1, t - 1].float(), lq[:1, t].float())
-            color = flow_to_color(flow)
-            color = color.float() / 255.0 if color.dtype == torch.uint8 else color
+            color = to_float_frames(flow_to_color(flow))
             log_images(
                 self.trainer, f"{prefix}/flow_{batch_idx}", [lq[0, t - 1].float(), color[0]], self.global_step
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from s2svr_lightning.models.warp import resize_flow
+from s2svr_lightning.utils import expect_shape
 
 __all__ = ["distillation_loss"]
 
@@ -29,8 +30,7 @@ def distillation_loss(
     Returns:
         Scalar loss in HQ pixels: the l1 norm of the 2-vector difference, averaged over (valid) pixels.
     """
-    if student_flow.dim() != 4 or student_flow.shape[1] != 2:
-        raise ValueError(f"expected student_flow (B, 2, h, w), got {tuple(student_flow.shape)}")
+    expect_shape(student_flow, "(B, 2, h, w)", "student_flow")
     if teacher_flow.dim() != 4 or teacher_flow.shape[:2] != student_flow.shape[:2]:
         raise ValueError(
             f"expected teacher_flow (B, 2, H, W) with the student's batch size, got "

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from s2svr_lightning.utils import expect_shape
+
 __all__ = ["smoothness_loss"]
 
 
@@ -39,8 +41,7 @@ def smoothness_loss(
     Returns:
         Scalar: ``(mean(w_x |dx F|) + mean(w_y |dy F|)) / 4``; 0 for a constant flow.
     """
-    if flow.dim() != 4 or flow.shape[1] != 2:
-        raise ValueError(f"expected flow (B, 2, H, W), got {tuple(flow.shape)}")
+    expect_shape(flow, "(B, 2, H, W)", "flow")
     if image.dim() != 4 or image.shape[0] != flow.shape[0] or image.shape[-2:] != flow.shape[-2:]:
         raise ValueError(
             f"expected image (B, C, H, W) matching flow {tuple(flow.shape)}, got {tuple(image.shape)}"

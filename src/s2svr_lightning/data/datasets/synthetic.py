@@ -91,7 +91,7 @@ def load_photo(name: str) -> torch.Tensor:
         img = img.astype(np.uint8) * 255
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1).float() / 255.0
+    return to_float_frames(img[..., :3], channels_last=True)
 
 
 def _quantize_factor(factor: float) -> float:
