@@ -11,7 +11,8 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from PIL import Image
 
-from s2svr_lightning.lit.common import NonFiniteError, images_to_strip, log_images, raise_if_nonfinite
+from s2svr_lightning.lit.guards import NonFiniteError, raise_if_nonfinite
+from s2svr_lightning.lit.image_logging import images_to_strip, log_images
 
 
 # ------------------------------------------------------------------------------------------ helpers

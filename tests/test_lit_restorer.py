@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from s2svr_lightning.lit.common import NonFiniteError
+from s2svr_lightning.lit.guards import NonFiniteError
 from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.metrics import psnr, ssim
 from s2svr_lightning.models import pwclite

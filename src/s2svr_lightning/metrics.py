@@ -1,4 +1,5 @@
-"""Restoration and flow metrics with the benchmark conventions (facts section 7).
+"""Restoration and flow metrics with the benchmark conventions, as BasicSR computes the numbers the
+paper's tables compare with (``basicsr/metrics/psnr_ssim.py``: ``calculate_psnr``, ``calculate_ssim``).
 
 Every restoration score goes through one path, :func:`prepare`: clamp and round to 8 bits (outputs are
 saved as 8-bit images before the benchmarks score them), optional BT.601 limited-range Y channel, optional

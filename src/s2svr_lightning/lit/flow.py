@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from s2svr_lightning.flow_viz import flow_to_color
-from s2svr_lightning.lit.common import log_images, raise_if_nonfinite
+from s2svr_lightning.lit.guards import raise_if_nonfinite
+from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import UnsupervisedFlowLoss, photometric_loss
 from s2svr_lightning.metrics import endpoint_error
 from s2svr_lightning.models import build_model, init_flownet_
@@ -61,7 +62,7 @@ class FlowModuleBase(L.LightningModule):
         smooth_normalize: smoothness on ``flow / min(H, W)`` (ARFlow's scale for ``w_sm = 50``).
         occlusion: mask Eq. 11 by the forward-backward check.
         occlusion_warmup_steps: optimizer steps without the mask first; from random weights the check
-            marks every pixel occluded (facts 4.4).
+            marks every pixel occluded, so the masked loss is 0/0 = NaN at step 0 (ARFlow issue #21).
         occlusion_alpha1, occlusion_alpha2: tolerances of the check.
         occlusion_min_visible: pairs with a smaller visible share are not masked (a guard against the
             all-occluded dead end; see ``UnsupervisedFlowLoss``).
@@ -155,7 +156,8 @@ class FlowModuleBase(L.LightningModule):
         levels = out if pyramid else [out]
         flows12 = [f12 for f12, _ in levels]
         flows21 = [f21 for _, f21 in levels]
-        # before any warp: grid_sample with a NaN grid can crash in backward (facts 4.4)
+        # before any warp: on CPU, grid_sample with border padding and a NaN in the grid returns finite
+        # values forward and then crashes in backward
         raise_if_nonfinite(flows12, what=f"{what} flow 1->2", step=self.global_step, batch=batch)
         raise_if_nonfinite(flows21, what=f"{what} flow 2->1", step=self.global_step, batch=batch)
         return flows12, flows21

@@ -1,9 +1,11 @@
 """The restoration stage: S2SVR trained end to end, its flow net starting from the student flow stage.
 
-Training follows the paper (Section 4.1) and the authors' recipe (facts section 5): Charbonnier loss on
-every output frame, Adam with betas (0.9, 0.99), learning rate 2e-4 for the network and 5e-5 for the flow
-net, the flow net frozen for the first ``flow_freeze_steps`` steps, then a cosine decay of both rates to
-1e-7 over the whole run, stepped per iteration.
+Training follows the paper (Section 4.1) and the authors' public re-implementation (linjing7/VR-Baseline,
+its S2SVR training options): Charbonnier loss on every output frame, Adam with betas (0.9, 0.99) and no
+weight decay, learning rate 2e-4 for the network and 5e-5 for the flow net, the flow net frozen for the
+first ``flow_freeze_steps`` steps (``fix_iter`` there: 10,000; 5,000 in early GoPro options), then a
+cosine decay of both rates to 1e-7 over the whole run (one period = the total iterations), stepped per
+iteration.
 
 Validation and test run the network on whole sequences (or the DataModule's chunks of them) and score
 the outputs with :class:`~s2svr_lightning.metrics.VideoMetrics` under the task's benchmark conventions,
@@ -22,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from s2svr_lightning.checkpoint import read_checkpoint, restorer_task, sub_state_dict
-from s2svr_lightning.lit.common import log_images, raise_if_nonfinite
+from s2svr_lightning.lit.guards import raise_if_nonfinite
+from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import charbonnier_loss
 from s2svr_lightning.metrics import VideoMetrics
 from s2svr_lightning.task import Task

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from s2svr_lightning.checkpoint import read_checkpoint, sub_state_dict
-from s2svr_lightning.lit.common import raise_if_nonfinite
 from s2svr_lightning.lit.flow import FlowModuleBase, build_flownet, consecutive_pairs
+from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.losses import distillation_loss
 
 __all__ = ["StudentFlowModule"]

@@ -310,7 +310,8 @@ class S2SVR(nn.Module):
     def bidirectional_first_layer_outputs(
         self, frames: Sequence[Tensor], to_prev: Sequence[Tensor], to_next: Sequence[Tensor]
     ) -> list[Tensor]:
-        """Encoder layer 1 of the bidirectional variant over a whole clip (authors' code, facts 2.3).
+        """Encoder layer 1 of the bidirectional variant over a whole clip (as in the authors' public code,
+        linjing7/VR-Baseline: a forward pass, then a backward pass that fuses the same frame's forward state).
 
         ``frames[t]`` is ``(B, 3, h, w)``; ``to_prev[t - 1] = o_t`` and ``to_next[t] = F_{t -> t+1}``.
         Returns the per-frame outputs: the backward-pass states fused with the forward ones.
