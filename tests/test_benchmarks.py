@@ -19,13 +19,7 @@ import memory  # noqa: E402
 import run_all  # noqa: E402
 import speed  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_count_macs_of_a_conv_is_exact():

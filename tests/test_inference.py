@@ -13,14 +13,7 @@ from s2svr_lightning.models import build_model, s2svr_deblur
 TINY = dict(channels=8, num_blocks=1)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP's two threads ran
-    # 10-30x slower than one (a 64-channel 3x3 conv at 16x16: 32 ms against 1 ms)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name="s2svr_deblur", **kwargs):

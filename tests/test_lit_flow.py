@@ -1,4 +1,4 @@
-"""Flow LightningModules (teacher, student) and the shared Lightning helpers."""
+"""Flow LightningModules: FlowModuleBase, the teacher and the student."""
 
 from __future__ import annotations
 
@@ -8,89 +8,14 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
-from s2svr_lightning.lit.guards import NonFiniteError, raise_if_nonfinite
-from s2svr_lightning.lit.image_logging import images_to_strip, log_images
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def test_raise_if_nonfinite_names_the_quantity_step_and_batch():
-    batch = {"hq": torch.zeros(1), "lq": torch.zeros(1), "key": ["seq_a/0001", "seq_b/0007"]}
-    raise_if_nonfinite({"a": torch.ones(3), "b": [1.0, torch.zeros(2)]}, what="loss", step=3, batch=batch)
-    bad = torch.tensor([1.0, float("nan"), float("inf"), float("nan")])
-    with pytest.raises(NonFiniteError) as info:
-        raise_if_nonfinite({"photo": torch.ones(2), "flow": bad}, what="teacher", step=17, batch=batch)
-    message = str(info.value)
-    for part in (
-        "teacher['flow']",
-        "step 17",
-        "'hq'",
-        "'lq'",
-        "seq_a/0001",
-        "seq_b/0007",
-        "2 NaN",
-        "1 infinite",
-    ):
-        assert part in message
-    with pytest.raises(NonFiniteError, match="step 0"):
-        raise_if_nonfinite(float("inf"), what="loss", step=0)
-
-
-def test_images_to_strip_lays_tiles_side_by_side():
-    red = torch.zeros(3, 4, 5)
-    red[0] = 1.0
-    grey_u8 = torch.full((1, 6, 3), 128, dtype=torch.uint8)
-    strip = images_to_strip([red, grey_u8, torch.rand(2, 3, 4, 2)], gap=1)
-    assert strip.shape == (6, 5 + 3 + 2 + 2 + 3, 3) and strip.dtype == np.uint8
-    assert tuple(strip[0, 0]) == (255, 0, 0) and tuple(strip[5, 6]) == (128, 128, 128)
-    assert tuple(strip[5, 0]) == (0, 0, 0)  # the shorter tile is padded below
-    with pytest.raises(ValueError, match="expected images"):
-        images_to_strip(torch.zeros(4, 4, 4))
-
-
-def test_log_images_csv_writes_png_and_no_logger_is_a_noop(tmp_path):
-    images = [torch.rand(3, 8, 8), torch.rand(3, 8, 6)]
-    assert log_images(None, "val/flow", images, step=5) == []
-    logger = CSVLogger(tmp_path, name="run")
-    (path,) = log_images(logger, "val/flow 0", images, step=5)
-    assert path.name == "val_flow_0_step0000005.png" and path.parent.parent == tmp_path / "run" / "version_0"
-    png = np.asarray(Image.open(path))
-    assert png.shape == (8, 8 + 2 + 6, 3)
-    assert np.array_equal(png[:, :8], (images[0].permute(1, 2, 0) * 255).round().byte().numpy())
-
-
-def test_log_images_reaches_tensorboard_and_wandb_loggers():
-    calls = []
-
-    class RecordingTB(TensorBoardLogger):  # tensorboard is not installed here: record the call instead
-        def __init__(self):
-            pass
-
-        @property
-        def experiment(self):
-            class Writer:
-                def add_image(self, tag, image, global_step, dataformats):
-                    calls.append(("tb", tag, image.shape, global_step, dataformats))
-
-            return Writer()
-
-    class RecordingWandb(WandbLogger):  # no wandb run is started
-        def __init__(self):
-            pass
-
-        def log_image(self, key, images, step=None, **kwargs):
-            calls.append(("wandb", key, images[0].shape, step, type(images[0]).__name__))
-
-    trainer = L.Trainer(logger=[RecordingTB(), RecordingWandb()], enable_checkpointing=False)
-    log_images(trainer, "val/x", torch.rand(2, 3, 4, 4), step=9)
-    assert calls == [("tb", "val/x", (4, 10, 3), 9, "HWC"), ("wandb", "val/x", (4, 10, 3), 9, "ndarray")]
-
-
 # ------------------------------------------------------------------------------------------ modules
+from s2svr_lightning.checkpoint import read_checkpoint  # noqa: E402
 from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule  # noqa: E402
 from s2svr_lightning.lit.flow import consecutive_pairs  # noqa: E402
+from s2svr_lightning.lit.guards import NonFiniteError
 from s2svr_lightning.models import flow_warp  # noqa: E402
 
 
@@ -186,8 +111,8 @@ def test_teacher_fit_logs_losses_epe_and_flow_images(teacher_ckpt):
 
 def test_teacher_checkpoint_loads_with_no_argument_and_predicts_flow(teacher_ckpt):
     path, _, module = teacher_ckpt
-    checkpoint = torch.load(path, weights_only=True)
-    assert checkpoint["s2svr_kind"] == "teacher" and checkpoint["hyper_parameters"]["w_sm"] == 50.0
+    checkpoint = read_checkpoint(path, kind="teacher")
+    assert checkpoint["hyper_parameters"]["w_sm"] == 50.0
     loaded = TeacherFlowModule.load_from_checkpoint(path)
     assert loaded.hparams.occlusion_warmup_steps == 2
     batch = _sequence_batch(batch=1)
@@ -223,7 +148,7 @@ def test_student_distils_from_a_frozen_teacher_and_is_self_contained(teacher_ckp
     assert float(metrics["train/distillation"]) > 0 and "val/epe" in metrics
     path = tmp_path / "student.ckpt"
     trainer.save_checkpoint(path)
-    assert torch.load(path, weights_only=True)["s2svr_kind"] == "student"
+    read_checkpoint(path, kind="student")
     copy.unlink()  # the student's checkpoint no longer needs the teacher's file
     loaded = StudentFlowModule.load_from_checkpoint(path)
     lq = batch["lq"]
@@ -265,7 +190,7 @@ def test_student_errors_are_clear(teacher_ckpt, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         _trainer(tmp_path, max_steps=1).fit(student, _loader(_sequence_batch()))
     bad = tmp_path / "not_teacher.ckpt"
-    checkpoint = torch.load(teacher_path, weights_only=True)
+    checkpoint = read_checkpoint(teacher_path)
     checkpoint["s2svr_kind"] = "restorer"
     torch.save(checkpoint, bad)
     with pytest.raises(ValueError, match="expected a teacher checkpoint"):

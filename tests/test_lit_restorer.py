@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from s2svr_lightning.checkpoint import read_checkpoint
 from s2svr_lightning.lit.guards import NonFiniteError
 from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.metrics import psnr, ssim
@@ -129,8 +130,7 @@ def test_checkpoint_reloads_alone_with_task_settings(tmp_path):
     trainer.fit(module, DataLoader(FixedClips(1), batch_size=1))
     path = tmp_path / "r.ckpt"
     trainer.save_checkpoint(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    assert ckpt["s2svr_kind"] == "restorer"
+    read_checkpoint(path, kind="restorer")
     loaded = RestorerModule.load_from_checkpoint(path, weights_only=True)
     assert (loaded.hparams.kind, loaded.hparams.scale) == ("vsr", 4)
     assert loaded.hparams.degradation == {"name": "bicubic", "scale": 4}

@@ -7,15 +7,7 @@ import torch.nn.functional as F
 from s2svr_lightning.models import PWCLite, init_flownet_, pwclite
 from s2svr_lightning.models.pwclite import correlation
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP's two threads ran
-    # 10-30x slower than one (a 64-channel 3x3 conv at 16x16: 32 ms against 1 ms)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

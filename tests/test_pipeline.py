@@ -18,6 +18,7 @@ from PIL import Image
 
 import s2svr_lightning
 from s2svr_lightning.callbacks import AtomicCheckpointIO
+from s2svr_lightning.checkpoint import read_checkpoint, sub_state_dict
 from s2svr_lightning.data import bicubic_downsample
 from s2svr_lightning.pipeline import read_results, run
 
@@ -37,10 +38,6 @@ def _reds_tree(root: Path, moving_photo) -> Path:
             for t, frame in enumerate(frames):
                 Image.fromarray(frame).save(folder / f"{t:08d}.png")
     return root
-
-
-def _ckpt(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.mark.slow
@@ -77,19 +74,14 @@ def test_stage_all_on_a_reds_tree_hands_checkpoints_on_and_skips_when_done(tmp_p
     assert results["restorer"]["steps"] == 2
 
     ckpts = {stage: Path(results["checkpoints"][stage]) for stage in ("teacher", "student", "restorer")}
-    teacher, student, restorer = (_ckpt(ckpts[s]) for s in ("teacher", "student", "restorer"))
-    assert [c["s2svr_kind"] for c in (teacher, student, restorer)] == ["teacher", "student", "restorer"]
+    teacher, student, restorer = (
+        read_checkpoint(ckpts[s], kind=s) for s in ("teacher", "student", "restorer")
+    )
     # teacher -> student: the frozen teacher inside the student is the teacher stage's flow net
-    t_flow = {k[len("flownet.") :]: v for k, v in teacher["state_dict"].items() if k.startswith("flownet.")}
-    s_teacher = {
-        k[len("teacher.") :]: v for k, v in student["state_dict"].items() if k.startswith("teacher.")
-    }
+    t_flow, s_teacher = sub_state_dict(teacher, "flownet."), sub_state_dict(student, "teacher.")
     assert t_flow.keys() == s_teacher.keys() and all(torch.equal(t_flow[k], s_teacher[k]) for k in t_flow)
     # student -> restorer: the flow net is still frozen after 2 steps (freeze 10k), so it is the student's
-    s_flow = {k[len("flownet.") :]: v for k, v in student["state_dict"].items() if k.startswith("flownet.")}
-    r_flow = {
-        k[len("net.flownet.") :]: v for k, v in restorer["state_dict"].items() if k.startswith("net.flownet.")
-    }
+    s_flow, r_flow = sub_state_dict(student, "flownet."), sub_state_dict(restorer, "net.flownet.")
     assert s_flow.keys() == r_flow.keys() and all(torch.equal(s_flow[k], r_flow[k]) for k in s_flow)
     assert restorer["hyper_parameters"]["kind"] == "vsr" and restorer["hyper_parameters"]["scale"] == 4
 
@@ -145,14 +137,14 @@ def test_resume_after_sigterm_loses_no_step(tmp_path):
     assert "run the same command again to resume" in output
 
     last = run_dir / "teacher" / "checkpoints" / "last.ckpt"
-    killed_at = _ckpt(last)["global_step"]
+    killed_at = read_checkpoint(last)["global_step"]
     assert 3 <= killed_at < 24
     assert not (run_dir / "teacher" / "checkpoints" / "final.ckpt").exists()
 
     rerun = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resuming from" in rerun.stdout + rerun.stderr
-    assert _ckpt(run_dir / "teacher" / "checkpoints" / "final.ckpt")["global_step"] == 24
+    assert read_checkpoint(run_dir / "teacher" / "checkpoints" / "final.ckpt")["global_step"] == 24
     steps_before = _train_steps(first_csv)
     steps_after = _train_steps(run_dir / "teacher" / "logs" / "version_1" / "metrics.csv")
     # the step count continues: the second process trained exactly the steps the first had not
@@ -167,7 +159,7 @@ def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path):
     io.save_checkpoint({"global_step": 1}, path)
     with pytest.raises(Exception):  # noqa: B017 - pickling a lambda fails half-way through the write
         io.save_checkpoint({"global_step": 2, "bad": lambda: None}, path)
-    assert _ckpt(path)["global_step"] == 1
+    assert read_checkpoint(path)["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
 
 
@@ -200,7 +192,7 @@ def test_multirun_sweep_of_two_values_with_offline_wandb(tmp_path):
     for job in ("0", "1"):
         results = json.loads((sweep_dir / job / "results.json").read_text())
         assert isinstance(results["test"]["psnr"], float)
-        lrs.append(_ckpt(results["checkpoints"]["restorer"])["hyper_parameters"]["lr"])
+        lrs.append(read_checkpoint(results["checkpoints"]["restorer"])["hyper_parameters"]["lr"])
     assert lrs == [0.001, 0.002]
     # one offline wandb run per job, and the user is told how to upload them
     runs = [sorted((sweep_dir / job / "wandb").glob("offline-run-*")) for job in ("0", "1")]

@@ -272,34 +272,6 @@ def test_restore_video_api_returns_a_summary(tmp_path, restorer_ckpt, write_fram
     assert summary.frames == 3 and summary.seconds > 0 and summary.metrics()["psnr"] is None
 
 
-@pytest.mark.parametrize("k, stride", [(3, None), (3, 2), (2, 4)])
-def test_degraded_stream_equals_degrading_the_whole_clip_for_deblurring(k, stride):
-    from s2svr_lightning.data.degradations import degrade
-    from s2svr_lightning.task import Task
-
-    hq = torch.rand(11, 3, 8, 8)
-    task = Task(kind="deblur", scale=1, degradation={"blur_frames": k, "blur_stride": stride})
-    pairs = list(task.degrade_stream(iter(hq)))
-    lq, target = degrade("deblur", hq, blur_frames=k, blur_stride=stride, return_target=True)
-    assert len(pairs) == lq.shape[0] > 0
-    assert torch.allclose(torch.stack([p[0] for p in pairs]), quantize_8bit(lq))
-    assert torch.equal(torch.stack([p[1] for p in pairs]), target)
-
-
-def test_degraded_stream_compresses_in_chunks_for_compressed_video():
-    from s2svr_lightning.data.degradations import degrade
-    from s2svr_lightning.task import Task
-
-    hq = torch.from_numpy(_hq_frames(5)[:, :32, :32]).permute(0, 3, 1, 2).float() / 255
-    task = Task(kind="cve", scale=1, degradation={"qp": 37})
-    whole = quantize_8bit(degrade("cve", hq, qp=37))
-    streamed = torch.stack([lq for lq, _ in task.degrade_stream(iter(hq), chunk=8)])
-    assert torch.equal(streamed, whole)  # one chunk: the same HEVC stream
-    chunked = torch.stack([lq for lq, _ in task.degrade_stream(iter(hq), chunk=2)])
-    assert chunked.shape == whole.shape and torch.equal(chunked[:2], whole[:2])
-    assert psnr(chunked, hq).mean() < 45  # really compressed
-
-
 def test_tiled_restore_stays_close_to_untiled(tmp_path, restorer_ckpt, write_frames):
     src = write_frames(tmp_path / "lq", _lq_frames(3))
     assert main(["--ckpt", str(restorer_ckpt), str(src), str(tmp_path / "whole"), "--no-progress"]) == 0
