@@ -38,6 +38,9 @@ def test_overrides_for_flow_stages(synthetic_datamodule):
     pairs = dm.with_overrides(num_frames=2, crop_size=64, batch_size=1)
     assert next(iter(pairs.train_dataloader()))["hq"].shape == (1, 2, 3, 64, 64)
     assert pairs.source("train") is dm.source("train")  # listed and validated once
+    mirrored = dm.with_overrides(num_frames=2, mirror=True, hflip=False)
+    assert next(iter(mirrored.train_dataloader()))["hq"].shape[1] == 4  # 2 frames played back and forth
+    assert not mirrored.train_dataset().hflip and dm.train_dataset().hflip  # the original is unchanged
     with pytest.raises(ValueError, match="cannot override"):
         dm.with_overrides(task="cve")
     with pytest.raises(ValueError, match="multiple of 4"):

@@ -168,13 +168,9 @@ class VideoRestorationDataModule(L.LightningDataModule):
             batch_size,
             num_workers,
         )
-        self.hflip, self.vflip, self.transpose, self.reverse, self.mirror = (
-            hflip,
-            vflip,
-            transpose,
-            reverse,
-            mirror,
-        )
+        # TrainClipDataset's augmentation switches
+        self.augment = {"hflip": hflip, "vflip": vflip, "transpose": transpose, "reverse": reverse}
+        self.augment["mirror"] = mirror
         self.samples_per_epoch = samples_per_epoch
         self.val_chunk, self.val_overlap, self.val_max_sequences = val_chunk, val_overlap, val_max_sequences
         self.test_chunk, self.test_overlap, self.test_max_sequences = (
@@ -232,8 +228,12 @@ class VideoRestorationDataModule(L.LightningDataModule):
         other = copy.copy(self)
         other._sources = self._sources  # shared: listing and validation are done once
         other.trainer = None
+        other.augment = dict(self.augment)
         for name, value in overrides.items():
-            setattr(other, name, value)
+            if name in other.augment:
+                other.augment[name] = value
+            else:
+                setattr(other, name, value)
         other._check_training_args()
         return other
 
@@ -298,29 +298,23 @@ class VideoRestorationDataModule(L.LightningDataModule):
             self.source("train"),
             num_frames=self.num_frames,
             crop_size=self.crop_size,
-            hflip=self.hflip,
-            vflip=self.vflip,
-            transpose=self.transpose,
-            reverse=self.reverse,
-            mirror=self.mirror,
+            **self.augment,
             samples_per_epoch=self.samples_per_epoch,
         )
 
-    def val_dataset(self) -> EvalSequenceDataset:
+    def _eval_dataset(self, split: str) -> EvalSequenceDataset:
         return EvalSequenceDataset(
-            self.source("val"),
-            chunk=self.val_chunk,
-            overlap=self.val_overlap,
-            max_sequences=self.val_max_sequences,
+            self.source(split),
+            chunk=getattr(self, f"{split}_chunk"),
+            overlap=getattr(self, f"{split}_overlap"),
+            max_sequences=getattr(self, f"{split}_max_sequences"),
         )
 
+    def val_dataset(self) -> EvalSequenceDataset:
+        return self._eval_dataset("val")
+
     def test_dataset(self) -> EvalSequenceDataset:
-        return EvalSequenceDataset(
-            self.source("test"),
-            chunk=self.test_chunk,
-            overlap=self.test_overlap,
-            max_sequences=self.test_max_sequences,
-        )
+        return self._eval_dataset("test")
 
     # -- loaders -----------------------------------------------------------------------------------
     def _loader_kwargs(self) -> dict[str, Any]:
