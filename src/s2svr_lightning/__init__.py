@@ -26,7 +26,9 @@ _EXPORTS = {
     "StudentFlowModule": "s2svr_lightning.lit",
     "RestorerModule": "s2svr_lightning.lit",
     "VideoRestorationDataModule": "s2svr_lightning.data",
-    # inference
+    # the task, checkpoints, inference
+    "Task": "s2svr_lightning.task",
+    "load_restorer": "s2svr_lightning.checkpoint",
     "StreamingRestorer": "s2svr_lightning.inference",
 }
 
