@@ -55,9 +55,8 @@ def read_checkpoint(
     """
     path = Path(path)
     if not path.is_file():
-        expected = f" (expected {_WHERE[kind]})" if isinstance(kind, str) and kind in _WHERE else ""
-        if isinstance(kind, tuple) and kind and kind[0] in _WHERE:
-            expected = f" (expected {_WHERE[kind[0]]})"
+        kinds = (kind,) if isinstance(kind, str) else tuple(kind or ())
+        expected = f" (expected {_WHERE[kinds[0]]})" if kinds and kinds[0] in _WHERE else ""
         raise FileNotFoundError(f"{what} {path} does not exist{expected}")
     try:
         # weights_only: tensors and plain containers only, no arbitrary code from an unknown file
