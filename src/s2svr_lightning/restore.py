@@ -136,6 +136,10 @@ def restore_video(
     overwrite: bool = False,
     codec: str | None = None,
     crf: int | None = None,
+    pix_fmt: str | None = None,
+    preset: str | None = None,
+    audio: bool = True,
+    audio_codec: str | None = None,
     fps: float | Fraction | None = None,
     progress: bool = True,
     net_and_task: tuple[Any, Task] | None = None,
@@ -144,6 +148,9 @@ def restore_video(
 
     Args mirror the command's options; ``net_and_task`` gives an already loaded ``(net, Task)``
     instead of reading ``ckpt``. Returns a :class:`RestoreSummary`.
+
+    A video output keeps the source video's timestamps (unless ``fps`` retimes it or ``degrade`` makes
+    fewer frames), colour description and, with ``audio``, its audio streams (not when ``fps`` retimes).
     """
     from .metrics import psnr, ssim
 
@@ -162,7 +169,8 @@ def restore_video(
     out.check()  # refuse before any heavy work
 
     net, task = net_and_task if net_and_task is not None else load_restorer(ckpt)
-    source = open_source(in_path)
+    # frame i out is frame i in: the source's timestamps hold unless the frames are retimed or degraded
+    source = open_source(in_path, timed=fps is None and not degrade)
     frames: Iterable[torch.Tensor] = source.frames
     if degrade:
         pairs: Iterator[tuple[torch.Tensor, torch.Tensor | None]] = task.degrade_stream(
@@ -197,7 +205,22 @@ def restore_video(
     bar = _progress(total, progress)
     start = time.perf_counter()
     with out as tmp:
-        sink = FolderSink(tmp) if out.is_dir else VideoSink(tmp, video_fps, codec=codec, crf=crf)
+        sink = (
+            FolderSink(tmp)
+            if out.is_dir
+            else VideoSink(
+                tmp,
+                video_fps,
+                codec=codec,
+                crf=crf,
+                pix_fmt=pix_fmt,
+                preset=preset,
+                source=source,
+                audio=audio and fps is None,
+                audio_codec=audio_codec,
+                trim_audio=max_frames is not None,
+            )
+        )
         try:
 
             def emit(restored: torch.Tensor) -> None:
