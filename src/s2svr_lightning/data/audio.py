@@ -47,7 +47,9 @@ class AudioCarrier:
         try:
             self._input = av.open(str(self.source), mode="r")
         except Exception as err:
-            raise DatasetError(f"{self.source}: cannot open for its audio ({type(err).__name__}: {err})") from None
+            raise DatasetError(
+                f"{self.source}: cannot open for its audio ({type(err).__name__}: {err})"
+            ) from None
         self._out: dict[int, object] = {}  # source stream index -> output stream
         self._decode: dict[int, bool] = {}  # source stream index -> re-encoding
         self.streams: list[tuple[int, str]] = []
@@ -118,7 +120,9 @@ class AudioCarrier:
         try:
             frames = packet.decode()
         except Exception as err:
-            raise DatasetError(f"{self.source}: cannot decode its audio ({type(err).__name__}: {err})") from None
+            raise DatasetError(
+                f"{self.source}: cannot decode its audio ({type(err).__name__}: {err})"
+            ) from None
         for frame in frames:
             self._container.mux(out.encode(frame))
 

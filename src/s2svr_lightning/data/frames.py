@@ -80,7 +80,9 @@ def open_source(path: str | os.PathLike, *, timed: bool = False) -> FrameSource:
                 pts.append(stamp)
             yield _rgb(frame)
 
-    return FrameSource(frames=frames(), fps=reader.fps, length=len(reader), name=str(path), video=reader, pts=pts)
+    return FrameSource(
+        frames=frames(), fps=reader.fps, length=len(reader), name=str(path), video=reader, pts=pts
+    )
 
 
 class FolderSink:
@@ -161,7 +163,9 @@ class VideoSink:
         if self.writer is None:
             self.writer = self._open(*frame.shape[-2:])
         pts = self.source.pts if self.source is not None else None
-        self.writer.write(to_uint8_frames(frame, channels_last=True).cpu().numpy(), pts=pts.popleft() if pts else None)
+        self.writer.write(
+            to_uint8_frames(frame, channels_last=True).cpu().numpy(), pts=pts.popleft() if pts else None
+        )
         self.count += 1
 
     def close(self) -> None:

@@ -107,7 +107,9 @@ class VideoWriter:
         if crf is not None and codec not in self._CRF_CODECS:
             raise ValueError(f"expected crf only for codecs {self._CRF_CODECS}, got crf={crf} for {codec}")
         if preset is not None and codec not in self._PRESET_CODECS:
-            raise ValueError(f"expected preset only for codecs {self._PRESET_CODECS}, got {preset} for {codec}")
+            raise ValueError(
+                f"expected preset only for codecs {self._PRESET_CODECS}, got {preset} for {codec}"
+            )
         if crf is None and codec in ("libx264", "libx265"):
             crf = 18
         self.path, self.fps, self.codec, self.crf = Path(path), fps, codec, crf
