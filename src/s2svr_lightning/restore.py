@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pix-fmt",
         default=None,
-        help="pixel format (default: yuv420p, yuv444p for odd sizes; gbrp for ffv1), e.g. yuv444p",
+        help="pixel format (default: yuv420p, yuv444p for odd sizes; bgr0 (RGB) for ffv1), e.g. yuv444p",
     )
     p.add_argument("--no-audio", action="store_true", help="drop the source's audio (kept by default)")
     p.add_argument(

@@ -24,8 +24,8 @@ import torch
 
 __all__ = ["CODEC_PIX_FMT", "VideoColor", "VideoWriter"]
 
-# default pixel format per codec: 4:2:0 for delivery codecs; FFV1 stores the RGB planes, bit-exact
-CODEC_PIX_FMT = {"ffv1": "gbrp", "png": "rgb24", "mjpeg": "yuvj420p"}
+# default pixel format per codec: 4:2:0 for delivery codecs; FFV1 stores RGB, bit-exact
+CODEC_PIX_FMT = {"ffv1": "bgr0", "png": "rgb24", "mjpeg": "yuvj420p"}
 _RGB_FORMATS = ("rgb24", "bgr24", "gbrp", "bgr0", "rgb0")
 
 
