@@ -146,6 +146,10 @@ def test_no_audio_drops_the_sound(tmp_path, restorer_ckpt):
     assert _restore(restorer_ckpt, src, out, "--no-audio") == 0
     assert _audio(out) == []
     assert len(VideoReader(out)) == N_FRAMES
+    # and --audio-codec re-encodes a stream the container would take as it is
+    assert _restore(restorer_ckpt, src, tmp_path / "flac.mkv", "--audio-codec", "flac") == 0
+    ((codec, rate, span, frame),) = _audio(tmp_path / "flac.mkv")
+    assert codec == "flac" and rate == RATE and abs(span - _audio(src)[0][2]) <= frame
 
 
 def test_max_frames_cuts_the_audio_with_the_video(tmp_path, restorer_ckpt):
@@ -175,6 +179,13 @@ def test_colour_description_is_kept(tmp_path, restorer_ckpt):
     source, restored = VideoReader(src).color, VideoReader(out).color
     assert (source.colorspace, source.color_primaries, source.color_trc, source.color_range) == (1, 1, 1, 1)
     assert restored == source
+    # and the YUV numbers were made with the BT.709 matrix they are tagged with: decoding them as the tag
+    # says gives the restored RGB frames back, up to 8-bit YUV rounding (about 52 dB here in 4:4:4 at
+    # crf 0; BT.601 numbers under a BT.709 tag give 38 dB)
+    lossless = tmp_path / "lossless.mp4"
+    assert _restore(restorer_ckpt, src, lossless, "--crf", "0", "--pix-fmt", "yuv444p") == 0
+    assert _restore(restorer_ckpt, src, tmp_path / "frames") == 0
+    assert _psnr_vs_frames(lossless, tmp_path / "frames", y_channel=False) > 48.0
 
 
 def test_ffv1_is_lossless_and_png_frames_on_request(tmp_path, restorer_ckpt):
@@ -187,6 +198,17 @@ def test_ffv1_is_lossless_and_png_frames_on_request(tmp_path, restorer_ckpt):
     np.testing.assert_array_equal(np.stack(list(reader.iter_frames())), png)
 
 
+def _psnr_vs_frames(video: Path, folder: Path, *, y_channel: bool = True) -> float:
+    """The lowest per-frame Y PSNR of a video's frames against a folder of PNG frames."""
+    from s2svr_lightning.metrics import psnr
+    from s2svr_lightning.utils import to_float_frames
+
+    got = np.stack(list(VideoReader(video).iter_frames()))
+    want = np.stack([read_image(f) for f in sorted(folder.iterdir())])
+    as_float = lambda a: to_float_frames(a, channels_last=True)  # noqa: E731
+    return float(psnr(as_float(got), as_float(want), y_channel=y_channel).min())
+
+
 def test_default_is_visually_lossless_h264_420(tmp_path, restorer_ckpt):
     import av
 
@@ -196,14 +218,7 @@ def test_default_is_visually_lossless_h264_420(tmp_path, restorer_ckpt):
     with av.open(str(tmp_path / "out.mp4")) as c:
         ctx = c.streams.video[0].codec_context
         assert (ctx.name, ctx.pix_fmt) == ("h264", "yuv420p")
-    from s2svr_lightning.metrics import psnr
-    from s2svr_lightning.utils import to_float_frames
-
-    got = to_float_frames(np.stack(list(VideoReader(tmp_path / "out.mp4").iter_frames())), channels_last=True)
-    png = to_float_frames(
-        np.stack([read_image(f) for f in sorted((tmp_path / "frames").iterdir())]), channels_last=True
-    )
-    assert psnr(got, png, y_channel=True).min() > 38.0
+    assert _psnr_vs_frames(tmp_path / "out.mp4", tmp_path / "frames") > 38.0
 
 
 def test_folder_of_videos_goes_on_past_a_corrupt_one_then_skips_and_overwrites(
