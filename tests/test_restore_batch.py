@@ -299,3 +299,8 @@ def test_batch_refuses_a_bad_form_clearly(tmp_path, restorer_ckpt, capsys):
     (tmp_path / "file").write_text("x")
     assert _restore(restorer_ckpt, src, "-o", tmp_path / "file") == 2
     assert "expected -o/--output-dir a folder" in capsys.readouterr().err
+    # restoring a folder into itself would replace each input with its output: refused, input kept
+    size = src.stat().st_size
+    assert _restore(restorer_ckpt, src, "-o", tmp_path) == 1
+    assert "its output would replace it" in capsys.readouterr().out
+    assert src.stat().st_size == size

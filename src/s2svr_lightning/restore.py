@@ -172,8 +172,8 @@ def restore_video(
     out.check()  # refuse before any heavy work
 
     net, task = net_and_task if net_and_task is not None else load_restorer(ckpt)
-    # frame i out is frame i in: the source's timestamps hold unless the frames are retimed or degraded
-    source = open_source(in_path, timed=fps is None and not degrade)
+    # frame i out is frame i in: a video keeps the source's timestamps unless retimed or degraded
+    source = open_source(in_path, timed=fps is None and not degrade and not out.is_dir)
     frames: Iterable[torch.Tensor] = source.frames
     if degrade:
         pairs: Iterator[tuple[torch.Tensor, torch.Tensor | None]] = task.degrade_stream(
@@ -205,7 +205,7 @@ def restore_video(
     scored = degrade or reference is not None
     pending: deque[tuple[torch.Tensor | None, torch.Tensor | None]] = deque()
 
-    bar = _progress(total, progress)
+    bar = _progress(total, progress, in_path.name)
     start = time.perf_counter()
     with out as tmp:
         sink = (
@@ -280,12 +280,12 @@ def _zip_reference(
         yield lq, target
 
 
-def _progress(total: int | None, enabled: bool):
+def _progress(total: int | None, enabled: bool, name: str):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="frame", desc="restore", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, unit="frame", desc=name, dynamic_ncols=True, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------

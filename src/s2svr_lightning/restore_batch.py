@@ -166,6 +166,10 @@ def run_batch(
             item.error = f"its output {item.output} is also that of {seen[item.output]}; rename one"
             continue
         seen[item.output] = item.input
+        if item.output.resolve() == item.input.resolve():
+            item.status = "failed"
+            item.error = f"its output would replace it in {outdir}; choose another -o/--output-dir"
+            continue
         if item.output.exists() and not args.overwrite:
             item.status = "skipped"
             continue

@@ -25,15 +25,16 @@ import torch
 __all__ = ["CODEC_PIX_FMT", "VideoColor", "VideoWriter"]
 
 # default pixel format per codec: 4:2:0 for delivery codecs; FFV1 stores RGB, bit-exact
-CODEC_PIX_FMT = {"ffv1": "bgr0", "png": "rgb24", "mjpeg": "yuvj420p"}
+CODEC_PIX_FMT = {"ffv1": "bgr0"}
 _RGB_FORMATS = ("rgb24", "bgr24", "gbrp", "bgr0", "rgb0")
 
 
 @dataclass(frozen=True)
 class VideoColor:
-    """A stream's colour description, as FFmpeg's ``AVColorSpace`` / range / primaries / transfer codes.
+    """A stream's colour description, as FFmpeg's ``AVColorSpace`` / range / primaries / transfer codes
+    (range: 0 unspecified, 1 limited, 2 full; the others: 2 unspecified, 1 BT.709, ...).
 
-    ``0`` or ``2`` (unspecified) leaves a field untagged. Read one with :meth:`from_stream`.
+    Read one with :meth:`from_stream`; :class:`VideoWriter` converts with it and tags with it.
     """
 
     colorspace: int = 2
@@ -45,9 +46,12 @@ class VideoColor:
     def from_stream(cls, stream) -> VideoColor:
         """The colour fields of a PyAV video stream's codec context (what the demuxer and parser found)."""
         ctx = stream.codec_context
+        # a yuvj (full-range) source is decoded with full-range math, and re-encoded (not to yuvj) with
+        # limited-range math: the output's numbers are then limited range, whatever the source's tag
+        full = (ctx.pix_fmt or "").startswith("yuvj")
         return cls(
             colorspace=int(getattr(ctx, "colorspace", 2)),
-            color_range=int(getattr(ctx, "color_range", 0)),
+            color_range=1 if full else int(getattr(ctx, "color_range", 0)),
             color_primaries=int(getattr(ctx, "color_primaries", 2)),
             color_trc=int(getattr(ctx, "color_trc", 2)),
         )
@@ -203,15 +207,13 @@ class VideoWriter:
             self._audio.advance(float(pts * self.time_base))
 
     def _convert(self, frame):
-        """RGB -> the stream's pixel format with the colour matrix and range the source's decoder used
-        (an untagged range decodes as limited), then tagged with the source's description."""
+        """RGB -> the stream's pixel format with the colour matrix the source's decoder used (BT.601 when
+        untagged), then tagged with the source's description. The range is the one the decoder assumed
+        too: PyAV converts with limited-range math (full for the ``yuvj`` formats) whatever the tag, so the
+        output's numbers are the source's and the source's range tag still holds."""
         if self.pix_fmt not in _RGB_FORMATS:
             space = self.color.colorspace if self.color.colorspace not in (0, 2) else None
-            frame = frame.reformat(
-                format=self.pix_fmt,
-                dst_colorspace=space,
-                dst_color_range=1 if self.color.color_range in (0, 1) else self.color.color_range,
-            )
+            frame = frame.reformat(format=self.pix_fmt, dst_colorspace=space)
         self._tags.tag(frame)
         return frame
 
