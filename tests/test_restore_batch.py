@@ -290,6 +290,11 @@ def test_several_inputs_with_reference_scores_each(tmp_path, restorer_ckpt, writ
     assert f"{want:.2f}" in out
     assert scores[str(tmp_path / "missing.mp4")]["status"] == "failed"
     assert len(VideoReader(tmp_path / "out" / "clip.mp4")) == 4  # a frame folder becomes <name>.mp4
+    # --format png: a frame folder per input, the same frames as the single form's
+    assert _restore(restorer_ckpt, clip, "-o", tmp_path / "png", "--format", "png") == 0
+    assert sorted(p.name for p in (tmp_path / "png" / "clip").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )
 
 
 def test_batch_refuses_a_bad_form_clearly(tmp_path, restorer_ckpt, capsys):

@@ -128,13 +128,13 @@ def batch_form(args: argparse.Namespace) -> tuple[list[str], Path] | None:
             f"expected INPUT OUTPUT, or inputs with -o OUTDIR, got {len(args.paths)} paths "
             f"({' '.join(args.paths)}); add -o OUTDIR to restore them all into one folder"
         )
+    args.input, args.output = args.paths
+    if args.export is None and is_video_folder(args.input):
+        return [args.input], Path(args.output)
     if args.format is not None:
         raise ValueError(
             "expected --format with a batch (-o OUTDIR), got INPUT OUTPUT: OUTPUT's extension is the format"
         )
-    args.input, args.output = args.paths
-    if args.export is None and is_video_folder(args.input):
-        return [args.input], Path(args.output)
     return None
 
 

@@ -93,8 +93,7 @@ class AudioCarrier:
         """Mux the audio up to ``until`` seconds (``None``: all of it). ``drop_after``: discard what is
         later (a video cut short keeps only its own span of sound)."""
         while not self._done:
-            packet = self._held if self._held is not None else next(self._packets, None)
-            self._held = None
+            packet, self._held = self._held if self._held is not None else self._next(), None
             if packet is None:
                 if until is None or drop_after:
                     self._flush()
@@ -107,6 +106,14 @@ class AudioCarrier:
                     self._held = packet
                 return
             self._mux(packet)
+
+    def _next(self):
+        try:
+            return next(self._packets, None)
+        except Exception as err:  # av.error.*: a corrupt or truncated audio stream
+            raise DatasetError(
+                f"{self.source}: cannot read its audio ({type(err).__name__}: {err})"
+            ) from None
 
     def _mux(self, packet) -> None:
         index = packet.stream.index
