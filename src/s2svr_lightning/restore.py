@@ -294,6 +294,8 @@ def _progress(total: int | None, enabled: bool, name: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="s2svr-restore",
+        usage="%(prog)s --ckpt CKPT [options] INPUT OUTPUT\n"
+        "       %(prog)s --ckpt CKPT [options] INPUT [INPUT ...] -o OUTDIR",
         description="Restore a video (or a folder of frames) with an S2SVR restorer checkpoint, streaming: "
         "memory does not grow with the video's length and the output equals a whole-sequence pass.",
     )
@@ -333,7 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --tile: flow on the whole frame (default: closest to untiled) or per tile (less memory)",
     )
     p.add_argument("--max-frames", type=int, default=None, help="restore only the first N frames")
-    p.add_argument("--reference", default=None, help="HQ video or frame folder to score PSNR / SSIM against")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="HQ video or frame folder to score PSNR / SSIM against (batch: a folder of them, named as "
+        "the inputs)",
+    )
     p.add_argument(
         "--degrade",
         action="store_true",
@@ -342,7 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--degrade-chunk", type=int, default=32, help="compressed video: frames per HEVC stream (default 32)"
     )
-    p.add_argument("--metrics-json", default=None, help="write the scores and speed to this JSON file")
+    p.add_argument(
+        "--metrics-json",
+        default=None,
+        help="write the scores and speed to this JSON file (batch: one entry per input)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT (batch: outputs) if it exists")
     p.add_argument(
         "--codec",
