@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import expect_shape, to_uint8_frames
+
 __all__ = ["CODEC_PIX_FMT", "VideoColor", "VideoWriter"]
 
 # default pixel format per codec: 4:2:0 for delivery codecs; FFV1 stores RGB, bit-exact
@@ -181,9 +183,8 @@ class VideoWriter:
 
         if isinstance(frame, torch.Tensor):
             if frame.is_floating_point():
-                if frame.dim() != 3 or frame.shape[0] != 3:
-                    raise ValueError(f"expected a float frame (3, H, W), got {tuple(frame.shape)}")
-                frame = frame.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
+                expect_shape(frame, "(3, H, W)", "a float frame")
+                frame = to_uint8_frames(frame, channels_last=True)
             frame = frame.detach().cpu().numpy()
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
