@@ -1,6 +1,7 @@
 """The ``restore`` command: a video of any length in, the restored video out, in constant memory.
 
-``python -m s2svr_lightning.restore --ckpt CKPT INPUT OUTPUT`` (installed as ``s2svr-restore``).
+``python -m s2svr_lightning.restore --ckpt CKPT INPUT OUTPUT`` (installed as ``s2svr-restore``), or
+``... --ckpt CKPT IN1 IN2 VIDEOS/ -o OUTDIR`` for many (:mod:`~s2svr_lightning.restore_batch`).
 
 Frames are decoded one at a time, pushed through :class:`~s2svr_lightning.inference.StreamingRestorer`
 (S2SVR's encoder is causal and its local attention looks ``r`` frames ahead, so output ``t`` is final
@@ -8,8 +9,10 @@ once input ``t + r`` has arrived) and encoded as soon as they come out: memory d
 length of the video, and the output equals a whole-sequence pass.
 
 - INPUT: a video file (anything PyAV / decord reads) or a folder of frames (png, jpg, ...).
-- OUTPUT: a video file (``.mp4``, ``.mkv``, ``.mov``, ``.avi``; the source frame rate is kept) or a
-  folder of PNGs (a path without an extension).
+- OUTPUT: a video file (``.mp4``, ``.mkv``, ``.mov``, ``.avi``) or a folder of PNGs (a path without an
+  extension). A video keeps the source's frame timestamps (variable frame rate included), colour
+  description and audio streams (copied, or re-encoded where the container refuses the codec;
+  ``--no-audio`` drops them); H.264 at crf 18 in 4:2:0 by default, ``--codec ffv1`` for lossless.
 - The checkpoint of the restorer stage carries the task (``vsr`` / ``deblur`` / ``cve``), its scale,
   degradation and metric conventions and the network (builder name + overrides): nothing else is given.
 - ``--reference HQ`` scores PSNR / SSIM against ground truth with the task's conventions
@@ -136,6 +139,10 @@ def restore_video(
     overwrite: bool = False,
     codec: str | None = None,
     crf: int | None = None,
+    pix_fmt: str | None = None,
+    preset: str | None = None,
+    audio: bool = True,
+    audio_codec: str | None = None,
     fps: float | Fraction | None = None,
     progress: bool = True,
     net_and_task: tuple[Any, Task] | None = None,
@@ -144,6 +151,9 @@ def restore_video(
 
     Args mirror the command's options; ``net_and_task`` gives an already loaded ``(net, Task)``
     instead of reading ``ckpt``. Returns a :class:`RestoreSummary`.
+
+    A video output keeps the source video's timestamps (unless ``fps`` retimes it or ``degrade`` makes
+    fewer frames), colour description and, with ``audio``, its audio streams (not when ``fps`` retimes).
     """
     from .metrics import psnr, ssim
 
@@ -162,7 +172,8 @@ def restore_video(
     out.check()  # refuse before any heavy work
 
     net, task = net_and_task if net_and_task is not None else load_restorer(ckpt)
-    source = open_source(in_path)
+    # frame i out is frame i in: a video keeps the source's timestamps unless retimed or degraded
+    source = open_source(in_path, timed=fps is None and not degrade and not out.is_dir)
     frames: Iterable[torch.Tensor] = source.frames
     if degrade:
         pairs: Iterator[tuple[torch.Tensor, torch.Tensor | None]] = task.degrade_stream(
@@ -194,10 +205,25 @@ def restore_video(
     scored = degrade or reference is not None
     pending: deque[tuple[torch.Tensor | None, torch.Tensor | None]] = deque()
 
-    bar = _progress(total, progress)
+    bar = _progress(total, progress, in_path.name)
     start = time.perf_counter()
     with out as tmp:
-        sink = FolderSink(tmp) if out.is_dir else VideoSink(tmp, video_fps, codec=codec, crf=crf)
+        sink = (
+            FolderSink(tmp)
+            if out.is_dir
+            else VideoSink(
+                tmp,
+                video_fps,
+                codec=codec,
+                crf=crf,
+                pix_fmt=pix_fmt,
+                preset=preset,
+                source=source,
+                audio=audio and fps is None,
+                audio_codec=audio_codec,
+                trim_audio=max_frames is not None,
+            )
+        )
         try:
 
             def emit(restored: torch.Tensor) -> None:
@@ -254,12 +280,12 @@ def _zip_reference(
         yield lq, target
 
 
-def _progress(total: int | None, enabled: bool):
+def _progress(total: int | None, enabled: bool, name: str):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="frame", desc="restore", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, unit="frame", desc=name, dynamic_ncols=True, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,6 +294,8 @@ def _progress(total: int | None, enabled: bool):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="s2svr-restore",
+        usage="%(prog)s --ckpt CKPT [options] INPUT OUTPUT\n"
+        "       %(prog)s --ckpt CKPT [options] INPUT [INPUT ...] -o OUTDIR",
         description="Restore a video (or a folder of frames) with an S2SVR restorer checkpoint, streaming: "
         "memory does not grow with the video's length and the output equals a whole-sequence pass.",
     )
@@ -275,12 +303,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--ckpt", required=True, help="restorer checkpoint (<run>/restorer/checkpoints/final.ckpt)"
     )
     p.add_argument(
-        "input", metavar="INPUT", help="video file or folder of frames (the HQ video with --degrade)"
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="INPUT OUTPUT: a video file or folder of frames (the HQ video with --degrade) and the video "
+        "file (.mp4, .mkv, ...) or PNG folder (no extension) to write; with --export, the step's file. "
+        "With -o OUTDIR: any number of inputs (videos, frame folders, folders of videos). "
+        "A folder of videos and a folder (VIDEOS OUTDIR) is a batch too",
     )
     p.add_argument(
-        "output",
-        metavar="OUTPUT",
-        help="video file (.mp4, .mkv, ...) or folder of PNGs (no extension); with --export, the step's file",
+        "-o",
+        "--output-dir",
+        default=None,
+        help="restore every PATH into this folder (<name>.<ext>); done ones are skipped unless --overwrite",
+    )
+    p.add_argument(
+        "--format",
+        choices=("mp4", "mkv", "mov", "png"),
+        default=None,
+        help="batch: output container, or png for frame folders (default: the source's mp4/mkv/mov, "
+        "else mkv; mkv for --codec ffv1; mp4 for frame-folder inputs)",
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
@@ -293,7 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --tile: flow on the whole frame (default: closest to untiled) or per tile (less memory)",
     )
     p.add_argument("--max-frames", type=int, default=None, help="restore only the first N frames")
-    p.add_argument("--reference", default=None, help="HQ video or frame folder to score PSNR / SSIM against")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="HQ video or frame folder to score PSNR / SSIM against (batch: a folder of them, named as "
+        "the inputs)",
+    )
     p.add_argument(
         "--degrade",
         action="store_true",
@@ -302,12 +349,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--degrade-chunk", type=int, default=32, help="compressed video: frames per HEVC stream (default 32)"
     )
-    p.add_argument("--metrics-json", default=None, help="write the scores and speed to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    p.add_argument("--codec", default=None, help="video codec of OUTPUT (default: the writer's, libx264)")
-    p.add_argument("--crf", type=int, default=None, help="constant rate factor (quality) of OUTPUT")
     p.add_argument(
-        "--fps", type=float, default=None, help="output frame rate (default: the source's; 25 for folders)"
+        "--metrics-json",
+        default=None,
+        help="write the scores and speed to this JSON file (batch: one entry per input)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT (batch: outputs) if it exists")
+    p.add_argument(
+        "--codec",
+        default=None,
+        help="video codec: libx264 (default, visually lossless at crf 18, yuv420p), ffv1 (lossless RGB, "
+        "write .mkv), libx265, mpeg4, ...",
+    )
+    p.add_argument(
+        "--crf", type=int, default=None, help="x264/x265 quality: 0 lossless, 18 default, 23 smaller"
+    )
+    p.add_argument("--preset", default=None, help="x264/x265 speed preset (default: medium)")
+    p.add_argument(
+        "--pix-fmt",
+        default=None,
+        help="pixel format (default: yuv420p, yuv444p for odd sizes; bgr0 (RGB) for ffv1), e.g. yuv444p",
+    )
+    p.add_argument("--no-audio", action="store_true", help="drop the source's audio (kept by default)")
+    p.add_argument(
+        "--audio-codec",
+        default=None,
+        help="re-encode the audio with this codec (default: copy it where the container takes it, else AAC)",
+    )
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="output frame rate (default: the source's timestamps; 25 for frame folders); retiming a "
+        "video drops its audio",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
@@ -341,6 +415,29 @@ def _on_sigterm(signum, frame):  # noqa: ARG001 -- signal handler signature
     raise RestoreInterrupted()
 
 
+def _restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`restore_video` the command line sets (the same for every input of a batch)."""
+    return {
+        "device": args.device,
+        "precision": args.precision,
+        "tile": args.tile,
+        "tile_overlap": args.tile_overlap,
+        "tile_flow": args.tile_flow,
+        "max_frames": args.max_frames,
+        "degrade": args.degrade,
+        "degrade_chunk": args.degrade_chunk,
+        "overwrite": args.overwrite,
+        "codec": args.codec,
+        "crf": args.crf,
+        "pix_fmt": args.pix_fmt,
+        "preset": args.preset,
+        "audio": not args.no_audio,
+        "audio_codec": args.audio_codec,
+        "fps": args.fps,
+        "progress": not args.no_progress,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``s2svr-restore`` / ``python -m s2svr_lightning.restore``; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -351,28 +448,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _in_main_thread() else None
     try:
+        from .restore_batch import batch_form, main_batch  # here: restore_batch imports this module
+
+        batch = batch_form(args)
+        if batch is not None:
+            return main_batch(args, *batch, _restore_kwargs(args))
         if args.export is not None:
             path = _export(args)
             print(f"exported one streaming step ({args.export}) to {path}")
             return 0
         summary = restore_video(
-            args.ckpt,
-            args.input,
-            args.output,
-            device=args.device,
-            precision=args.precision,
-            tile=args.tile,
-            tile_overlap=args.tile_overlap,
-            tile_flow=args.tile_flow,
-            max_frames=args.max_frames,
-            reference=args.reference,
-            degrade=args.degrade,
-            degrade_chunk=args.degrade_chunk,
-            overwrite=args.overwrite,
-            codec=args.codec,
-            crf=args.crf,
-            fps=args.fps,
-            progress=not args.no_progress,
+            args.ckpt, args.input, args.output, reference=args.reference, **_restore_kwargs(args)
         )
     except KeyboardInterrupt as err:
         print("s2svr-restore: interrupted; the partial output was removed", file=sys.stderr)
@@ -393,16 +479,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print(line)
     if args.metrics_json is not None:
-        _write_json(Path(args.metrics_json), metrics)
+        write_json(Path(args.metrics_json), metrics)
     return 0
 
 
-def _write_json(path: Path, data: dict) -> None:
-    def clean(v):
-        return None if isinstance(v, float) and not math.isfinite(v) else v
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as JSON, atomically (NaN and infinity become ``null``)."""
+    atomic_write_text(path, json.dumps(_clean(data), indent=2) + "\n")
 
-    payload = {k: ([clean(x) for x in v] if isinstance(v, list) else clean(v)) for k, v in data.items()}
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN or infinity: ``None`` instead (a zero-second run's frames/s, say)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
 
 
 def _in_main_thread() -> bool:

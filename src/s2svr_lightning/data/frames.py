@@ -9,8 +9,9 @@ writing themselves are :mod:`~s2svr_lightning.data.video_io` (PyAV / decord) and
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -30,12 +31,19 @@ class FrameSource:
         fps: the source frame rate (``None`` for a frame folder).
         length: number of frames, when known.
         name: the path, for messages.
+        video: the video file's reader (``None`` for a frame folder): its time base, colour and audio are
+            what a :class:`VideoSink` keeps.
+        pts: with ``timed`` (see :func:`open_source`), the timestamps of the frames decoded and not yet
+            written; a :class:`VideoSink` takes them one per frame it writes (a bounded queue: frames come
+            out a few frames after they go in).
     """
 
     frames: Iterator[torch.Tensor]
     fps: Fraction | None
     length: int | None
     name: str
+    video: object | None = None
+    pts: deque | None = field(default=None, repr=False)
 
 
 def _rgb(frame) -> torch.Tensor:
@@ -44,8 +52,13 @@ def _rgb(frame) -> torch.Tensor:
     return to_float_frames(frame, channels_last=True)
 
 
-def open_source(path: str | os.PathLike) -> FrameSource:
-    """Open a video file or a folder of frames for streaming decode (clear errors for bad input)."""
+def open_source(path: str | os.PathLike, *, timed: bool = False) -> FrameSource:
+    """Open a video file or a folder of frames for streaming decode (clear errors for bad input).
+
+    ``timed``: record each decoded frame's timestamp in ``pts`` for a :class:`VideoSink` to write, which
+    then keeps the source's timing (variable frame rate included). Only when every frame decoded is
+    written in order (not when the frames are degraded into fewer).
+    """
     from . import video_io
     from .image_io import list_frame_files, read_image
 
@@ -58,8 +71,16 @@ def open_source(path: str | os.PathLike) -> FrameSource:
             frames=(_rgb(read_image(f)) for f in files), fps=None, length=len(files), name=str(path)
         )
     reader = video_io.VideoReader(path)
+    pts: deque | None = deque() if timed else None
+
+    def frames() -> Iterator[torch.Tensor]:
+        for frame, stamp in reader.iter_timed_frames():
+            if pts is not None:
+                pts.append(stamp)
+            yield _rgb(frame)
+
     return FrameSource(
-        frames=(_rgb(f) for f in reader.iter_frames()), fps=reader.fps, length=len(reader), name=str(path)
+        frames=frames(), fps=reader.fps, length=len(reader), name=str(path), video=reader, pts=pts
     )
 
 
@@ -84,34 +105,70 @@ class FolderSink:
 
 
 class VideoSink:
-    """Encode frames into a video file with PyAV at a given frame rate (opened at the first frame)."""
+    """Encode frames into a video file with PyAV (the writer opens at the first frame, sized by it).
+
+    Args:
+        path: the output file (its extension picks the container).
+        fps: the frame rate.
+        codec, crf, pix_fmt, preset: as :class:`~s2svr_lightning.data.video_writer.VideoWriter`; odd frame
+            sizes switch the default 4:2:0 to ``yuv444p`` (4:2:0 chroma needs even sizes).
+        source: the :class:`FrameSource` the frames come from: a video source's timestamps (when opened
+            ``timed``), colour description and, with ``audio``, its audio streams are kept.
+        audio: carry the source's audio (copied where the container allows, else re-encoded).
+        audio_codec: re-encode the audio with this codec.
+        trim_audio: cut the audio at the last frame's end (the frames were cut short).
+    """
 
     def __init__(
-        self, path: str | os.PathLike, fps: Fraction, *, codec: str | None = None, crf: int | None = None
+        self,
+        path: str | os.PathLike,
+        fps: Fraction,
+        *,
+        codec: str | None = None,
+        crf: int | None = None,
+        pix_fmt: str | None = None,
+        preset: str | None = None,
+        source: FrameSource | None = None,
+        audio: bool = True,
+        audio_codec: str | None = None,
+        trim_audio: bool = False,
     ) -> None:
-        self.path, self.fps, self.codec, self.crf = Path(path), fps, codec, crf
+        self.path, self.fps = Path(path), fps
+        self.kwargs = {"codec": codec, "crf": crf, "pix_fmt": pix_fmt, "preset": preset}
+        self.source = source
+        self.audio, self.audio_codec, self.trim_audio = audio, audio_codec, trim_audio
         self.writer = None
         self.count = 0
 
-    def write(self, frame: torch.Tensor) -> None:
-        """Encode a float ``(3, H, W)`` frame in [0, 1]."""
-        from .video_io import VideoWriter
+    def _open(self, height: int, width: int):
+        from .video_writer import VideoWriter
 
+        kwargs = {k: v for k, v in self.kwargs.items() if v is not None}
+        if "pix_fmt" not in kwargs and kwargs.get("codec", "libx264") in ("libx264", "libx265"):
+            kwargs["pix_fmt"] = "yuv444p" if height % 2 or width % 2 else "yuv420p"
+        video = self.source.video if self.source is not None else None
+        if video is not None:
+            if self.source.pts is not None:
+                kwargs["time_base"] = video.time_base
+            kwargs["color"] = video.color
+            if self.audio and video.has_audio:
+                kwargs.update(audio_from=video.path, audio_codec=self.audio_codec, trim_audio=self.trim_audio)
+        writer = VideoWriter(self.path, self.fps, **kwargs)
+        writer.__enter__()
+        return writer
+
+    def write(self, frame: torch.Tensor) -> None:
+        """Encode a float ``(3, H, W)`` frame in [0, 1] (at the source's timestamp for a timed source)."""
         if self.writer is None:
-            kwargs = {}
-            if self.codec is not None:
-                kwargs["codec"] = self.codec
-            if self.crf is not None:
-                kwargs["crf"] = self.crf
-            if frame.shape[-2] % 2 or frame.shape[-1] % 2:
-                kwargs["pix_fmt"] = "yuv444p"  # 4:2:0 chroma needs even sizes
-            self.writer = VideoWriter(self.path, self.fps, **kwargs)
-            self.writer.__enter__()
-        self.writer.write(to_uint8_frames(frame, channels_last=True).cpu().numpy())
+            self.writer = self._open(*frame.shape[-2:])
+        pts = self.source.pts if self.source is not None else None
+        self.writer.write(
+            to_uint8_frames(frame, channels_last=True).cpu().numpy(), pts=pts.popleft() if pts else None
+        )
         self.count += 1
 
     def close(self) -> None:
-        """Finish the stream (flush the encoder, write the trailer)."""
+        """Finish the stream (flush the encoder, the rest of the audio, write the trailer)."""
         if self.writer is not None:
             self.writer.__exit__(None, None, None)
             self.writer = None

@@ -12,8 +12,10 @@ Reading (:class:`VideoReader`) picks one of three backends per file:
   the only safe choice for AVI files with inter-frame codecs, whose timestamps are garbled: decord returns
   wrong frames there (dmlc/decord#252) and PyAV's seeking fails too.
 
-Writing (:class:`VideoWriter`) goes through PyAV and stores the frame rate exactly (pass the reader's
-``fps``, a ``Fraction``). Missing, unreadable, truncated or corrupt files raise
+Writing (:class:`~s2svr_lightning.data.video_writer.VideoWriter`, re-exported here) goes through PyAV
+and stores the frame rate exactly (pass the reader's ``fps``, a ``Fraction``), and, given them, the
+reader's ``time_base`` and per-frame timestamps (:meth:`VideoReader.iter_timed_frames`), ``color`` and
+the file's audio. Missing, unreadable, truncated or corrupt files raise
 :class:`~s2svr_lightning.data.DatasetError` naming the file.
 """
 
@@ -28,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils import expect_shape, to_uint8_frames
 from .datasets.base import Crop, FrameStore
 from .errors import DatasetError
 from .image_io import frames_to_tensor, list_frame_files, read_image
+from .video_writer import VideoColor, VideoWriter
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -93,7 +95,10 @@ class VideoReader:
         threads: decoder threads (0: the library's choice).
 
     Attributes:
-        fps: frame rate as a ``Fraction`` (exact, e.g. 30000/1001).
+        fps: frame rate as a ``Fraction`` (exact, e.g. 30000/1001; the average for variable rates).
+        time_base: the video stream's time base (the unit of :meth:`iter_timed_frames`' timestamps).
+        color: the stream's colour description (:class:`~s2svr_lightning.data.video_writer.VideoColor`).
+        has_audio: the file has audio streams.
         size: ``(H, W)``.
         backend: the backend in use for random access.
 
@@ -145,6 +150,9 @@ class VideoReader:
             if self.size[0] <= 0 or self.size[1] <= 0:
                 raise DatasetError(f"{self.path}: video stream has no frame size")
             self.codec = ctx.codec.name
+            self.time_base = Fraction(stream.time_base) if stream.time_base else 1 / self.fps
+            self.color = VideoColor.from_stream(stream)
+            self.has_audio = bool(container.streams.audio)
             self.intra_only = bool(getattr(ctx.codec, "intra_only", False))
             self.container_format = container.format.name
             self._header_frames = int(stream.frames or 0)
@@ -258,12 +266,18 @@ class VideoReader:
 
     def iter_frames(self) -> Iterator[np.ndarray]:
         """Every frame in order, decoded sequentially (bounded memory: one frame at a time)."""
+        for frame, _ in self.iter_timed_frames():
+            yield frame
+
+    def iter_timed_frames(self) -> Iterator[tuple[np.ndarray, int | None]]:
+        """Every frame in order with its presentation timestamp in :attr:`time_base` units (``None`` where
+        the file has none), decoded sequentially."""
         container = self._open()
         count = 0
         try:
             for frame in container.decode(video=0):
                 count += 1
-                yield frame.to_ndarray(format="rgb24")
+                yield frame.to_ndarray(format="rgb24"), frame.pts
         except Exception as err:
             raise _av_error(self.path, f"cannot decode frame {count}", err) from None
         finally:
@@ -395,110 +409,6 @@ class VideoReader:
         for name in ("_container", "_decord", "_iter", "_seek_iter", "_seq_container"):
             state[name] = None
         return state
-
-
-class VideoWriter:
-    """Encode uint8 RGB frames into a video file with PyAV (a context manager).
-
-    Args:
-        path: output file; the container follows the extension (.mp4, .mkv, .avi, .mov, ...).
-        fps: frame rate, stored exactly: an int or ``Fraction`` (a float is rounded to the nearest
-            fraction with denominator <= 1001, which maps 29.97002997 to 30000/1001).
-        codec: encoder (``libx264``, ``libx265``, ``mpeg4``, ``mjpeg``, ``ffv1``, ...).
-        crf: constant rate factor for x264/x265/SVT-AV1/VPx (default 18 for x264/x265; lower is better).
-        pix_fmt: pixel format of the encoded stream (``yuv420p`` needs even sizes).
-        options: extra encoder options.
-    """
-
-    _CRF_CODECS = ("libx264", "libx265", "libsvtav1", "libvpx", "libvpx-vp9", "libaom-av1")
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        fps: int | float | Fraction,
-        *,
-        codec: str = "libx264",
-        crf: int | None = None,
-        pix_fmt: str = "yuv420p",
-        options: dict[str, str] | None = None,
-    ) -> None:
-        if isinstance(fps, float):
-            fps = Fraction(fps).limit_denominator(1001)
-        fps = Fraction(fps)
-        if fps <= 0:
-            raise ValueError(f"expected a positive frame rate, got {fps}")
-        if crf is not None and codec not in self._CRF_CODECS:
-            raise ValueError(f"expected crf only for codecs {self._CRF_CODECS}, got crf={crf} for {codec}")
-        if crf is None and codec in ("libx264", "libx265"):
-            crf = 18
-        self.path, self.fps, self.codec, self.crf, self.pix_fmt = Path(path), fps, codec, crf, pix_fmt
-        self.options = dict(options or {})
-        self._container = None
-        self._stream = None
-        self.count = 0
-
-    def _start(self, height: int, width: int) -> None:
-        import av
-
-        if self.pix_fmt in ("yuv420p", "yuvj420p", "nv12") and (height % 2 or width % 2):
-            raise ValueError(
-                f"expected even frame sizes for pix_fmt {self.pix_fmt}, got {height}x{width} "
-                "(crop the frames or use pix_fmt='yuv444p')"
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._container = av.open(str(self.path), mode="w")
-            stream = self._container.add_stream(self.codec, rate=self.fps)
-        except Exception as err:
-            if self._container is not None:
-                self._container.close()
-                self._container = None
-            raise ValueError(f"cannot write {self.path} with codec {self.codec}: {err}") from None
-        stream.width, stream.height, stream.pix_fmt = width, height, self.pix_fmt
-        options = dict(self.options)
-        if self.crf is not None:
-            options.setdefault("crf", str(self.crf))
-        stream.options = options
-        self._stream = stream
-
-    def write(self, frame: np.ndarray | torch.Tensor) -> None:
-        """Append one frame: uint8 ``(H, W, 3)`` (numpy or torch) or float ``(3, H, W)`` in [0, 1]."""
-        import av
-
-        if isinstance(frame, torch.Tensor):
-            if frame.is_floating_point():
-                expect_shape(frame, "(3, H, W)", "a float frame")
-                frame = to_uint8_frames(frame, channels_last=True)
-            frame = frame.detach().cpu().numpy()
-        frame = np.asarray(frame)
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"expected a uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
-        if self._stream is None:
-            self._start(*frame.shape[:2])
-        if frame.shape[:2] != (self._stream.height, self._stream.width):
-            raise ValueError(
-                f"expected frames of {self._stream.height}x{self._stream.width} like the first, got "
-                f"{frame.shape[0]}x{frame.shape[1]}"
-            )
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        video_frame.pts = self.count
-        video_frame.time_base = 1 / self.fps
-        self._container.mux(self._stream.encode(video_frame))
-        self.count += 1
-
-    def close(self) -> None:
-        if self._container is not None:
-            try:
-                self._container.mux(self._stream.encode(None))
-            finally:
-                self._container.close()
-                self._container = None
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class VideoStore(FrameStore):
