@@ -238,17 +238,9 @@ def _to_float(frame) -> torch.Tensor:
 
 def _to_uint8(frame: torch.Tensor):
     """float ``(3, H, W)`` in [0, 1] -> uint8 numpy ``(H, W, 3)``, rounded as the metrics round."""
-    return (
-        frame.detach()
-        .float()
-        .clamp(0.0, 1.0)
-        .mul(255.0)
-        .round()
-        .to(torch.uint8)
-        .permute(1, 2, 0)
-        .cpu()
-        .numpy()
-    )
+    from .metrics import to_uint8
+
+    return to_uint8(frame).permute(1, 2, 0).cpu().numpy()
 
 
 @dataclass

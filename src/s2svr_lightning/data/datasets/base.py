@@ -92,6 +92,10 @@ class FrameStore(abc.ABC):
     def validate(self, verify: str = "header") -> None:
         """Raise :class:`DatasetError` if a frame is missing, unreadable, truncated or of another size."""
 
+    def names(self) -> list[str] | None:
+        """The name of each frame (an image file's name without its extension), or None (a video file)."""
+        return None
+
 
 class SequenceSource(abc.ABC):
     """One split of a dataset: sequences of aligned LQ/HQ frames (see the module docstring)."""
@@ -133,6 +137,11 @@ class SequenceSource(abc.ABC):
         mask = torch.zeros(self.length(index), dtype=torch.bool)
         mask[list(self._score)] = True
         return mask
+
+    def frame_names(self, index: int) -> list[str] | None:
+        """The dataset's name of each frame of sequence ``index`` (e.g. ``"00000000"``, ``"im4"``), used to
+        name saved outputs, or None where frames have no names of their own (outputs use the index)."""
+        return None
 
     def describe(self) -> str:
         return f"{type(self).__name__} with {len(self)} sequences"
@@ -185,6 +194,9 @@ class PairedSource(SequenceSource):
 
     def size(self, index: int) -> tuple[int, int]:
         return self.sequences[index][2].size()
+
+    def frame_names(self, index: int) -> list[str] | None:
+        return self.sequences[index][2].names()
 
     def validate(self, verify: str = "header") -> None:
         _check_verify(verify)
@@ -255,6 +267,14 @@ class DegradedSource(SequenceSource):
     def size(self, index: int) -> tuple[int, int]:
         h, w = self.sequences[index][1].size()
         return h - h % self.scale, w - w % self.scale
+
+    def frame_names(self, index: int) -> list[str] | None:
+        names = self.sequences[index][1].names()
+        if names is None or self.task != "deblur":
+            return names
+        # output frame i is the sharp middle frame of the i-th blur window (see load)
+        first = self.blur_frames // 2
+        return [names[i * self.blur_stride + first] for i in range(self.length(index))]
 
     def validate(self, verify: str = "header") -> None:
         _check_verify(verify)
@@ -480,7 +500,8 @@ class EvalSequenceDataset(torch.utils.data.Dataset):
     (T,)`` (bool: the frames a metric must count; all of them for a whole sequence, the owned part of each
     chunk otherwise, and only the benchmark's frames where a dataset scores a subset, e.g. Vimeo-90K-T's
     centre frame). ``key`` is the sequence's key, shared by its chunks, so metrics can average per
-    sequence.
+    sequence. Where the source names its frames (:meth:`SequenceSource.frame_names`), ``frame_names``
+    holds the ``T`` names (the default collate turns them into ``T`` tuples of one name per sample).
 
     Args:
         source: the split.
@@ -527,4 +548,7 @@ class EvalSequenceDataset(torch.utils.data.Dataset):
             score &= mask[start:stop]
         sample["frames"] = frames
         sample["score"] = score
+        names = self.source.frame_names(index)
+        if names is not None:
+            sample["frame_names"] = list(names[start:stop])
         return sample
