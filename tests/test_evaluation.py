@@ -20,16 +20,11 @@ from s2svr_lightning.metrics import VideoMetrics, psnr, ssim
 TINY = {"channels": 8, "num_blocks": 1, "num_layers": 1}
 
 
+_QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+
+
 def _trainer(**kw) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kw,
-    )
+    return L.Trainer(accelerator="cpu", devices=1, enable_model_summary=False, **_QUIET, **kw)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -9,13 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import yaml
 from PIL import Image
 
+from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.report import build_report, format_csv, format_markdown, main
-
-TINY_MODEL = "++model.overrides={channels: 8, num_blocks: 1, num_layers: 1}"
 
 
 def _table_rows(markdown: str) -> list[list[str]]:
@@ -24,26 +24,21 @@ def _table_rows(markdown: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_a_two_job_demo_sweep_gives_two_sorted_rows_and_a_plot(tmp_path, capsys):
+def test_a_two_job_sweep_gives_two_sorted_rows_and_a_plot(tmp_path, capsys):
+    # a sweep of the test stage alone over the border crop: two jobs, two scores, no training
+    ckpt = tmp_path / "restorer.ckpt"
+    module = RestorerModule(
+        model="s2svr_vsr", model_overrides={"channels": 8, "num_blocks": 1, "num_layers": 1}
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False
+    )
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(ckpt)
     sweep = tmp_path / "sweep"
-    args = [
-        "-m",
-        "+task=demo",
-        "stage.run=[restorer,test]",
-        "restorer.flow_from_student=false",
-        "restorer.module.lr=0.001,0.002",
-        "debug=fast",
-        "logger=csv",
-        "dataset.train_sequences=2",
-        "dataset.test_sequences=1",
-        "dataset.val_sequences=1",
-        "dataset.frames=4",
-        "data.num_frames=3",
-        "callbacks.progress_bar=false",
-        f"hydra.sweep.dir={sweep}",
-        f"paths.log_dir={tmp_path}",
-        TINY_MODEL,
-    ]
+    args = ["-m", "+task=demo", "stage=test", f"ckpt.restorer={ckpt}", "metrics.border=0,8"]
+    args += ["dataset.test_sequences=1", "dataset.frames=3", "logger=csv", "callbacks.progress_bar=false"]
+    args += [f"hydra.sweep.dir={sweep}", f"paths.log_dir={tmp_path}"]
     proc = subprocess.run(
         [sys.executable, "-m", "s2svr_lightning", *args], capture_output=True, text=True, timeout=600
     )
@@ -54,13 +49,13 @@ def test_a_two_job_demo_sweep_gives_two_sorted_rows_and_a_plot(tmp_path, capsys)
     assert main([str(sweep), "--plot", str(plot)]) == 0
     table = capsys.readouterr().out
     header, *rows = _table_rows(table)
-    assert header[:3] == ["job", "restorer.module.lr", "test.psnr"]
+    assert header[:3] == ["job", "metrics.border", "test.psnr"]
     assert len(rows) == 2
     best, worst = sorted("01", key=lambda job: -psnr[job])
     assert [r[0] for r in rows] == [best, worst]
     assert [float(r[2]) for r in rows] == [pytest.approx(psnr[j], abs=0.005) for j in (best, worst)]
-    assert {r[1] for r in rows} == {"0.001", "0.002"}
-    assert "`+task=demo`" in table and "`debug=fast`" in table  # common overrides, listed once
+    assert {r[1] for r in rows} == {"0", "8"} and psnr["0"] != psnr["1"]
+    assert "`+task=demo`" in table and "`stage=test`" in table  # common overrides, listed once
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.size[0] > 100
 
@@ -68,7 +63,7 @@ def test_a_two_job_demo_sweep_gives_two_sorted_rows_and_a_plot(tmp_path, capsys)
     assert main([str(sweep / "0"), "--format", "csv"]) == 0
     single = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(single) == 1 and float(single[0]["test.psnr"]) == psnr["0"]
-    assert single[0]["restorer.module.lr"] == "0.001"
+    assert single[0]["metrics.border"] == "0"
 
 
 def _job(folder: Path, overrides: list[str], results: dict | None, *, optimized: str = "test.psnr") -> None:

@@ -217,15 +217,7 @@ def build_report(root: str | os.PathLike, *, metric: str | None = None) -> Repor
             o for o in job.raw_overrides if _parse_override(o)[0] not in swept and o not in common_raw
         ]
     columns = [metric] + [c for c in _HEADLINE if c != metric and any(j.value(c) is not None for j in jobs)]
-    return Report(
-        root=root,
-        metric=metric,
-        ascending=ascending,
-        jobs=jobs,
-        swept=swept,
-        common=common_raw,
-        columns=columns,
-    )
+    return Report(root, metric, ascending, jobs, swept, common_raw, columns)
 
 
 def _fmt(column: str, value: float | None) -> str:
