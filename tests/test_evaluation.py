@@ -23,8 +23,11 @@ TINY = {"channels": 8, "num_blocks": 1, "num_layers": 1}
 _QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
 
 
-def _trainer(**kw) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, enable_model_summary=False, **_QUIET, **kw)
+def _trainer(devices: int = 1, **kw) -> L.Trainer:
+    strategy = "ddp_spawn" if devices > 1 else "auto"
+    return L.Trainer(
+        accelerator="cpu", devices=devices, strategy=strategy, enable_model_summary=False, **_QUIET, **kw
+    )
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -211,3 +214,24 @@ def test_predict_returns_the_restored_frames_of_the_eval_batches(synthetic_datam
     assert bare["key"] == ["predict_0_0"] and bare["output"].shape == (1, 3, 3, 64, 64)
     with pytest.raises(ValueError, match=r"expected a predict batch with an 'lq' tensor .* got \['hq'\]"):
         module.predict_step({"hq": dataset[0]["hq"][None]}, 0)
+
+
+@pytest.mark.slow
+def test_under_ddp_each_rank_writes_its_sequences_and_rank_zero_the_csvs_of_all(tmp_path):
+    dataset = {"name": "synthetic", "size": 64, "frames": 3, "train_sequences": 1, "test_sequences": 3}
+    torch.manual_seed(0)
+    module = RestorerModule(model="s2svr_vsr", model_overrides=TINY)
+    per_frame = {}
+    for devices in (1, 2):
+        dm = VideoRestorationDataModule(dataset=dataset, task="vsr", num_frames=3, crop_size=64)
+        writer = TestOutputWriter(tmp_path / f"devices{devices}")
+        trainer = _trainer(devices, callbacks=[writer])
+        trainer.test(module, datamodule=dm, verbose=False)
+        # 3 sequences sharded 2 + 1 over the ranks: all 9 frames saved once, all 9 rows in the CSV
+        assert len(list(writer.images_dir.rglob("*.png"))) == 9
+        per_frame[devices] = _rows(writer.output_dir / "per_frame.csv")
+        assert len(_rows(writer.output_dir / "per_sequence.csv")) == 3
+    assert len(per_frame[2]) == 9
+    for one, two in zip(per_frame[1], per_frame[2]):
+        assert (one["sequence"], one["frame"]) == (two["sequence"], two["frame"])
+        assert float(one["psnr"]) == pytest.approx(float(two["psnr"]), abs=1e-9)
