@@ -3,12 +3,12 @@
 :class:`TestOutputWriter` is a Lightning callback for ``trainer.test(restorer, datamodule=...)``:
 
 - ``<output_dir>/outputs/<sequence key>/<frame>.png``: every scored frame of every test sequence, 8-bit
-  lossless PNG rounded exactly as the metrics round (:func:`~s2svr_lightning.metrics.to_uint8`, the levels of
-  :func:`~s2svr_lightning.metrics.quantize_8bit`), so
-  scoring the PNGs against the ground truth gives the reported PSNR / SSIM. Frames keep the dataset's names
-  where it has them (REDS ``00000000.png``, GoPro ``000047.png``, Vimeo-90K ``im4.png``), otherwise the
-  8-digit frame index. Only the frames the benchmark scores are written (Vimeo-90K-T: the centre frame),
-  each once although chunks of a sequence overlap.
+  lossless PNG rounded exactly as the metrics round (:func:`~s2svr_lightning.metrics.to_uint8`, the
+  levels of :func:`~s2svr_lightning.metrics.quantize_8bit`), so scoring the PNGs against the ground truth
+  gives the reported PSNR / SSIM. Frames keep the dataset's names where it has them (REDS
+  ``00000000.png``, GoPro ``000047.png``, Vimeo-90K ``im4.png``), otherwise the 8-digit frame index. Only
+  the frames the benchmark scores are written (Vimeo-90K-T: the centre frame), each once although chunks
+  of a sequence overlap.
 - ``<output_dir>/per_sequence.csv`` and ``<output_dir>/per_frame.csv``: the scores of
   :class:`~s2svr_lightning.metrics.VideoMetrics` per sequence and per frame (with the baseline's).
 
@@ -47,7 +47,7 @@ def _relative_key(key: str) -> PurePosixPath:
 
 
 def _csv_bytes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
-    """Rows as CSV; floats in full precision (``repr``) so the files re-score exactly; absent -> empty."""
+    """Rows as CSV; floats in full precision (``repr``) so scores read back exactly; absent -> empty."""
     present = [c for c in columns if any(c in r for r in rows)]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
