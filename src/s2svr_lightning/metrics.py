@@ -29,7 +29,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 # The library's one BT.601 limited-range conversion (Y = 16 + 65.481 R + 128.553 G + 24.966 B on the 0-255
 # scale for RGB in [0, 1], not rounded); not kornia's full-range rgb_to_ycbcr, which scores differently.
 from s2svr_lightning.data.color import rgb_to_y
-from s2svr_lightning.utils import expect_shape
+from s2svr_lightning.utils import expect_shape, to_uint8_frames
 
 __all__ = [
     "VideoMetrics",
@@ -88,8 +88,7 @@ def prepare(
     if quantize:
         # Round to levels in float32 as BasicSR's tensor2img does (x * 255 can fall on the other side of .5
         # in float64), then divide in float64 so that each level is the exact float64 value of k / 255.
-        src = x if x.dtype == torch.float64 else x.float()
-        x = torch.round(src.clamp(0.0, 1.0) * 255.0).double() / 255.0
+        x = to_uint8_frames(x).double() / 255.0
     else:
         x = x.double()
     if y_channel:
@@ -343,11 +342,8 @@ class VideoMetrics(Metric):
             out["delta_ssim"] = out["ssim"] - out["baseline_ssim"]
         return out
 
-    def per_sequence(self) -> dict[str, dict[str, float]]:
-        """``{key: {"psnr", "ssim", "frames"}}`` per sequence, over all ranks.
-
-        Under DDP every rank must call it (states and sequence names are gathered across ranks).
-        """
+    def _synced_frames(self) -> tuple[dict[str, torch.Tensor], dict[int, str]]:
+        """Per-frame states and sequence names gathered over all ranks (every rank must call it)."""
         with self.sync_context():  # no-op outside DDP; restores the local states afterwards
             s = self._frames()
         names = dict(self._names)
@@ -356,6 +352,15 @@ class VideoMetrics(Metric):
             torch.distributed.all_gather_object(gathered, self._names)
             for part in gathered:
                 names.update(part or {})
+        return s, names
+
+    def per_sequence(self) -> dict[str, dict[str, float]]:
+        """``{key: {"psnr", "ssim", "frames"}}`` per sequence, over all ranks (plus ``baseline_psnr`` and
+        ``baseline_ssim`` when baselines were given).
+
+        Under DDP every rank must call it (states and sequence names are gathered across ranks).
+        """
+        s, names = self._synced_frames()
         result: dict[str, dict[str, float]] = {}
         for sid in torch.unique(s["seq_ids"]).tolist():
             mask = s["seq_ids"] == sid
@@ -369,6 +374,30 @@ class VideoMetrics(Metric):
                 row["baseline_ssim"] = float(s["base_ssim"][mask].mean())
             result[names.get(sid, str(sid))] = row
         return result
+
+    def per_frame(self) -> list[dict[str, str | int | float]]:
+        """One row per scored frame, over all ranks, sorted by sequence key then frame:
+        ``{"sequence", "frame", "psnr", "ssim"}`` (plus ``baseline_psnr`` and ``baseline_ssim`` when
+        baselines were given). ``frame`` is the ``frame_index`` given to :meth:`update` (-1 without one).
+
+        Each frame appears once (the first score of a frame scored twice, as in :meth:`compute`). Under DDP
+        every rank must call it.
+        """
+        s, names = self._synced_frames()
+        rows = []
+        for i, (sid, frame) in enumerate(zip(s["seq_ids"].tolist(), s["frame_ids"].tolist())):
+            row: dict[str, str | int | float] = {
+                "sequence": names.get(sid, str(sid)),
+                "frame": int(frame),
+                "psnr": float(s["psnr"][i]),
+                "ssim": float(s["ssim"][i]),
+            }
+            base = float(s["base_psnr"][i])
+            if base == base:  # not NaN: a baseline was scored
+                row["baseline_psnr"] = base
+                row["baseline_ssim"] = float(s["base_ssim"][i])
+            rows.append(row)
+        return sorted(rows, key=lambda r: (r["sequence"], r["frame"]))
 
 
 def endpoint_error(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -72,7 +72,10 @@ def to_uint8_frames(frames: torch.Tensor, *, channels_last: bool = False) -> tor
     if x.dtype != torch.uint8:
         if not x.is_floating_point():
             raise ValueError(f"expected uint8 or float frames in [0, 1], got {x.dtype}")
-        x = x.float().nan_to_num(0.0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+        # rounded in float32 as BasicSR's tensor2img (x * 255 can fall on the other side of .5 in float64);
+        # float64 input stays float64
+        x = x if x.dtype == torch.float64 else x.float()
+        x = x.nan_to_num(0.0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
     return x.movedim(-3, -1).contiguous() if channels_last else x
 
 

@@ -129,6 +129,9 @@ class ImageFolderStore(FrameStore):
     def __len__(self) -> int:
         return len(self.files)
 
+    def names(self) -> list[str]:
+        return [f.stem for f in self.files]
+
     def size(self) -> tuple[int, int]:
         if self._size is None:
             if not self.files:

@@ -34,6 +34,15 @@ from s2svr_lightning.utils import to_float_frames, to_plain
 __all__ = ["RestorerModule"]
 
 
+def _step_outputs(batch: Mapping[str, Any], out: torch.Tensor, keys: list[str]) -> dict[str, Any]:
+    """A test / predict step's return: the output, its keys, and the batch's frame bookkeeping."""
+    result: dict[str, Any] = {"output": out, "key": keys}
+    for name in ("frames", "score", "frame_names"):
+        if name in batch:
+            result[name] = batch[name]
+    return result
+
+
 class RestorerModule(L.LightningModule):
     """Train, validate and test an S2SVR restorer.
 
@@ -205,7 +214,9 @@ class RestorerModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, batch: Mapping[str, Any], batch_idx: int, metrics: VideoMetrics, prefix: str) -> None:
+    def _evaluate(
+        self, batch: Mapping[str, Any], batch_idx: int, metrics: VideoMetrics, prefix: str
+    ) -> tuple[torch.Tensor, list[str]]:
         lq, hq = batch["lq"], batch["hq"]
         out = self(lq).float()
         raise_if_nonfinite(out, what=f"{prefix} output", step=self.global_step, batch=batch)
@@ -221,6 +232,7 @@ class RestorerModule(L.LightningModule):
             and not self.trainer.sanity_checking
         ):
             self._log_strip(prefix, batch_idx, lq, out, hq)
+        return out, list(keys)
 
     def _log_strip(
         self, prefix: str, batch_idx: int, lq: torch.Tensor, out: torch.Tensor, hq: torch.Tensor
@@ -256,8 +268,28 @@ class RestorerModule(L.LightningModule):
         self._log_metrics(self.val_metrics, "val")
         self.val_metrics.reset()
 
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, self.test_metrics, "test")
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Score a batch; returns what :class:`~s2svr_lightning.evaluation.TestOutputWriter` saves:
+        ``output`` ``(B, T, 3, H, W)`` (unclamped), ``key`` and the batch's ``frames``, ``score`` and
+        ``frame_names`` where it has them."""
+        out, keys = self._evaluate(batch, batch_idx, self.test_metrics, "test")
+        return _step_outputs(batch, out, keys)
+
+    def predict_step(self, batch: Mapping[str, Any] | torch.Tensor, batch_idx: int) -> dict[str, Any]:
+        """Restore a batch of the DataModule's evaluation loaders (a dict with ``lq``; ``hq`` is not
+        needed) or a bare ``(B, T, 3, h, w)`` LQ tensor: ``{"output": (B, T, 3, H, W) clamped to [0, 1],
+        "key": B keys, ...}`` with the batch's ``frames``, ``score`` and ``frame_names`` where present."""
+        if isinstance(batch, torch.Tensor):
+            batch = {"lq": batch}
+        if not isinstance(batch, Mapping) or "lq" not in batch:
+            got = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+            raise ValueError(f"expected a predict batch with an 'lq' tensor (B, T, 3, h, w), got {got}")
+        lq = batch["lq"]
+        if lq.dim() != 5:
+            raise ValueError(f"expected lq of shape (B, T, 3, h, w), got {tuple(lq.shape)}")
+        out = self(lq).float().clamp_(0.0, 1.0)
+        keys = batch.get("key", [f"predict_{batch_idx}_{i}" for i in range(lq.shape[0])])
+        return _step_outputs(batch, out, list(keys))
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")

@@ -125,6 +125,10 @@ class FrameStore(abc.ABC):
     def validate(self, verify: str = "header") -> None:
         """Raise :class:`DatasetError` if a frame is missing, unreadable, truncated or of another size."""
 
+    def names(self) -> list[str] | None:
+        """The name of each frame (an image file's name without its extension), or None (a video file)."""
+        return None
+
 
 class SequenceSource(abc.ABC):
     """One split of a dataset: sequences of aligned LQ/HQ frames (see the module docstring)."""
@@ -166,6 +170,11 @@ class SequenceSource(abc.ABC):
         mask = torch.zeros(self.length(index), dtype=torch.bool)
         mask[list(self._score)] = True
         return mask
+
+    def frame_names(self, index: int) -> list[str] | None:
+        """The dataset's name of each frame of sequence ``index`` (e.g. ``"00000000"``, ``"im4"``), used to
+        name saved outputs, or None where frames have no names of their own (outputs use the index)."""
+        return None
 
     def describe(self) -> str:
         return f"{type(self).__name__} with {len(self)} sequences"
@@ -226,6 +235,9 @@ class PairedSource(ListedSource):
     def size(self, index: int) -> tuple[int, int]:
         return self.sequences[index][2].size()
 
+    def frame_names(self, index: int) -> list[str] | None:
+        return self.sequences[index][2].names()
+
     def validate(self, verify: str = "header") -> None:
         _check_verify(verify)
         stores = [s for _, lq, hq in self.sequences for s in (lq, hq)]
@@ -285,6 +297,14 @@ class DegradedSource(ListedSource):
     def size(self, index: int) -> tuple[int, int]:
         h, w = self.sequences[index][1].size()
         return h - h % self.scale, w - w % self.scale
+
+    def frame_names(self, index: int) -> list[str] | None:
+        names = self.sequences[index][1].names()
+        if names is None or self.task.kind != "deblur":
+            return names
+        # output frame i is the sharp middle frame of the i-th blur window (see load)
+        window, stride = self.task.frame_span
+        return [names[i * stride + window // 2] for i in range(self.length(index))]
 
     def validate(self, verify: str = "header") -> None:
         _check_verify(verify)

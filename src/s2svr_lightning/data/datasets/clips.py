@@ -203,7 +203,8 @@ class EvalSequenceDataset(torch.utils.data.Dataset):
     (T,)`` (bool: the frames a metric must count; all of them for a whole sequence, the owned part of each
     chunk otherwise, and only the benchmark's frames where a dataset scores a subset, e.g. Vimeo-90K-T's
     centre frame). ``key`` is the sequence's key, shared by its chunks, so metrics can average per
-    sequence.
+    sequence. Where the source names its frames (:meth:`SequenceSource.frame_names`), ``frame_names``
+    holds the ``T`` names (the default collate turns them into ``T`` tuples of one name per sample).
 
     Args:
         source: the split.
@@ -250,4 +251,7 @@ class EvalSequenceDataset(torch.utils.data.Dataset):
             score &= mask[start:stop]
         sample["frames"] = frames
         sample["score"] = score
+        names = self.source.frame_names(index)
+        if names is not None:
+            sample["frame_names"] = list(names[start:stop])
         return sample
