@@ -286,7 +286,7 @@ def plot_report(report: Report, path: str | os.PathLike) -> Path:
         from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - matplotlib is a dependency
         raise ReportError("--plot needs matplotlib: pip install matplotlib") from None
-    from s2svr_lightning.callbacks import atomic_write_bytes
+    from s2svr_lightning.atomic import atomic_write_bytes
 
     scored = [j for j in report.jobs if j.value(report.metric) is not None]
     panels = report.swept or ["job"]
@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = build_report(args.dir, metric=args.metric)
         text = format_csv(report) if args.format == "csv" else format_markdown(report)
         if args.out is not None:
-            from s2svr_lightning.callbacks import atomic_write_bytes
+            from s2svr_lightning.atomic import atomic_write_bytes
 
             data = text.encode("utf-8")
             atomic_write_bytes(args.out, lambda f: f.write(data))
