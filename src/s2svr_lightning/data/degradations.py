@@ -35,6 +35,7 @@ __all__ = [
     "temporal_blur",
     "hevc_compress",
     "hevc_ldp_yuv420",
+    "hevc_ldp_settings",
     "degrade",
     "degrade_stream",
     "degraded_length",
@@ -155,6 +156,13 @@ _X265_LDP = {
 }
 
 
+def hevc_ldp_settings(qp: int = 37) -> dict[str, str]:
+    """The x265 parameters of :func:`hevc_ldp_yuv420` at ``qp`` (as ``x265-params`` key/value pairs)."""
+    if not isinstance(qp, int) or isinstance(qp, bool) or not 0 <= qp <= 51:
+        raise ValueError(f"expected an integer qp in [0, 51], got {qp!r}")
+    return dict(_X265_LDP, qp=str(qp))
+
+
 def hevc_ldp_yuv420(
     frames: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
     qp: int = 37,
@@ -180,9 +188,7 @@ def hevc_ldp_yuv420(
     """
     import av  # local: PyAV is only needed here and in video_io
 
-    if not isinstance(qp, int) or not 0 <= qp <= 51:
-        raise ValueError(f"expected an integer qp in [0, 51], got {qp!r}")
-    params = dict(_X265_LDP, qp=str(qp))
+    params = hevc_ldp_settings(qp)
     if stats_csv is not None:
         params.update({"csv": str(stats_csv), "csv-log-level": "1"})
     encoder = decoder = None
