@@ -3,6 +3,7 @@ are refused before training with the file named."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import s2svr_lightning
 from s2svr_lightning.data import DatasetError, VideoRestorationDataModule, bicubic_downsample
 from s2svr_lightning.metrics import quantize_8bit
 from s2svr_lightning.pipeline import read_results, run
+from s2svr_lightning.restore import main as restore_main
 from s2svr_lightning.task import Task
 
 CONF = Path(s2svr_lightning.__file__).parent / "conf"
@@ -80,6 +82,17 @@ def test_a_paired_tree_trains_and_tests_through_the_pipeline(tmp_path, moving_ph
     test = results["test"]
     assert list(test["per_sequence"]) == ["paired/c"]  # only the held-out clip, whole
     assert np.isfinite(test["psnr"]) and np.isfinite(test["baseline_psnr"])
+    if kind == "vsr":  # `restore --reference` scores the same held-out pair as the test stage did
+        report = tmp_path / "restore.json"
+        ckpt = results["checkpoints"]["restorer"]
+        args = ["--ckpt", ckpt, str(lq / "c.mkv"), str(tmp_path / "restored"), "--reference", str(hq / "c")]
+        assert restore_main([*args, "--metrics-json", str(report), "--no-progress"]) == 0
+        scores = json.loads(report.read_text())
+        assert scores["frames"] == 5
+        assert scores["baseline_psnr"] == pytest.approx(
+            test["per_sequence"]["paired/c"]["baseline_psnr"], abs=1e-4
+        )
+        assert scores["psnr"] == pytest.approx(test["per_sequence"]["paired/c"]["psnr"], abs=1e-4)
 
 
 def _dm(lq, hq, kind="vsr", **options) -> VideoRestorationDataModule:
