@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DatasetError
-from ..image_io import IMAGE_EXTENSIONS, ImageFolderStore, list_frame_files, natural_key
+from ..image_io import ImageFolderStore, list_frame_files, natural_key
 from ..video_io import VideoStore, is_video_file
-from .base import FrameStore, PairedSource, layout_error, require_dir
+from .base import FrameStore, PairedSource
+from .video_folder import is_frame_folder
 
 __all__ = ["PairedDataset", "list_clips"]
 
@@ -36,8 +37,8 @@ LAYOUT = (
 )
 
 
-def _frame_folder(path: Path) -> bool:
-    return path.is_dir() and any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
+def _layout_error(path: Path | str, problem: str) -> DatasetError:
+    return DatasetError(f"paired dataset: {path}: {problem}.\nExpected layout: {LAYOUT}")
 
 
 def list_clips(folder: Path, *, backend: str = "auto") -> dict[str, tuple[Path, FrameStore | None]]:
@@ -51,7 +52,7 @@ def list_clips(folder: Path, *, backend: str = "auto") -> dict[str, tuple[Path, 
     for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
         if entry.is_file() and is_video_file(entry):
             name, store = entry.stem, VideoStore(entry, backend=backend)
-        elif _frame_folder(entry):
+        elif is_frame_folder(entry):
             name, store = entry.name, None
         else:
             continue
@@ -153,11 +154,14 @@ class PairedDataset:
         return names
 
     def _matched(self, lq_dir: Path, hq_dir: Path) -> list[tuple[str, tuple, tuple]]:
-        require_dir(self.name, lq_dir, LAYOUT, "LQ folder")
-        require_dir(self.name, hq_dir, LAYOUT, "HQ folder")
+        for folder, what in ((lq_dir, "LQ folder"), (hq_dir, "HQ folder")):
+            if not folder.is_dir():
+                raise _layout_error(
+                    folder, f"{what} not found" if not folder.exists() else f"{what} is not a folder"
+                )
         lq, hq = list_clips(lq_dir, backend=self.backend), list_clips(hq_dir, backend=self.backend)
         if not lq:
-            raise layout_error(self.name, lq_dir, "no video files or frame folders", LAYOUT)
+            raise _layout_error(lq_dir, "no video files or frame folders")
         for name, (path, _) in lq.items():
             if name not in hq:
                 raise DatasetError(
@@ -176,7 +180,7 @@ class PairedDataset:
         """The folders exist and their clips pair up by name (top-level listings only)."""
         lq_dir, hq_dir = self.folders["train"]
         if lq_dir is None or hq_dir is None:
-            raise layout_error(self.name, "dataset.lq / dataset.hq", "not set", LAYOUT)
+            raise _layout_error("dataset.lq / dataset.hq", "not set")
         names = {name for name, _, _ in self._matched(lq_dir, hq_dir)}
         unknown = sorted(self._held_out_names() - names)
         if unknown:
@@ -199,6 +203,6 @@ class PairedDataset:
         elif split == "train":
             clips = [c for c in clips if c[0] not in self._held_out_names()]
         if not clips:
-            raise layout_error(self.name, lq_dir, f"empty {split} split: every clip is held out", LAYOUT)
+            raise _layout_error(lq_dir, f"empty {split} split: every clip is held out")
         sequences = [(f"paired/{name}", _store(*lq), _store(*hq)) for name, lq, hq in clips]
         return PairedSource(sequences, scale=self.scale)
