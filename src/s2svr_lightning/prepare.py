@@ -1,4 +1,5 @@
-"""``python -m s2svr_lightning.prepare DATASET ROOT`` (``s2svr-prepare``): get a benchmark into the layout its loader reads.
+"""``python -m s2svr_lightning.prepare DATASET ROOT`` (or ``s2svr-prepare``): get a benchmark into the
+layout its loader reads.
 
 - ``reds``: move the official validation clips (``val_sharp``, ``val_sharp_bicubic/X4``) into the training
   folders as clips 240-269 (BasicSR's regrouping: 270 clips; REDS4 = 000, 011, 015, 020 is held out by the
