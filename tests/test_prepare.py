@@ -36,12 +36,13 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 # -- mfqe --------------------------------------------------------------------------------------------
 def _yuv_tree(root: Path, moving_photo) -> dict[str, torch.Tensor]:
-    """Two raw 64x64 videos of 5 frames, one per split, as 8-bit 4:2:0 ``<Name>_<W>x<H>_<N>.yuv``."""
+    """Two raw 128x128 videos of 5 frames, one per split, as 8-bit 4:2:0 ``<Name>_<W>x<H>_<N>.yuv`` (128 px:
+    the size x265 gets without padding, so the encode can be compared with ``hevc_compress``'s)."""
     truth = {}
     for split, step in (("train_108", (1, 2)), ("test_18", (2, 1))):
-        rgb = _frames(moving_photo, 5, 64, 64, step)
+        rgb = _frames(moving_photo, 5, 128, 128, step)
         y, u, v = rgb_to_yuv420(rgb)
-        path = root / split / "raw" / f"Clip{step[0]}_64x64_5.yuv"
+        path = root / split / "raw" / f"Clip{step[0]}_128x128_5.yuv"
         path.parent.mkdir(parents=True)
         path.write_bytes(b"".join(p[i].tobytes() for i in range(5) for p in (y, u, v)))
         truth[split] = rgb
@@ -55,7 +56,7 @@ def test_prepare_mfqe_writes_qp37_ldp_encodes_the_loader_reads_and_is_idempotent
     truth = _yuv_tree(root, moving_photo)
     assert main(["mfqe", str(root)]) == 0
     qp37 = root / "test_18" / "HM16.5_LDP" / "QP37"
-    assert sorted(p.name for p in qp37.iterdir()) == ["Clip2_64x64_5.yuv", "ENCODER.txt", "hevc"]
+    assert sorted(p.name for p in qp37.iterdir()) == ["Clip2_128x128_5.yuv", "ENCODER.txt", "hevc"]
     note = (qp37 / "ENCODER.txt").read_text()
     assert "libx265" in note and "NOT HM16.5" in note and "qp=37" in note and "bframes=0" in note
 
@@ -69,15 +70,13 @@ def test_prepare_mfqe_writes_qp37_ldp_encodes_the_loader_reads_and_is_idempotent
     assert 25.0 < -10 * np.log10(mse) < 45.0  # a real QP37 loss, not a copy
 
     # the bitstream decodes to the stored frames, one I frame then P frames only
-    with av.open(str(qp37 / "hevc" / "Clip2_64x64_5.hevc")) as container:
+    with av.open(str(qp37 / "hevc" / "Clip2_128x128_5.hevc")) as container:
         packets = [p for p in container.demux(video=0) if p.size]
     assert [p.is_keyframe for p in packets] == [True, False, False, False, False]
     decoder = av.CodecContext.create("hevc", "r")
     planes = [f.to_ndarray(format="yuv420p") for p in [*packets, None] for f in decoder.decode(p)]
-    stored = np.fromfile(qp37 / "Clip2_64x64_5.yuv", dtype=np.uint8).reshape(5, -1)
-    assert len(planes) == 5 and all(
-        np.array_equal(pl[:64, :64].reshape(-1), stored[i, : 64 * 64]) for i, pl in enumerate(planes)
-    )
+    stored = np.fromfile(qp37 / "Clip2_128x128_5.yuv", dtype=np.uint8).reshape(5, -1)
+    assert len(planes) == 5 and all(np.array_equal(pl.reshape(-1), stored[i]) for i, pl in enumerate(planes))
 
     # a second run does nothing; a deleted encode is redone alone; nothing temporary is left
     before = _mtimes(root)
@@ -85,13 +84,13 @@ def test_prepare_mfqe_writes_qp37_ldp_encodes_the_loader_reads_and_is_idempotent
     assert main(["mfqe", str(root)]) == 0
     assert "nothing to do, all 2 videos" in capsys.readouterr().err
     assert _mtimes(root) == before
-    (qp37 / "Clip2_64x64_5.yuv").unlink()
+    (qp37 / "Clip2_128x128_5.yuv").unlink()
     assert main(["mfqe", str(root)]) == 0
     after = _mtimes(root)
     assert after.keys() == before.keys() and not [p for p in after if ".tmp" in p]
     assert {k for k in after if after[k] != before[k]} == {
-        "test_18/HM16.5_LDP/QP37/Clip2_64x64_5.yuv",
-        "test_18/HM16.5_LDP/QP37/hevc/Clip2_64x64_5.hevc",
+        "test_18/HM16.5_LDP/QP37/Clip2_128x128_5.yuv",
+        "test_18/HM16.5_LDP/QP37/hevc/Clip2_128x128_5.hevc",
     }
     assert main(["--check", "mfqe", str(root)]) == 0
 

@@ -141,6 +141,12 @@ def degraded_length(
 
 _MIN_SIDE = 128
 
+
+def _encoder_size(h: int, w: int) -> tuple[int, int]:
+    """The picture size x265 gets for ``h x w`` frames: even, and at least 128 px a side, since x265's
+    output varies from run to run on pictures one CTU (64 px) wide."""
+    return max(_MIN_SIDE, h + h % 2), max(_MIN_SIDE, w + w % 2)
+
 # x265 settings that emulate HM's low-delay P: one I frame then only P frames, no reordering, constant QP.
 # ipratio=1 keeps the I frame at the same QP (the default 1.4 puts it 3 steps lower, at QP 34).
 _X265_LDP = {
@@ -214,7 +220,7 @@ def hevc_ldp_yuv420(
         if size is None:
             h, w = y.shape
             size = (h, w)
-            padded = (max(_MIN_SIDE, h + h % 2), max(_MIN_SIDE, w + w % 2))
+            padded = _encoder_size(h, w)
             # plain codec contexts (no container): the encoder is freed as soon as it is flushed, which
             # is when x265 writes its CSV log
             encoder = av.CodecContext.create("libx265", "w")
@@ -282,7 +288,14 @@ def hevc_compress(
         raise ValueError(f"expected an integer qp in [0, 51], got {qp!r}")
     if frames.shape[0] == 0:
         raise ValueError("expected at least one frame, got 0")
-    y, u, v = rgb_to_yuv420(frames.detach().to("cpu", torch.float32))
+    # small or odd frames are padded in RGB (edge replication) before the conversion, so the encoder's
+    # padding has the chroma of the edge pixels themselves
+    h, w = frames.shape[-2:]
+    ph, pw = _encoder_size(h, w)
+    src = frames.detach().to("cpu", torch.float32)
+    if (ph, pw) != (h, w):
+        src = F.pad(src, (0, pw - w, 0, ph - h), mode="replicate")
+    y, u, v = rgb_to_yuv420(src)
     stats_dir = tempfile.mkdtemp(prefix="s2svr_x265_") if return_stats else None
     stats_csv = os.path.join(stats_dir, "frames.csv") if stats_dir is not None else None
     try:
@@ -292,7 +305,7 @@ def hevc_compress(
         if stats_dir is not None:
             shutil.rmtree(stats_dir, ignore_errors=True)
     out_y, out_u, out_v = (np.stack(p) for p in zip(*planes))
-    rgb = yuv420_to_rgb(out_y, out_u, out_v).to(device=frames.device, dtype=frames.dtype)
+    rgb = yuv420_to_rgb(out_y, out_u, out_v)[..., :h, :w].to(device=frames.device, dtype=frames.dtype)
     return (rgb, stats) if return_stats else rgb
 
 
