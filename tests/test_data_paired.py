@@ -114,6 +114,8 @@ def test_splits_by_name_and_by_folder(tmp_path, moving_photo, make_video):
     dm = _dm(lq, hq, test_lq=held_lq, test_hq=held_hq)
     assert [dm.source("val").key(0), len(dm.source("val"))] == ["paired/x", 1]  # val falls back to test
     assert len(dm.source("train")) == 3
+    with pytest.warns(UserWarning, match="no held-out clips for test"):
+        assert len(_dm(lq, hq).source("test")) == 3  # nothing held out: said, then the training clips
     with pytest.raises(DatasetError, match=r"held-out clip\(s\) \['zz'\] not found"):
         _dm(lq, hq, test=["zz"]).check()
     with pytest.raises(ValueError, match="val_hq"):

@@ -223,3 +223,26 @@ def test_prepare_gopro_checks_names_and_sizes(tmp_path, moving_photo, capsys):
     capsys.readouterr()
     assert main(["gopro", str(tmp_path)]) == 1
     assert "blur/004002.png: missing LQ frame" in capsys.readouterr().out
+
+
+def test_an_interrupted_mfqe_encode_leaves_nothing_partial_and_resumes(tmp_path, moving_photo, monkeypatch):
+    import s2svr_lightning.data.prepare.mfqe as mfqe
+
+    root = tmp_path / "MFQEv2"
+    _yuv_tree(root, moving_photo)
+    real = mfqe.hevc_ldp_yuv420
+
+    def interrupted(*args, **kwargs):
+        for i, planes in enumerate(real(*args, **kwargs)):
+            if i == 2:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of the first video
+            yield planes
+
+    monkeypatch.setattr(mfqe, "hevc_ldp_yuv420", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["mfqe", str(root)])
+    written = [p.relative_to(root) for p in root.rglob("*") if p.is_file() and "HM16.5_LDP" in str(p)]
+    assert sorted(p.name for p in written) == ["ENCODER.txt", "ENCODER.txt"]  # no partial or temporary file
+    monkeypatch.setattr(mfqe, "hevc_ldp_yuv420", real)
+    assert main(["mfqe", str(root)]) == 0
+    assert main(["--check", "mfqe", str(root)]) == 0

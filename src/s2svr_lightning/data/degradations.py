@@ -147,6 +147,7 @@ def _encoder_size(h: int, w: int) -> tuple[int, int]:
     output varies from run to run on pictures one CTU (64 px) wide."""
     return max(_MIN_SIDE, h + h % 2), max(_MIN_SIDE, w + w % 2)
 
+
 # x265 settings that emulate HM's low-delay P: one I frame then only P frames, no reordering, constant QP.
 # ipratio=1 keeps the I frame at the same QP (the default 1.4 puts it 3 steps lower, at QP 34).
 _X265_LDP = {

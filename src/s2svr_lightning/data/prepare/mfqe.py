@@ -12,8 +12,6 @@ equal to, scores on HM16.5's).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from ..datasets.mfqe import YuvStore
@@ -63,29 +61,16 @@ def _note(qp: int, preset: str) -> str:
 def _encode(raw: YuvStore, target: Path, bitstream: Path, *, qp: int, preset: str, bar) -> None:
     """Encode ``raw`` into ``target`` (decoded YUV) and ``bitstream``, both written under temporary names in
     their folders and renamed when complete (the bitstream first: the YUV file marks a finished video)."""
-    temps = []
-    try:
-        for path in (target, bitstream):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps.append((os.fdopen(fd, "wb"), Path(tmp), path))
-        (yuv_file, _, _), (hevc_file, _, _) = temps
+    from s2svr_lightning.callbacks import atomic_write_bytes
+
+    def stream(yuv_file, hevc_file) -> None:
         frames = (raw.planes(i) for i in range(len(raw)))
-        for y, u, v in hevc_ldp_yuv420(frames, qp, preset=preset, bitstream=hevc_file):
-            yuv_file.write(y.tobytes())
-            yuv_file.write(u.tobytes())
-            yuv_file.write(v.tobytes())
+        for planes in hevc_ldp_yuv420(frames, qp, preset=preset, bitstream=hevc_file):
+            for plane in planes:
+                yuv_file.write(plane.tobytes())
             bar.update(1)
-        for handle, tmp, path in reversed(temps):
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            os.replace(tmp, path)
-    finally:
-        for handle, tmp, _ in temps:
-            handle.close()
-            if tmp.exists():
-                tmp.unlink()
+
+    atomic_write_bytes(target, lambda yuv: atomic_write_bytes(bitstream, lambda hevc: stream(yuv, hevc)))
 
 
 def prepare_mfqe(root: Path, *, qp: int = 37, preset: str = "medium", **_: object) -> None:
