@@ -93,6 +93,9 @@ def test_prepare_mfqe_writes_qp37_ldp_encodes_the_loader_reads_and_is_idempotent
         "test_18/HM16.5_LDP/QP37/hevc/Clip2_128x128_5.hevc",
     }
     assert main(["--check", "mfqe", str(root)]) == 0
+    capsys.readouterr()
+    assert main(["mfqe", str(root), "--preset", "ultrafast"]) == 1  # would mix two encoders' outputs
+    assert "holds encodes made with other settings (x265 settings: preset=medium" in capsys.readouterr().err
 
 
 # -- reds ----------------------------------------------------------------------------------------------

@@ -58,6 +58,10 @@ def _note(qp: int, preset: str) -> str:
     )
 
 
+def _settings(note: str) -> str:
+    return next((line for line in note.splitlines() if line.startswith("x265 settings:")), "")
+
+
 def _encode(raw: YuvStore, target: Path, bitstream: Path, *, qp: int, preset: str, bar) -> None:
     """Encode ``raw`` into ``target`` (decoded YUV) and ``bitstream``, both written under temporary names in
     their folders and renamed when complete (the bitstream first: the YUV file marks a finished video)."""
@@ -96,8 +100,13 @@ def prepare_mfqe(root: Path, *, qp: int = 37, preset: str = "medium", **_: objec
                 done += 1
             else:
                 todo.append((raw, target, bitstream))
-        note = _note(qp, preset)
-        if _raw_videos(split) and (not (out_dir / NOTE).is_file() or (out_dir / NOTE).read_text() != note):
+        note, old = _note(qp, preset), (out_dir / NOTE).read_text() if (out_dir / NOTE).is_file() else None
+        if old is not None and _settings(old) != _settings(note) and any(out_dir.glob("*.yuv")):
+            raise DatasetError(
+                f"{out_dir}: holds encodes made with other settings ({_settings(old)}); use the same "
+                "--preset, or remove the folder to encode again"
+            )
+        if _raw_videos(split) and old != note:
             atomic_write_bytes(out_dir / NOTE, lambda f, note=note: f.write(note.encode()))
     if not todo:
         say(f"mfqe at {root}: nothing to do, all {done} videos have their QP{qp} encodes")
