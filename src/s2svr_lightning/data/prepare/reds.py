@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...task import default_scale
 from ..datasets.reds import REDS4_CLIPS
 from ..errors import DatasetError
 from ..image_io import natural_key
@@ -116,13 +117,14 @@ def check_reds(root: Path, report: Report, *, full: bool = False, workers: int =
             report.add("train", problems=[f"{folder}: folder missing (run `prepare reds {root}` first)"])
             return
     hq_clips, lq_clips = set(_clips(hq_root)), set(_clips(lq_root))
+    scale = default_scale("vsr")  # the X4 folder: the super-resolution task's factor
     checks = []
     for clip in sorted(hq_clips | lq_clips, key=natural_key):
         split = "REDS4 (test)" if clip in REDS4_CLIPS else "train"
         checks.append(
             SequenceCheck(
                 split,
-                lambda clip=clip: check_frame_pair(hq_root / clip, lq_root / clip, scale=4, full=full),
+                lambda clip=clip: check_frame_pair(hq_root / clip, lq_root / clip, scale=scale, full=full),
             )
         )
     missing = [c for c in REDS4_CLIPS if c not in hq_clips]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ...task import default_scale
 from ..degradations import bicubic_downsample
 from ..errors import DatasetError
 from ..image_io import frames_to_tensor, read_image
@@ -24,7 +25,7 @@ __all__ = ["prepare_vimeo", "check_vimeo", "read_lists"]
 
 LISTS = {"train": "sep_trainlist.txt", "test": "sep_testlist.txt"}
 FRAMES = tuple(f"im{i}" for i in range(1, 8))
-SCALE = 4
+SCALE = default_scale("vsr")  # BIx4: the super-resolution task's factor
 
 
 def read_lists(root: Path) -> dict[str, list[str]]:
