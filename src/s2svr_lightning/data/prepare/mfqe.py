@@ -6,8 +6,8 @@ library's x265 path stands in: the same low-delay P structure (one I frame, then
 constant QP 37 (:func:`~s2svr_lightning.data.degradations.hevc_ldp_yuv420`). Each video is encoded
 straight from its memory-mapped YUV file a frame at a time (never whole in memory), decoded, and
 written as ``<split>/HM16.5_LDP/QP37/<same name>.yuv`` with its bitstream in ``.../QP37/hevc/<Name>.hevc``;
-``ENCODER.txt`` in that folder says which encoder made them (scores on these encodes are close to, not
-equal to, scores on HM16.5's).
+``ENCODER.txt`` in that folder says which encoder made them (scores on these encodes are not directly
+comparable with scores on HM16.5's).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _note(qp: int, preset: str) -> str:
         f"x265 settings: preset={preset}, x265-params={params}\n"
         "(constant QP for every frame, the I frame included; one I frame then P frames only; no B frames).\n"
         "<Name>.yuv: the decoded 8-bit YUV 4:2:0 frames; hevc/<Name>.hevc: the bitstream (Annex B).\n"
-        "Scores on these encodes are close to, not equal to, scores on HM16.5 encodes.\n"
+        "Scores on these encodes are not directly comparable with scores on HM16.5 encodes.\n"
     )
 
 
