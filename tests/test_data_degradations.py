@@ -152,3 +152,24 @@ def test_hevc_is_deterministic_on_small_frames():
     x = torch.stack([texture[:, 3 * t : 3 * t + 64, 2 * t : 2 * t + 64] for t in range(5)])  # 64 px wide
     first = hevc_compress(x)
     assert all(torch.equal(hevc_compress(x), first) for _ in range(6))
+
+
+def test_hevc_on_yuv_planes_streams_and_pads_small_odd_frames_deterministically():
+    # the YUV core of hevc_compress (prepare mfqe feeds it a memory-mapped file a frame at a time)
+    from s2svr_lightning.data.degradations import hevc_ldp_yuv420
+
+    texture = torch.rand(1, 3, 50, 50, generator=torch.Generator().manual_seed(1))
+    texture = torch.nn.functional.interpolate(texture, scale_factor=2, mode="bilinear")[0]
+    x = torch.stack([texture[:, 2 * t : 2 * t + 63, t : t + 45] for t in range(4)])  # odd, under one CTU
+    y, u, v = rgb_to_yuv420(x)
+    assert u.shape == (4, 32, 23)
+    runs = [list(hevc_ldp_yuv420(iter(zip(y, u, v)), 37)) for _ in range(4)]
+    first = runs[0]
+    assert len(first) == 4 and [p.shape for p in first[0]] == [(63, 45), (32, 23), (32, 23)]
+    assert all(all(np.array_equal(a, b) for fa, fb in zip(r, first) for a, b in zip(fa, fb)) for r in runs)
+    mse = np.mean([(f[0].astype(float) - y[i]) ** 2 for i, f in enumerate(first)])
+    assert 25.0 < 10 * math.log10(255.0**2 / mse) < 50.0  # lossy, not garbage
+    with pytest.raises(ValueError, match="like the first frame"):
+        list(hevc_ldp_yuv420(iter([(y[0], u[0], v[0]), (y[0][:-1], u[0], v[0])]), 37))
+    with pytest.raises(ValueError, match="at least one frame"):
+        list(hevc_ldp_yuv420(iter([]), 37))

@@ -87,8 +87,8 @@ class VideoRestorationDataModule(L.LightningDataModule):
     so a stage can change them (or take a copy with :meth:`with_overrides`).
 
     Args:
-        dataset: ``{"name": <gopro|reds|vimeo|mfqe|video_folder|synthetic>, **options}`` (e.g. ``root``);
-            default: the built-in synthetic video.
+        dataset: ``{"name": <gopro|reds|vimeo|mfqe|paired|video_folder|synthetic>, **options}``
+            (e.g. ``root``); default: the built-in synthetic video.
         task: ``"vsr"``, ``"deblur"`` or ``"cve"``.
         scale: HQ/LQ size ratio: default 4 for VSR, and must be 1 for the other tasks.
         num_frames: frames per training clip (N).

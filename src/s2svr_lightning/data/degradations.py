@@ -21,6 +21,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ __all__ = [
     "bicubic_downsample",
     "temporal_blur",
     "hevc_compress",
+    "hevc_ldp_yuv420",
+    "hevc_ldp_settings",
     "degrade",
     "degrade_stream",
     "degraded_length",
@@ -144,6 +147,13 @@ def degraded_length(
 
 _MIN_SIDE = 128
 
+
+def _encoder_size(h: int, w: int) -> tuple[int, int]:
+    """The picture size x265 gets for ``h x w`` frames: even, and at least 128 px a side, since x265's
+    output varies from run to run on pictures one CTU (64 px) wide."""
+    return max(_MIN_SIDE, h + h % 2), max(_MIN_SIDE, w + w % 2)
+
+
 # x265 settings that emulate HM's low-delay P: one I frame then only P frames, no reordering, constant QP.
 # ipratio=1 keeps the I frame at the same QP (the default 1.4 puts it 3 steps lower, at QP 34).
 _X265_LDP = {
@@ -159,6 +169,104 @@ _X265_LDP = {
 }
 
 
+def hevc_ldp_settings(qp: int = 37) -> dict[str, str]:
+    """The x265 parameters of :func:`hevc_ldp_yuv420` at ``qp`` (as ``x265-params`` key/value pairs)."""
+    if not isinstance(qp, int) or isinstance(qp, bool) or not 0 <= qp <= 51:
+        raise ValueError(f"expected an integer qp in [0, 51], got {qp!r}")
+    return dict(_X265_LDP, qp=str(qp))
+
+
+def hevc_ldp_yuv420(
+    frames: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    qp: int = 37,
+    *,
+    preset: str = "medium",
+    stats_csv: str | os.PathLike | None = None,
+    bitstream: BinaryIO | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """HEVC low-delay P at a constant QP on 8-bit YUV 4:2:0 frames that arrive one at a time (libx265).
+
+    Each frame is ``(Y (H, W), U, V (ceil(H/2), ceil(W/2)))`` uint8 planes; the decoded frames come out in
+    the same form and order, a few frames behind the input (x265's lookahead), so memory stays bounded
+    whatever the video's length. The first frame is intra and every later one P (no B frames, no later I
+    frames). Frames smaller than 128 px or with odd sizes are padded by edge replication for the encoder
+    and cropped back (x265 is not deterministic on pictures one CTU wide).
+
+    Args:
+        frames: the planes of each frame, all of one size.
+        qp: constant quantisation parameter, 0..51.
+        preset: x265 speed preset.
+        stats_csv: where x265 writes its per-frame log (written when the encoder closes, at the end).
+        bitstream: a binary file that receives the HEVC Annex-B stream as it is encoded.
+    """
+    import av  # local: PyAV is only needed here and in video_io
+
+    params = hevc_ldp_settings(qp)
+    if stats_csv is not None:
+        params.update({"csv": str(stats_csv), "csv-log-level": "1"})
+    encoder = decoder = None
+    size = padded = None
+    count = decoded = 0
+
+    def decode(packets) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        ph, pw = padded
+        n_y, n_c = ph * pw, (ph // 2) * (pw // 2)
+        (h, w), (ch, cw) = size, ((size[0] + 1) // 2, (size[1] + 1) // 2)
+        for packet in packets:
+            if packet is not None and bitstream is not None:
+                bitstream.write(bytes(packet))
+            for frame in decoder.decode(packet):
+                flat = frame.to_ndarray(format="yuv420p").reshape(-1)  # Y, then U, then V
+                y = flat[:n_y].reshape(ph, pw)[:h, :w]
+                u = flat[n_y : n_y + n_c].reshape(ph // 2, pw // 2)[:ch, :cw]
+                v = flat[n_y + n_c :].reshape(ph // 2, pw // 2)[:ch, :cw]
+                yield np.ascontiguousarray(y), np.ascontiguousarray(u), np.ascontiguousarray(v)
+
+    for y, u, v in frames:
+        y, u, v = (np.asarray(p, dtype=np.uint8) for p in (y, u, v))
+        if size is None:
+            h, w = y.shape
+            size = (h, w)
+            padded = _encoder_size(h, w)
+            # plain codec contexts (no container): the encoder is freed as soon as it is flushed, which
+            # is when x265 writes its CSV log
+            encoder = av.CodecContext.create("libx265", "w")
+            encoder.width, encoder.height, encoder.pix_fmt = padded[1], padded[0], "yuv420p"
+            encoder.time_base = Fraction(1, 25)
+            encoder.options = {
+                "preset": preset,
+                "x265-params": ":".join(f"{key}={val}" for key, val in params.items()),
+            }
+            decoder = av.CodecContext.create("hevc", "r")
+        chroma = ((size[0] + 1) // 2, (size[1] + 1) // 2)
+        if y.shape != size or u.shape != chroma or v.shape != chroma:
+            raise ValueError(
+                f"expected planes Y {size} and U, V {chroma} like the first frame, got "
+                f"{y.shape}, {u.shape}, {v.shape}"
+            )
+        ph, pw = padded
+        y = np.pad(y, ((0, ph - y.shape[0]), (0, pw - y.shape[1])), mode="edge")
+        u, v = (
+            np.pad(c, ((0, ph // 2 - c.shape[0]), (0, pw // 2 - c.shape[1])), mode="edge") for c in (u, v)
+        )
+        plane = np.concatenate((y.reshape(-1), u.reshape(-1), v.reshape(-1)))
+        frame = av.VideoFrame.from_ndarray(plane.reshape(ph * 3 // 2, pw), format="yuv420p")
+        frame.pts = count
+        count += 1
+        for out in decode(encoder.encode(frame)):
+            decoded += 1
+            yield out
+    if encoder is None:
+        raise ValueError("expected at least one frame, got 0")
+    flushed = encoder.encode(None)
+    del encoder  # closes x265, which flushes the CSV log
+    for out in decode([*flushed, None]):
+        decoded += 1
+        yield out
+    if decoded != count:
+        raise RuntimeError(f"HEVC round trip returned {decoded} frames for {count}")
+
+
 def hevc_compress(
     frames: torch.Tensor,
     qp: int = 37,
@@ -170,8 +278,7 @@ def hevc_compress(
 
     The frames are converted to 8-bit YUV 4:2:0 (BT.601 limited range, as the YUV files of MFQEv2),
     encoded with the first frame intra and every later frame P (no B frames, no I frames after the first),
-    decoded, and converted back to RGB. Frames smaller than 128 px or with odd sizes are padded by edge
-    replication for the encoder and cropped back (x265 is not deterministic on pictures one CTU wide).
+    decoded, and converted back to RGB (:func:`hevc_ldp_yuv420` on the converted planes).
 
     Args:
         frames: ``(T, 3, H, W)`` float in [0, 1].
@@ -183,60 +290,29 @@ def hevc_compress(
     Returns:
         ``(T, 3, H, W)`` decoded frames in the dtype/device of ``frames`` (and the stats if asked).
     """
-    import av  # local: PyAV is only needed here and in video_io
-
     _check_sequence(frames, "frames")
     if not isinstance(qp, int) or not 0 <= qp <= 51:
         raise ValueError(f"expected an integer qp in [0, 51], got {qp!r}")
-    t, _, h, w = frames.shape
-    if t == 0:
+    if frames.shape[0] == 0:
         raise ValueError("expected at least one frame, got 0")
-    # x265 needs even sizes, and its output varies from run to run on pictures one CTU (64 px) wide: pad
-    # small or odd frames by edge replication and crop back, so the result is deterministic.
-    pad_h, pad_w = max(_MIN_SIDE, h + h % 2) - h, max(_MIN_SIDE, w + w % 2) - w
+    # small or odd frames are padded in RGB (edge replication) before the conversion, so the encoder's
+    # padding has the chroma of the edge pixels themselves
+    h, w = frames.shape[-2:]
+    ph, pw = _encoder_size(h, w)
     src = frames.detach().to("cpu", torch.float32)
-    if pad_h or pad_w:
-        src = F.pad(src, (0, pad_w, 0, pad_h), mode="replicate")
-    ph, pw = src.shape[-2:]
+    if (ph, pw) != (h, w):
+        src = F.pad(src, (0, pw - w, 0, ph - h), mode="replicate")
     y, u, v = rgb_to_yuv420(src)
-
-    params = dict(_X265_LDP, qp=str(qp))
     stats_dir = tempfile.mkdtemp(prefix="s2svr_x265_") if return_stats else None
-    if stats_dir is not None:
-        params.update({"csv": os.path.join(stats_dir, "frames.csv"), "csv-log-level": "1"})
-    # Plain codec contexts (no container): the encoder is freed as soon as it is flushed, which is when
-    # x265 writes its CSV log.
-    encoder = av.CodecContext.create("libx265", "w")
-    encoder.width, encoder.height, encoder.pix_fmt = pw, ph, "yuv420p"
-    encoder.time_base = Fraction(1, 25)
-    encoder.options = {"preset": preset, "x265-params": ":".join(f"{k}={v}" for k, v in params.items())}
-    decoder = av.CodecContext.create("hevc", "r")
-    planes = []
+    stats_csv = os.path.join(stats_dir, "frames.csv") if stats_dir is not None else None
     try:
-        packets = []
-        for i in range(t):
-            plane = np.concatenate((y[i].reshape(-1), u[i].reshape(-1), v[i].reshape(-1)))
-            frame = av.VideoFrame.from_ndarray(plane.reshape(ph * 3 // 2, pw), format="yuv420p")
-            frame.pts = i
-            packets.extend(encoder.encode(frame))
-        packets.extend(encoder.encode(None))
-        del encoder  # closes x265, which flushes the CSV log
-        for packet in [*packets, None]:
-            for frame in decoder.decode(packet):
-                planes.append(frame.to_ndarray(format="yuv420p").reshape(-1))  # Y, then U, then V
-        stats = _read_x265_csv(os.path.join(stats_dir, "frames.csv")) if stats_dir is not None else None
+        planes = list(hevc_ldp_yuv420(zip(y, u, v), qp, preset=preset, stats_csv=stats_csv))
+        stats = _read_x265_csv(stats_csv) if stats_csv is not None else None
     finally:
         if stats_dir is not None:
             shutil.rmtree(stats_dir, ignore_errors=True)
-    if len(planes) != t:
-        raise RuntimeError(f"HEVC round trip returned {len(planes)} frames for {t}")
-    flat = np.stack(planes)
-    n_y, n_c = ph * pw, (ph // 2) * (pw // 2)
-    out_y = flat[:, :n_y].reshape(t, ph, pw)
-    out_u = flat[:, n_y : n_y + n_c].reshape(t, ph // 2, pw // 2)
-    out_v = flat[:, n_y + n_c :].reshape(t, ph // 2, pw // 2)
-    rgb = yuv420_to_rgb(out_y, out_u, out_v)[..., :h, :w]
-    rgb = rgb.to(device=frames.device, dtype=frames.dtype)
+    out_y, out_u, out_v = (np.stack(p) for p in zip(*planes))
+    rgb = yuv420_to_rgb(out_y, out_u, out_v)[..., :h, :w].to(device=frames.device, dtype=frames.dtype)
     return (rgb, stats) if return_stats else rgb
 
 

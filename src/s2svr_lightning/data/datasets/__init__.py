@@ -1,4 +1,4 @@
-"""Datasets by name: ``gopro``, ``reds``, ``vimeo``, ``mfqe``, ``video_folder`` and ``synthetic``.
+"""Datasets by name: ``gopro``, ``reds``, ``vimeo``, ``mfqe``, ``paired``, ``video_folder`` and ``synthetic``.
 
 Each entry is a class built from plain options (``root`` and the dataset's own keys) plus the task:
 ``check()`` is a cheap look at the root (no listing of every file), ``source(split)`` lists one split
@@ -34,11 +34,13 @@ DATASETS: dict[str, tuple[str, str]] = {
     "reds": ("reds", "REDSDataset"),
     "vimeo": ("vimeo", "VimeoDataset"),
     "mfqe": ("mfqe", "MFQEDataset"),
+    "paired": ("paired", "PairedDataset"),
     "video_folder": ("video_folder", "VideoFolderDataset"),
     "synthetic": ("synthetic", "SyntheticDataset"),
 }
 
-#: the task each benchmark dataset is made for (``video_folder`` and ``synthetic`` serve any task)
+#: the task each benchmark dataset is made for (``paired``, ``video_folder`` and ``synthetic`` serve any
+#: task)
 DEFAULT_TASK = {"gopro": "deblur", "reds": "vsr", "vimeo": "vsr", "mfqe": "cve"}
 
 

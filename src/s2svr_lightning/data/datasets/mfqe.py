@@ -86,20 +86,24 @@ class YuvStore(FrameStore):
             self._pid = os.getpid()
         return self._map
 
-    def read(self, indices: Sequence[int], crop: Crop | None = None) -> torch.Tensor:
+    def planes(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The 8-bit planes of frame ``index``: Y ``(H, W)``, U and V ``(ceil(H/2), ceil(W/2))`` (views
+        into the memory map)."""
         h, w = self.height, self.width
         ch, cw = self.chroma
+        frame = self._frames()[index]
+        y = frame[: h * w].reshape(h, w)
+        return y, frame[h * w : h * w + ch * cw].reshape(ch, cw), frame[h * w + ch * cw :].reshape(ch, cw)
+
+    def read(self, indices: Sequence[int], crop: Crop | None = None) -> torch.Tensor:
+        h, w = self.height, self.width
         top, left, ht, wd = crop if crop is not None else (0, 0, h, w)
         # widen the crop to even coordinates so that chroma samples line up, convert, then trim
         t0, l0 = top - top % 2, left - left % 2
         h0, w0 = ht + top % 2, wd + left % 2
-        data = self._frames()
         ys, us, vs = [], [], []
         for i in indices:
-            frame = data[i]
-            y = frame[: h * w].reshape(h, w)
-            u = frame[h * w : h * w + ch * cw].reshape(ch, cw)
-            v = frame[h * w + ch * cw :].reshape(ch, cw)
+            y, u, v = self.planes(i)
             ys.append(y[t0 : t0 + h0, l0 : l0 + w0])
             us.append(u[t0 // 2 : (t0 + h0 + 1) // 2, l0 // 2 : (l0 + w0 + 1) // 2])
             vs.append(v[t0 // 2 : (t0 + h0 + 1) // 2, l0 // 2 : (l0 + w0 + 1) // 2])

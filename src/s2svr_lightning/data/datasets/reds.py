@@ -2,7 +2,7 @@
 
 ``train_sharp/<clip>/<8 digits>.png`` (HQ, 720x1280) and ``train_sharp_bicubic/X4/<clip>/<8 digits>.png``
 (LQ, 180x320; MATLAB bicubic), 270 clips of 100 frames (the official validation clips 000-029 copied in
-as 240-269). Partitions:
+as 240-269; ``python -m s2svr_lightning.prepare reds ROOT`` regroups a download). Partitions:
 
 - ``"reds4"`` (the paper's): clips 000, 011, 015 and 020 are the test (and validation) set and are left out
   of training;
@@ -11,6 +11,8 @@ as 240-269). Partitions:
 
 from __future__ import annotations
 
+import warnings
+
 from ..errors import DatasetError
 from ..image_io import ImageFolderStore, list_frame_files, natural_key
 from .base import DatasetEntry, PairedSource, layout_error, require_dir
@@ -18,6 +20,10 @@ from .base import DatasetEntry, PairedSource, layout_error, require_dir
 __all__ = ["REDSDataset", "REDS4_CLIPS"]
 
 REDS4_CLIPS = ("000", "011", "015", "020")
+_REGROUP_HINT = (
+    "run `python -m s2svr_lightning.prepare reds {root}` to merge the official validation clips "
+    "(val_sharp, val_sharp_bicubic/X4) in as clips 240-269"
+)
 LAYOUT = "<root>/train_sharp/<clip>/<8 digits>.png and <root>/train_sharp_bicubic/X4/<clip>/<8 digits>.png"
 
 
@@ -69,9 +75,19 @@ class REDSDataset(DatasetEntry):
             missing = [c for c in REDS4_CLIPS if c not in clips]
             if missing:
                 raise layout_error(self.name, hq_root, f"REDS4 test clips {missing} missing", LAYOUT)
+        regrouped = any(c.isdigit() and int(c) >= 240 for c in clips)
         if not wanted:
+            hint = "" if regrouped else f"; {_REGROUP_HINT.format(root=self.root)}"
             raise layout_error(
-                self.name, hq_root, f"empty {split} split ({self.partition} partition)", LAYOUT
+                self.name, hq_root, f"empty {split} split ({self.partition} partition){hint}", LAYOUT
+            )
+        if split == "train" and not regrouped:
+            # REDS as downloaded: 240 training clips, the 30 validation clips still in val_sharp
+            warnings.warn(
+                f"reds: {hq_root} has no clips 240-269, so training uses {len(wanted)} clips instead of the "
+                f"usual recipe's {270 - len(REDS4_CLIPS) if self.partition == 'reds4' else 240}; "
+                + _REGROUP_HINT.format(root=self.root),
+                stacklevel=2,
             )
         sequences = []
         for clip in wanted:

@@ -20,7 +20,7 @@ from ..image_io import IMAGE_EXTENSIONS, ImageFolderStore, list_frame_files, nat
 from ..video_io import VideoStore, is_video_file
 from .base import DatasetEntry, DegradedSource, FrameStore, layout_error, require_dir
 
-__all__ = ["VideoFolderDataset", "list_videos"]
+__all__ = ["VideoFolderDataset", "list_videos", "is_frame_folder"]
 
 LAYOUT = (
     "<root>/<video>.{mp4,mkv,avi,mov,...} and/or <root>/<name>/<frames>.png (optionally in train/ val/ test/)"
@@ -28,7 +28,7 @@ LAYOUT = (
 _SPLITS = ("train", "val", "test")
 
 
-def _is_frame_folder(path: Path) -> bool:
+def is_frame_folder(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir() if p.is_file())
 
 
@@ -40,7 +40,7 @@ def list_videos(
     for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
         if entry.is_file() and is_video_file(entry):
             items.append((f"{prefix}/{entry.name}", VideoStore(entry, backend=backend)))
-        elif _is_frame_folder(entry):
+        elif is_frame_folder(entry):
             items.append((f"{prefix}/{entry.name}", ImageFolderStore(list_frame_files(entry), path=entry)))
     return items
 
