@@ -91,17 +91,20 @@ def module_class(cfg: DictConfig, stage: str) -> type:
     return _target(cfg[stage].module, f"{stage}.module")
 
 
-def _accepted_arguments(cls: type) -> set[str]:
-    """Keyword arguments of ``cls``: its own, and its bases' while each passes ``**kwargs`` on."""
+def _accepted_arguments(cls: type) -> set[str] | None:
+    """Keyword arguments of ``cls``: its own, and its bases' while each passes ``**kwargs`` on; None when
+    ``**kwargs`` reaches ``LightningModule`` (any name may be accepted then)."""
     accepted: set[str] = set()
     for klass in cls.__mro__:
-        if klass is object or "__init__" not in vars(klass):
+        if klass in L.LightningModule.__mro__:
+            return None
+        if "__init__" not in vars(klass):
             continue
         params = inspect.signature(klass.__init__).parameters
         accepted |= {n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()) or issubclass(L.LightningModule, klass):
-            break
-    return accepted
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return accepted
+    return None
 
 
 def build_module(cfg: DictConfig, stage: str, **pipeline_kwargs: Any) -> L.LightningModule:
@@ -256,8 +259,8 @@ def check_stage_options(cfg: DictConfig) -> None:
             continue
         cls = module_class(cfg, stage)
         accepted = _accepted_arguments(cls)
-        given = {k for k in cfg[stage].module if k != "_target_" and not str(k).startswith("_")}
-        unknown = sorted(given - accepted)
+        given = {k for k in cfg[stage].module if not str(k).startswith("_")}  # not _target_, _convert_
+        unknown = sorted(given - accepted) if accepted is not None else []
         if unknown:
             raise ConfigError(
                 f"{stage}.module has unknown option(s) {unknown}; {cls.__name__} accepts "
