@@ -256,6 +256,15 @@ def check_predict(cfg: DictConfig) -> tuple[Path, Path | None]:
     ckpt = Path(cfg.ckpt.restorer)
     if not ckpt.is_file():
         raise ConfigError(f"ckpt.restorer={ckpt}: no such file")
+    try:  # memory-mapped: only the kind marker is read
+        kind = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("s2svr_kind")
+    except Exception as err:  # torch raises several types for a file that is not a checkpoint
+        raise ConfigError(f"ckpt.restorer={ckpt}: not a readable checkpoint ({type(err).__name__})") from None
+    if kind != "restorer":
+        raise ConfigError(
+            f"ckpt.restorer={ckpt} is a {kind or 'non-s2svr'} checkpoint; predict needs a restorer stage "
+            "checkpoint (<run>/restorer/checkpoints/best-*.ckpt or final.ckpt)"
+        )
     source = get(cfg, "predict.input")
     if not source:
         raise ConfigError("stage=predict needs predict.input=VIDEO_OR_FRAME_FOLDER")
@@ -268,30 +277,31 @@ def check_predict(cfg: DictConfig) -> tuple[Path, Path | None]:
 def run_predict(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     """Restore ``predict.input`` with ``ckpt.restorer`` through :func:`~s2svr_lightning.restore.restore_video`
     (the streaming path of the ``restore`` command)."""
-    from s2svr_lightning.restore import load_restorer, restore_video
+    from s2svr_lightning.restore import restore_video
 
     source, target = check_predict(cfg)
     if target is None:
         target = out / "predict" / source.name
-    try:  # the checkpoint's kind is checked before anything is read or written
-        net_and_task = load_restorer(cfg.ckpt.restorer)
-    except ValueError as err:
-        raise ConfigError(f"ckpt.restorer: {err}") from None
     device = (
         "cuda" if str(cfg.hardware.accelerator) in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
     )
+    target.parent.mkdir(parents=True, exist_ok=True)
     say(f"[predict] restoring {source} -> {target} with {cfg.ckpt.restorer}")
-    summary = restore_video(
-        cfg.ckpt.restorer,
-        source,
-        target,
-        device=device,
-        precision=str(cfg.predict.precision),
-        tile=get(cfg, "predict.tile"),
-        overwrite=bool(cfg.predict.overwrite),
-        net_and_task=(net_and_task[0].to(device), net_and_task[1]),
-        progress=False,
-    )
+    try:
+        summary = restore_video(
+            cfg.ckpt.restorer,
+            source,
+            target,
+            device=device,
+            precision=str(cfg.predict.precision),
+            tile=get(cfg, "predict.tile"),
+            overwrite=bool(cfg.predict.overwrite),
+            progress=False,
+        )
+    except FileExistsError as err:
+        raise ConfigError(f"predict.output: {err} (here: predict.overwrite=true)") from None
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"predict: {err}") from None
     metrics = {"input": str(source), "output": str(target), "checkpoint": str(cfg.ckpt.restorer)}
     return {**metrics, "frames": summary.frames, "seconds": round(summary.seconds, 1)}, True
 
