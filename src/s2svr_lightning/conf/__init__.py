@@ -12,7 +12,7 @@ Importing this module is cheap (omegaconf only).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,158 +40,89 @@ if not OmegaConf.has_resolver("s2svr_run_folder"):
 
 
 # ------------------------------------------------------------------------------------------------ schema
-# Fields are MISSING: the values come from the YAML files, the schema only types them.
-@dataclass
-class ModelSchema:
-    name: str = MISSING
-    overrides: dict[str, Any] = MISSING
+def _typed(class_name: str, /, **fields: Any) -> type:
+    """A dataclass of typed fields without defaults (MISSING: the values come from the YAML files); a field
+    given as ``(type, default)`` has that default, a nested schema starts empty."""
+    specs = []
+    for key, spec in fields.items():
+        if isinstance(spec, tuple):
+            specs.append((key, spec[0], spec[1]))
+        elif is_dataclass(spec):
+            specs.append((key, spec, field(default_factory=spec)))
+        else:
+            specs.append((key, spec, MISSING))
+    return make_dataclass(class_name, specs)
 
 
-@dataclass
-class StageRunSchema:
-    run: list[str] = MISSING
+_Open = dict[str, Any]  # an open mapping: any keys (checked by the target that receives them)
+_Best = _typed("BestSchema", monitor=str, mode=str, save_top_k=int)
+_FIT_STAGE = dict(max_steps=int, val_every_n_steps=int, limit_val_batches=Any, best=_Best, data=_Open)
+_Debug = _typed(
+    "DebugSchema",
+    max_steps=(int | None, None),
+    val_every_n_steps=(int | None, None),
+    limit_val_batches=(Any, None),
+    limit_test_batches=(Any, None),
+    num_workers=(int | None, None),
+    trainer=(_Open, field(default_factory=dict)),
+)
+# open: any other VideoRestorationDataModule option may be added (``+data.mirror=true``)
+_Data = _typed("DataSchema", num_frames=int, crop_size=int | None, batch_size=int, num_workers=int)
 
-
-@dataclass
-class HardwareSchema:
-    accelerator: str = MISSING
-    devices: Any = MISSING  # an int, a list of ids, or "auto"
-    num_nodes: int = MISSING
-    strategy: str = MISSING
-    precision: str = MISSING
-    sync_batchnorm: bool = MISSING
-    matmul_precision: str | None = MISSING
-    process_group_backend: str | None = None  # only the DDP files name one
-
-
-@dataclass
-class CallbacksSchema:
-    checkpoint_every_n_steps: int = MISSING
-    log_every_n_steps: int = MISSING
-    model_summary: bool = MISSING
-    progress_bar: Any = MISSING  # auto | true | false
-    progress_every_n_steps: int = MISSING
-    extra: dict[str, Any] = MISSING
-
-
-@dataclass
-class PathsSchema:
-    log_dir: str = MISSING
-    output_dir: str | None = MISSING
-
-
-@dataclass
-class DebugSchema:
-    max_steps: int | None = None
-    val_every_n_steps: int | None = None
-    limit_val_batches: Any = None
-    limit_test_batches: Any = None
-    num_workers: int | None = None
-    trainer: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class DataSchema:  # open: any other VideoRestorationDataModule option may be added (``+data.mirror=true``)
-    num_frames: int = MISSING
-    crop_size: int | None = MISSING
-    batch_size: int = MISSING
-    num_workers: int = MISSING
-
-
-@dataclass
-class MetricsSchema:
-    y_channel: bool = MISSING
-    border: int = MISSING
-    reduction: str = MISSING
-
-
-@dataclass
-class CkptSchema:
-    teacher: str | None = MISSING
-    student: str | None = MISSING
-    restorer: str | None = MISSING
-
-
-@dataclass
-class BestSchema:
-    monitor: str = MISSING
-    mode: str = MISSING
-    save_top_k: int = MISSING
-
-
-@dataclass
-class FitStageSchema:
-    max_steps: int = MISSING
-    val_every_n_steps: int = MISSING
-    limit_val_batches: Any = MISSING  # a count (int) or a fraction (float)
-    best: BestSchema = field(default_factory=BestSchema)
-    data: dict[str, Any] = MISSING
-    module: dict[str, Any] = MISSING
-
-
-@dataclass
-class RestorerStageSchema(FitStageSchema):
-    flow_from_student: bool = MISSING
-
-
-@dataclass
-class TestSchema:
-    ckpt: str = MISSING
-    limit_batches: Any = MISSING
-    save_outputs: bool = MISSING
-    save_images: bool = MISSING
-    data: dict[str, Any] = MISSING
-
-
-@dataclass
-class PredictSchema:
-    input: str | None = MISSING
-    output: str | None = MISSING
-    precision: str = MISSING
-    tile: int | None = MISSING
-    overwrite: bool = MISSING
-
-
-@dataclass
-class CurrentSchema:
-    stage: str | None = MISSING
-    stage_dir: str | None = MISSING
-    log_prefix: str | None = MISSING
-
-
-@dataclass
-class Schema:
-    task_name: str | None = MISSING
-    kind: str = MISSING
-    scale: int = MISSING
-    degradation: dict[str, Any] = MISSING
-    seed: int = MISSING
-    optimized_metric: str | None = MISSING
-    print_table: bool = MISSING
-    run_name: str | None = MISSING
-    resume: str = MISSING
-    dataset: dict[str, Any] = MISSING
-    model: ModelSchema = field(default_factory=ModelSchema)
-    stage: StageRunSchema = field(default_factory=StageRunSchema)
-    hardware: HardwareSchema = field(default_factory=HardwareSchema)
-    logger: dict[str, Any] = MISSING
-    callbacks: CallbacksSchema = field(default_factory=CallbacksSchema)
-    paths: PathsSchema = field(default_factory=PathsSchema)
-    debug: DebugSchema | None = None
-    data: DataSchema = field(default_factory=DataSchema)
-    metrics: MetricsSchema = field(default_factory=MetricsSchema)
-    ckpt: CkptSchema = field(default_factory=CkptSchema)
-    teacher: FitStageSchema = field(default_factory=FitStageSchema)
-    student: FitStageSchema = field(default_factory=FitStageSchema)
-    restorer: RestorerStageSchema = field(default_factory=RestorerStageSchema)
-    test: TestSchema = field(default_factory=TestSchema)
-    predict: PredictSchema = field(default_factory=PredictSchema)
-    trainer: dict[str, Any] = MISSING
-    current: CurrentSchema = field(default_factory=CurrentSchema)
+Schema = _typed(
+    "Schema",
+    task_name=str | None,
+    kind=str,
+    scale=int,
+    degradation=_Open,
+    seed=int,
+    optimized_metric=str | None,
+    print_table=bool,
+    run_name=str | None,
+    resume=str,
+    dataset=_Open,
+    model=_typed("ModelSchema", name=str, overrides=_Open),
+    stage=_typed("StageRunSchema", run=list[str]),
+    hardware=_typed(
+        "HardwareSchema",
+        accelerator=str,
+        devices=Any,  # an int, a list of ids, or "auto"
+        num_nodes=int,
+        strategy=str,
+        precision=str,
+        sync_batchnorm=bool,
+        matmul_precision=str | None,
+        process_group_backend=(str | None, None),  # only the DDP files name one
+    ),
+    logger=_Open,
+    callbacks=_typed(
+        "CallbacksSchema",
+        checkpoint_every_n_steps=int,
+        log_every_n_steps=int,
+        model_summary=bool,
+        progress_bar=Any,  # auto | true | false
+        progress_every_n_steps=int,
+        extra=_Open,
+    ),
+    paths=_typed("PathsSchema", log_dir=str, output_dir=str | None),
+    debug=(_Debug | None, None),
+    data=_Data,
+    metrics=_typed("MetricsSchema", y_channel=bool, border=int, reduction=str),
+    ckpt=_typed("CkptSchema", teacher=str | None, student=str | None, restorer=str | None),
+    teacher=_typed("TeacherSchema", **_FIT_STAGE, module=_Open),
+    student=_typed("StudentSchema", **_FIT_STAGE, module=_Open),
+    restorer=_typed("RestorerSchema", **_FIT_STAGE, flow_from_student=bool, module=_Open),
+    test=_typed("TestSchema", ckpt=str, limit_batches=Any, save_outputs=bool, save_images=bool, data=_Open),
+    predict=_typed(
+        "PredictSchema", input=str | None, output=str | None, precision=str, tile=int | None, overwrite=bool
+    ),
+    trainer=_Open,
+    current=_Open,  # set by the pipeline, per stage
+)
 
 
 def schema() -> DictConfig:
-    """An empty structured config of :class:`Schema` (its open mappings accept any keys)."""
+    """An empty structured config of ``Schema`` (its open mappings accept any keys)."""
     base = OmegaConf.structured(Schema)
     for node in ("data",):  # typed where the pipeline reads keys, open for the target's other options
         OmegaConf.set_struct(base[node], False)
