@@ -331,7 +331,7 @@ def run(cfg: DictConfig) -> float | None:
         wandb = sys.modules.get("wandb")
         if wandb is not None and getattr(wandb, "run", None) is not None:
             wandb.finish()  # one run per job, also between multirun jobs
-    if bool(cfg.get("print_table", True)) and is_global_zero() and not predicting:
+    if bool(cfg.print_table) and is_global_zero() and not predicting:
         print(
             f"\n{cfg.task_name}: results in {out / 'results.json'}\n"
             + format_table(results, kind=str(cfg.kind))

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import copy
 import inspect
+import pkgutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from s2svr_lightning.callbacks import AtomicCheckpointIO, CheckpointOnInterrupt, PlainProgressBar
 from s2svr_lightning.conf import ConfigError
 from s2svr_lightning.pipeline.common import container, get
-from s2svr_lightning.pipeline.loggers import build_loggers
+from s2svr_lightning.pipeline.loggers import build_loggers, logger_nodes
 
 __all__ = [
     "FIT_STAGES",
@@ -33,6 +34,7 @@ __all__ = [
     "build_trainer",
     "check_stage_options",
     "module_class",
+    "module_option",
 ]
 
 FIT_STAGES = ("teacher", "student", "restorer")
@@ -59,9 +61,9 @@ def _target(node: Any, where: str) -> Any:
     if not target:
         raise ConfigError(f"{where}._target_ is missing: the class to build (e.g. {where} of config.yaml)")
     try:
-        return get_object(str(target))
-    except Exception as err:
-        raise ConfigError(f"{where}._target_: cannot import {target} ({err})") from None
+        return pkgutil.resolve_name(str(target))  # what instantiate will import (without Hydra's error log)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{where}._target_: cannot import {target} ({type(err).__name__}: {err})") from None
 
 
 def _instantiate(node: Any, where: str, **kwargs: Any) -> Any:
@@ -104,6 +106,18 @@ def _accepted_arguments(cls: type) -> set[str] | None:
         accepted |= {n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             return accepted
+    return None
+
+
+def module_option(cfg: DictConfig, stage: str, name: str) -> Any:
+    """``<stage>.module.<name>``, or the default of that argument in the module's signature."""
+    value = cfg[stage].module.get(name)
+    if value is not None:
+        return value
+    for klass in module_class(cfg, stage).__mro__:
+        param = inspect.signature(klass.__init__).parameters.get(name) if "__init__" in vars(klass) else None
+        if param is not None and param.default is not param.empty:
+            return param.default
     return None
 
 
@@ -267,6 +281,8 @@ def check_stage_options(cfg: DictConfig) -> None:
                 f"{sorted(accepted - set(SET_BY_PIPELINE[stage]))}"
             )
         _extra_callbacks(cfg, stage)
+    for name, node in logger_nodes(cfg).items():
+        _target(node, "logger" if name == "logger" else f"logger.{name}")
     for stage in stages:
         if stage == "predict":
             continue

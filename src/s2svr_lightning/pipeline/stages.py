@@ -21,7 +21,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from s2svr_lightning.conf import ConfigError
-from s2svr_lightning.pipeline.build import build_datamodule, build_module, build_trainer, module_class
+from s2svr_lightning.pipeline.build import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    module_class,
+    module_option,
+)
 from s2svr_lightning.pipeline.common import container, get, say, stage_steps, write_json
 from s2svr_lightning.pipeline.loggers import log_table
 
@@ -163,10 +169,9 @@ def run_teacher(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
 
 
 def run_student(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
-    node = cfg.student.module
     kwargs = {}
-    # the student's defaults distil from the teacher and start from it
-    if get(node, "w_dis", 0.1) > 0 or get(node, "init_from_teacher", True):
+    # a student that distils from the teacher or starts from it needs the teacher stage's checkpoint
+    if module_option(cfg, "student", "w_dis") > 0 or module_option(cfg, "student", "init_from_teacher"):
         kwargs["teacher_checkpoint"] = str(_input_checkpoint(cfg, out, "teacher", "student"))
     return _fit_stage(cfg, "student", out, lambda: build_module(cfg, "student", **kwargs))
 
