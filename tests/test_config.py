@@ -291,7 +291,9 @@ def test_a_bad_target_or_callback_is_a_config_error():
     cfg = _compose("+task=demo", "restorer.module._target_=s2svr_lightning.lit.NoSuchModule")
     with pytest.raises(ConfigError, match=r"restorer.module._target_: cannot import"):
         check_stage_options(cfg)
-    with pytest.raises(ConfigError, match=r"^logger._target_: cannot import nope.Logger \(ModuleNotFoundError"):
+    with pytest.raises(
+        ConfigError, match=r"^logger._target_: cannot import nope.Logger \(ModuleNotFoundError"
+    ):
         check_stage_options(_compose("+task=demo", "logger._target_=nope.Logger"))
     cfg = _compose(
         "+task=demo",

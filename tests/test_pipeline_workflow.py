@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -228,6 +229,20 @@ def test_csv_logs_beside_wandb_and_results_record_the_test_checkpoint(logged_run
 def test_save_outputs_adds_the_evaluation_writer_to_the_test_stage(logged_run):
     out, _, made = logged_run
     assert made == [{"output_dir": str(out / "test"), "save_images": False, "batches": 1}]
+
+
+def test_a_finished_test_runs_again_only_for_another_checkpoint(logged_run, tmp_path):
+    out, _, _ = logged_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("wandb"))
+    before = read_results(copy)["test"]
+    again = ["+task=demo", "stage=test", f"paths.output_dir={copy}", "logger=none", "debug=fast", *TINY]
+    run(_compose(*again))  # the same best checkpoint, its outputs saved already: skipped
+    assert read_results(copy)["test"] == before
+    run(_compose(*again, "test.ckpt=last"))
+    after = read_results(copy)["test"]
+    assert after["checkpoint"] == str(copy / "restorer" / "checkpoints" / "last.ckpt")
+    assert after["checkpoint_choice"] == "last" and after["saved_outputs"] is False
 
 
 # ------------------------------------------------------------------------------------- predict

@@ -230,10 +230,22 @@ def _test_output_writer(cfg: DictConfig, out: Path) -> list[Callback]:
 
 def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     _, _, metrics_file = stage_paths(out, "test")
-    if metrics_file.is_file():
+    save_outputs = bool(cfg.test.save_outputs)
+    done = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    try:
+        ckpt, choice, score = choose_test_checkpoint(cfg, out)
+    except ConfigError:
+        if done is None:
+            raise
+        ckpt, choice, score = Path(done["checkpoint"]), done.get("checkpoint_choice"), None
+    # a finished test runs again only for another checkpoint, or to write the outputs it did not write
+    if (
+        done is not None
+        and done.get("checkpoint") == str(ckpt)
+        and (done.get("saved_outputs") or not save_outputs)
+    ):
         say(f"[test] finished earlier: {metrics_file} (skipped)")
-        return json.loads(metrics_file.read_text()), False
-    ckpt, choice, score = choose_test_checkpoint(cfg, out)
+        return done, False
     cls = module_class(cfg, "restorer")
     module = cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
     # score with this run's benchmark conventions (a checkpoint may come from another task's run)
@@ -248,6 +260,7 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = _scalar_metrics(results[0] if results else trainer.callback_metrics, "test")
     metrics.update(checkpoint=str(ckpt), checkpoint_choice=choice, checkpoint_score=score)
+    metrics["saved_outputs"] = save_outputs
     metrics["per_sequence"] = module.test_per_sequence
     log_table(trainer.loggers, "test/per_sequence", module.test_per_sequence)
     write_json(metrics_file, metrics)
