@@ -180,7 +180,7 @@ def test_a_wrong_type_or_unknown_key_is_one_line_naming_it(override, named, tmp_
     assert not list(tmp_path.rglob("results.json")) and not list(tmp_path.rglob("teacher"))  # nothing ran
 
 
-def test_the_type_check_comes_before_torch_and_lightning_are_imported():
+def test_the_type_check_comes_before_torch_and_lightning_are_imported(tmp_path):
     code = (
         "import sys\n"
         "sys.argv = ['s2svr-train', '+task=demo', 'data.num_frames=abc']\n"
@@ -189,7 +189,7 @@ def test_the_type_check_comes_before_torch_and_lightning_are_imported():
         "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_cli_env(), timeout=60
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_cli_env(), cwd=tmp_path, timeout=60
     )
     assert proc.stdout.splitlines() == [
         "error: data.num_frames: Value 'abc' of type 'str' could not be converted to Integer",

@@ -86,6 +86,7 @@ def test_best_checkpoints_follow_the_monitored_metric_and_the_test_stage_picks_t
         "+task=demo",
         "stage=restorer",
         f"paths.output_dir={tmp_path}",
+        f"paths.log_dir={tmp_path}",  # the synthetic video's cache
         "restorer.flow_from_student=false",
         f"restorer.module._target_={__name__}.ScriptedRestorer",
         "restorer.max_steps=6",
@@ -236,7 +237,14 @@ def test_a_finished_test_runs_again_only_for_another_checkpoint(logged_run, tmp_
     copy = tmp_path / "run"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("wandb"))
     before = read_results(copy)["test"]
-    again = ["+task=demo", "stage=test", f"paths.output_dir={copy}", "logger=none", "debug=fast", *TINY]
+    again = [
+        "+task=demo",
+        "stage=test",
+        f"paths.output_dir={copy}",
+        f"paths.log_dir={tmp_path}",
+        "logger=none",
+    ]
+    again += ["debug=fast", *TINY]
     run(_compose(*again))  # the same best checkpoint, its outputs saved already: skipped
     assert read_results(copy)["test"] == before
     run(_compose(*again, "test.ckpt=last"))
@@ -255,7 +263,8 @@ def test_predict_stage_equals_restore_and_refuses_bad_inputs(logged_run, tmp_pat
     frames.mkdir()
     for t, frame in enumerate(moving_photo(frames=4, height=16, width=16)):
         Image.fromarray(frame).save(frames / f"{t:04d}.png")
-    predict = ["+task=demo", "stage=predict", f"ckpt.restorer={ckpt}", f"predict.input={frames}"]
+    predict = ["+task=demo", "stage=predict", f"paths.log_dir={tmp_path}", f"ckpt.restorer={ckpt}"]
+    predict += [f"predict.input={frames}"]
     run(_compose(*predict, f"predict.output={tmp_path / 'pred'}", f"paths.output_dir={tmp_path / 'run'}"))
     restore_video(ckpt, frames, tmp_path / "restored", progress=False)
     names = sorted(p.name for p in (tmp_path / "restored").iterdir())
@@ -267,13 +276,13 @@ def test_predict_stage_equals_restore_and_refuses_bad_inputs(logged_run, tmp_pat
     with pytest.raises(ConfigError, match=r"^predict.input=.*nothing: no such file or folder$"):
         run(
             _compose(
-                *predict[:3], f"predict.input={tmp_path / 'nothing'}", f"paths.output_dir={tmp_path / 'r2'}"
+                *predict[:4], f"predict.input={tmp_path / 'nothing'}", f"paths.output_dir={tmp_path / 'r2'}"
             )
         )
     flow = tmp_path / "teacher.ckpt"
     torch.save({"s2svr_kind": "teacher", "state_dict": {}}, flow)
     proc = _cli(
-        *predict[:2],
+        *predict[:3],
         f"ckpt.restorer={flow}",
         f"predict.input={frames}",
         f"hydra.run.dir={tmp_path / 'r3'}",
