@@ -303,3 +303,12 @@ def test_a_bad_target_or_callback_is_a_config_error():
     )
     with pytest.raises(ConfigError, match=r"callbacks.extra.bad: .*sideways"):
         check_stage_options(cfg)
+
+
+def test_rich_progress_bar_without_rich_says_how_to_install_it():
+    from s2svr_lightning.__main__ import _importable
+
+    if _importable("rich"):
+        pytest.skip("rich is installed here")
+    with pytest.raises(ConfigError, match=r"^callbacks.extra.rich_progress_bar: .*pip install -U rich"):
+        check_stage_options(_compose("+task=demo", "callbacks=rich"))

@@ -307,6 +307,19 @@ def test_a_run_folder_of_another_task_is_refused_before_anything_runs(tmp_path):
     assert not (tmp_path / "teacher").exists()
 
 
+def test_resume_never_refuses_a_folder_that_holds_the_run(tmp_path):
+    last = tmp_path / "teacher" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"global_step": 3}, last)
+    args = ["+task=demo", "stage=teacher", f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"]
+    assert _compose(*args).resume == "auto"  # the default
+    with pytest.raises(ConfigError, match=r"holds this run \(teacher interrupted at step 3 .*resume=never"):
+        run(_compose(*args, "resume=never"))
+    with pytest.raises(ConfigError, match=r"^resume must be one of auto, never, got 'sometimes'$"):
+        run(_compose(*args, "resume=sometimes"))
+    assert not (tmp_path / "results.json").exists()  # refused before the folder was marked
+
+
 def _train_steps(metrics_csv: Path) -> int:
     lines = metrics_csv.read_text().splitlines() if metrics_csv.is_file() else []
     return sum(1 for line in lines[1:] if line.split(",")[0])
