@@ -24,7 +24,7 @@ from PIL import Image
 
 from s2svr_lightning.conf import CONF_DIR, ConfigError
 from s2svr_lightning.pipeline import read_results, run
-from s2svr_lightning.pipeline.stages import choose_test_checkpoint
+from s2svr_lightning.pipeline.stages import _saved_score, choose_test_checkpoint
 
 TINY = [
     "++model.overrides={channels: 8, num_blocks: 1, num_layers: 1}",
@@ -109,6 +109,8 @@ def test_best_checkpoints_follow_the_monitored_metric_and_the_test_stage_picks_t
     ]
     assert [c["score"] for c in best["checkpoints"]] == [3.0, 2.0]
     assert _ckpt(best["checkpoints"][0]["path"])["global_step"] == 4
+    # where the callback's state is not at hand (ddp_spawn), each file's own record gives its score
+    assert [_saved_score(Path(c["path"]), "val/score") for c in best["checkpoints"]] == [3.0, 2.0]
     assert not (
         tmp_path / "restorer" / "checkpoints" / "best-step0000002.ckpt"
     ).exists()  # fell out of the top 2

@@ -82,6 +82,16 @@ def _scalar_metrics(metrics: Any, prefix: str) -> dict[str, float]:
     return out
 
 
+def _saved_score(path: Path, monitor: str) -> float | None:
+    """The ``monitor`` score that a ModelCheckpoint saved ``path`` for (its state in the file)."""
+    states = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    for key, state in states.items():
+        if str(key).startswith("ModelCheckpoint") and state.get("monitor") == monitor:
+            score = state.get("current_score")
+            return None if score is None else float(score)
+    return None
+
+
 def _best_record(trainer: L.Trainer, stage: str, cfg: DictConfig) -> dict[str, Any] | None:
     """The best-k checkpoints of the stage with their scores, best first."""
     best = cfg[stage].best
@@ -91,9 +101,11 @@ def _best_record(trainer: L.Trainer, stage: str, cfg: DictConfig) -> dict[str, A
     for cb in trainer.callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.monitor == str(best.monitor):
             scored = [(p, float(s)) for p, s in cb.best_k_models.items() if Path(p).is_file()]
-    if not scored:  # e.g. ddp_spawn: the workers' callback state stays in the workers
+    if not scored:  # e.g. ddp_spawn: the callback's state stayed in the workers; each file has its score
         ckpt_dir = stage_paths(Path(trainer.default_root_dir).parent, stage)[0].parent
-        scored = [(str(p), None) for p in sorted(ckpt_dir.glob("best-step*.ckpt"))]
+        scored = [
+            (str(p), _saved_score(p, str(best.monitor))) for p in sorted(ckpt_dir.glob("best-step*.ckpt"))
+        ]
     maximize = str(best.mode) == "max"
     scored.sort(key=lambda ps: (ps[1] is None, -ps[1] if maximize and ps[1] is not None else ps[1] or 0))
     return {
