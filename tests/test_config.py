@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
@@ -143,3 +144,171 @@ def test_optuna_search_without_the_extra_says_how_to_install_it(tmp_path):
     )
     assert proc.returncode != 0 and "pip install -e '.[optuna]'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ typed config, entry point
+def _cli_env() -> dict:
+    src = str(Path(s2svr_lightning.__file__).resolve().parents[1])
+    return dict(
+        os.environ, HYDRA_FULL_ERROR="0", PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("data.num_frames=abc", "data.num_frames"),
+        ("teacher.max_steps=1.5", "teacher.max_steps"),
+        ("callbacks.checkpoint_every_n_steps=often", "callbacks.checkpoint_every_n_steps"),
+        ("+teacher.max_stepz=3", "teacher.max_stepz"),
+    ],
+)
+def test_a_wrong_type_or_unknown_key_is_one_line_naming_it(override, named, tmp_path):
+    # the real command line, with a safety-net timeout (the check imports neither torch nor Lightning)
+    proc = subprocess.run(
+        [sys.executable, "-m", "s2svr_lightning", "+task=demo", override],
+        capture_output=True,
+        text=True,
+        env=_cli_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {named}: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("results.json")) and not list(tmp_path.rglob("teacher"))  # nothing ran
+
+
+def test_the_type_check_comes_before_torch_and_lightning_are_imported(tmp_path):
+    code = (
+        "import sys\n"
+        "sys.argv = ['s2svr-train', '+task=demo', 'data.num_frames=abc']\n"
+        "from s2svr_lightning.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print(e)\n"
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_cli_env(), cwd=tmp_path, timeout=60
+    )
+    assert proc.stdout.splitlines() == [
+        "error: data.num_frames: Value 'abc' of type 'str' could not be converted to Integer",
+        "[]",
+    ], proc.stdout + proc.stderr
+
+
+def test_s2svr_train_entry_point_prints_the_config(tmp_path):
+    # what the installed `s2svr-train` script runs: main() called from a module that is not __main__
+    code = "import sys; from s2svr_lightning.__main__ import main; sys.argv[0] = 's2svr-train'; main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "+task=demo", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        env=_cli_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = OmegaConf.create(proc.stdout)
+    assert (
+        printed.task_name == "demo"
+        and printed.data._target_ == "s2svr_lightning.data.VideoRestorationDataModule"
+    )
+    assert printed.restorer.module.flow_freeze_steps == 1000  # the demo's value, from its YAML
+
+
+def test_the_schema_types_and_the_yaml_holds_the_defaults():
+    from s2svr_lightning.conf import check_schema
+
+    cfg = check_schema(_compose("+task=demo", "paths.output_dir=/tmp/unused"))
+    assert cfg.restorer.module.flow_freeze_steps == 1000
+    assert _compose("+task=vsr_reds4").restorer.module.flow_freeze_steps == 10000
+    assert OmegaConf.select(cfg, "restorer.module.kind") == "vsr"  # interpolated from the task
+    with pytest.raises(ConfigError, match=r"^seed: Value 'x'"):
+        check_schema(_compose("+task=demo", "seed=x"))
+    # open mappings take the target's other options
+    assert check_schema(_compose("+task=demo", "+data.mirror=true")).data.mirror is True
+
+
+def test_kind_and_scale_come_from_the_task_definition():
+    with pytest.raises(ConfigError, match="expected a task kind"):
+        validate_config(_compose("+task=demo", "kind=sr", "paths.output_dir=/tmp/unused"))
+    with pytest.raises(ConfigError, match=r"degradation options of the deblur task.*\['qp'\]"):
+        validate_config(_compose("+task=demo_deblur", "+degradation.qp=37", "paths.output_dir=/tmp/unused"))
+    assert pipeline.format_table({}, kind="cve").count("\n") == 1  # header only, no stage ran
+
+
+class TinyDataModule(lightning.LightningDataModule):
+    """A DataModule of one's own, selected by ``data._target_``: it records its options."""
+
+    def __init__(self, **options):
+        super().__init__()
+        self.options = options
+
+
+def test_datamodule_callbacks_loggers_and_trainer_are_chosen_from_config(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
+    from lightning.pytorch.loggers import CSVLogger
+
+    from s2svr_lightning.callbacks import PlainProgressBar
+    from s2svr_lightning.pipeline.build import build_datamodule, build_trainer
+    from s2svr_lightning.pipeline.loggers import StageWandbLogger
+
+    cfg = _compose(
+        "+task=demo",
+        f"paths.output_dir={tmp_path}",
+        f"data._target_={TinyDataModule.__module__}.TinyDataModule",
+        "callbacks=early_stopping",
+        "+callbacks.extra.timer._target_=lightning.pytorch.callbacks.Timer",
+        "logger=many",
+        "logger.wandb.mode=offline",
+        "+trainer.gradient_clip_val=0.5",
+    )
+    dm = build_datamodule(cfg, "teacher")
+    assert isinstance(dm, TinyDataModule)
+    assert (
+        dm.options["num_frames"] == 3
+        and dm.options["task"] == "vsr"
+        and dm.options["dataset"]["height"] == 64
+    )
+
+    for stage, monitor, mode in (("teacher", "val/epe", "min"), ("restorer", "val/psnr", "max")):
+        trainer = build_trainer(cfg, stage, tmp_path, max_steps=4)
+        by_type = {type(cb): cb for cb in trainer.callbacks}
+        assert {Timer, EarlyStopping, LearningRateMonitor, ModelCheckpoint, PlainProgressBar} <= set(by_type)
+        early = by_type[EarlyStopping]
+        assert (early.monitor, early.mode, early.patience) == (monitor, mode, 5)
+        best = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]
+        assert [(cb.monitor, cb.mode, cb.save_top_k) for cb in best] == [(monitor, mode, 1)]
+        csv, wandb = trainer.loggers
+        assert isinstance(csv, CSVLogger) and Path(csv.save_dir) == tmp_path / stage
+        assert isinstance(wandb, StageWandbLogger) and wandb._prefix == stage
+        assert trainer.gradient_clip_val == 0.5 and trainer.max_steps == 4
+    assert build_trainer(cfg, "test", tmp_path).loggers[1]._prefix == ""  # test/psnr, not test/test/psnr
+
+
+def test_a_bad_target_or_callback_is_a_config_error():
+    cfg = _compose("+task=demo", "restorer.module._target_=s2svr_lightning.lit.NoSuchModule")
+    with pytest.raises(ConfigError, match=r"restorer.module._target_: cannot import"):
+        check_stage_options(cfg)
+    with pytest.raises(
+        ConfigError, match=r"^logger._target_: cannot import nope.Logger \(ModuleNotFoundError"
+    ):
+        check_stage_options(_compose("+task=demo", "logger._target_=nope.Logger"))
+    cfg = _compose(
+        "+task=demo",
+        "+callbacks.extra.bad._target_=lightning.pytorch.callbacks.EarlyStopping",
+        "+callbacks.extra.bad.monitor=val/psnr",
+        "+callbacks.extra.bad.mode=sideways",
+    )
+    with pytest.raises(ConfigError, match=r"callbacks.extra.bad: .*sideways"):
+        check_stage_options(cfg)
+
+
+def test_rich_progress_bar_without_rich_says_how_to_install_it():
+    from s2svr_lightning.__main__ import _importable
+
+    if _importable("rich"):
+        pytest.skip("rich is installed here")
+    with pytest.raises(ConfigError, match=r"^callbacks.extra.rich_progress_bar: .*pip install -U rich"):
+        check_stage_options(_compose("+task=demo", "callbacks=rich"))

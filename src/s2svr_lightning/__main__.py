@@ -1,8 +1,10 @@
 """``python -m s2svr_lightning +task=<task> [overrides]`` (also the ``s2svr-train`` command).
 
-Tasks: deblur_gopro, vsr_reds4, vsr_vimeo, cve_mfqe, demo, demo_deblur, demo_cve. The configs live in
-``s2svr_lightning/conf`` (the repository's top-level ``conf`` links there), so this works from a
-checkout and from an installed wheel alike. See ``s2svr_lightning.pipeline`` for what runs.
+The tasks are the files of ``s2svr_lightning/conf/task`` (demo, demo_deblur, demo_cve, deblur_gopro,
+vsr_reds4, vsr_vimeo, cve_mfqe). The configs live in ``s2svr_lightning/conf`` (the repository's top-level
+``conf`` links there) and are found by their absolute path, so this works from a checkout and from an
+installed wheel alike. The composed config is type-checked before torch or Lightning is imported; see
+``s2svr_lightning.pipeline`` for what runs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sys
 
 import hydra
 from omegaconf import DictConfig
+
+from s2svr_lightning.conf import CONF_DIR, ConfigError, check_schema
 
 
 def _importable(module: str) -> bool:
@@ -34,10 +38,16 @@ def _require_optional_plugins(argv: list[str]) -> None:
         )
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+# An absolute config path: Hydra reads it as a folder, whatever module the entry point was called from
+# (a relative path would be looked up as the module `s2svr_lightning.conf` when called as `s2svr-train`).
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        cfg = check_schema(cfg)  # types and keys, before anything heavy is imported
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
     from s2svr_lightning.data.errors import DatasetError
-    from s2svr_lightning.pipeline import ConfigError, run
+    from s2svr_lightning.pipeline import run
 
     try:
         return run(cfg)

@@ -1,0 +1,77 @@
+"""Small pieces every part of the pipeline uses: config lookups, rank-zero messages and files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from s2svr_lightning.atomic import atomic_write_bytes
+
+__all__ = ["container", "get", "is_global_zero", "say", "write_json", "read_results", "stage_steps"]
+
+_log = logging.getLogger("s2svr_lightning")
+
+
+def container(node: Any) -> Any:
+    """An OmegaConf node as plain dicts / lists (interpolations resolved); anything else unchanged."""
+    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def get(cfg: Any, path: str, default: Any = None) -> Any:
+    """``cfg.<path>``, or ``default`` when it is absent or null."""
+    value = OmegaConf.select(cfg, path, default=default) if isinstance(cfg, DictConfig) else default
+    return default if value is None else value
+
+
+def is_global_zero() -> bool:
+    """Global rank zero, also before a Trainer has set ``rank_zero_only.rank`` (which only knows the local
+    rank then): under multi-node DDP, node > 0 processes must not write the run's files either."""
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return False
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var):
+            return int(os.environ[var]) == 0
+    nodes = (os.environ.get(var) for var in ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID"))
+    return int(next((n for n in nodes if n), "0")) == 0
+
+
+def say(message: str) -> None:
+    """Rank-zero progress message: logged (console and the Hydra run's log file) or printed."""
+    if not is_global_zero():
+        return
+    if logging.getLogger().hasHandlers():
+        _log.info(message)
+    else:
+        print(message, flush=True)
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """``data`` as JSON at ``path``, atomically, on global rank zero only."""
+    if not is_global_zero():
+        return
+    text = json.dumps(data, indent=2, sort_keys=False, default=float) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def read_results(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``results.json`` of a run directory (an empty dict if there is none yet)."""
+    path = Path(output_dir) / "results.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def stage_steps(cfg: DictConfig, stage: str) -> int:
+    """``<stage>.max_steps``, capped by ``debug.max_steps`` (``debug=fast`` wins whatever the merge order)."""
+    steps = int(get(cfg, f"{stage}.max_steps", 0))
+    cap = get(cfg, "debug.max_steps")
+    return min(steps, int(cap)) if cap is not None else steps

@@ -1,0 +1,345 @@
+"""The stages: teacher, student and restorer training, test, predict.
+
+Each training stage writes under ``<run>/<stage>/``: ``checkpoints/last.ckpt`` (every
+``callbacks.checkpoint_every_n_steps`` steps and on SIGTERM / Ctrl-C: resumed from),
+``checkpoints/best-*.ckpt`` (the best ``<stage>.best.save_top_k`` by ``<stage>.best.monitor``),
+``metrics.json`` and then ``checkpoints/final.ckpt``, the "finished" marker: a finished stage is
+skipped and its metrics reused.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+from s2svr_lightning.conf import ConfigError
+from s2svr_lightning.pipeline.build import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    module_class,
+    module_option,
+)
+from s2svr_lightning.pipeline.common import container, get, say, stage_steps, write_json
+from s2svr_lightning.pipeline.loggers import log_table
+
+__all__ = ["RUNNERS", "stage_paths", "choose_test_checkpoint"]
+
+CHECKPOINT_CHOICES = ("best", "last", "final")
+
+
+def stage_paths(out: Path, stage: str) -> tuple[Path, Path, Path]:
+    """``last.ckpt``, ``final.ckpt`` and ``metrics.json`` of a stage."""
+    ckpt_dir = out / stage / "checkpoints"
+    return ckpt_dir / "last.ckpt", ckpt_dir / "final.ckpt", out / stage / "metrics.json"
+
+
+def _input_checkpoint(cfg: DictConfig, out: Path, stage: str, needed_by: str) -> Path:
+    given = get(cfg, f"ckpt.{stage}")
+    path = Path(given) if given else stage_paths(out, stage)[1]
+    if not path.is_file():
+        where = f"ckpt.{stage}={given}" if given else f"{path} (the {stage} stage of this run folder)"
+        raise ConfigError(
+            f"the {needed_by} stage needs a {stage} checkpoint, not found: {where}. Run stage={stage} "
+            f"first in the same run folder, use stage=all, or pass ckpt.{stage}=PATH"
+        )
+    return path
+
+
+class _LastValidation(Callback):
+    """The step and the ``val/*`` scores of the latest validation during training."""
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.metrics: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.step = int(trainer.global_step)
+            self.metrics = _scalar_metrics(trainer.callback_metrics, "val")
+
+
+def _scalar_metrics(metrics: Any, prefix: str) -> dict[str, float]:
+    """``{"val/psnr": tensor(..)}`` -> ``{"psnr": ..}`` for the keys under ``prefix/``."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not key.startswith(prefix + "/"):
+            continue
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if isinstance(value, (int, float)):
+            out[key[len(prefix) + 1 :]] = float(value)
+    return out
+
+
+def _saved_score(path: Path, monitor: str) -> float | None:
+    """The ``monitor`` score that a ModelCheckpoint saved ``path`` for (its state in the file)."""
+    states = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    for key, state in states.items():
+        if str(key).startswith("ModelCheckpoint") and state.get("monitor") == monitor:
+            score = state.get("current_score")
+            return None if score is None else float(score)
+    return None
+
+
+def _best_record(trainer: L.Trainer, stage: str, cfg: DictConfig) -> dict[str, Any] | None:
+    """The best-k checkpoints of the stage with their scores, best first."""
+    best = cfg[stage].best
+    if int(best.save_top_k) == 0:
+        return None
+    scored = []
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor == str(best.monitor):
+            scored = [(p, float(s)) for p, s in cb.best_k_models.items() if Path(p).is_file()]
+    if not scored:  # e.g. ddp_spawn: the callback's state stayed in the workers; each file has its score
+        ckpt_dir = stage_paths(Path(trainer.default_root_dir).parent, stage)[0].parent
+        scored = [
+            (str(p), _saved_score(p, str(best.monitor))) for p in sorted(ckpt_dir.glob("best-step*.ckpt"))
+        ]
+    maximize = str(best.mode) == "max"
+    scored.sort(key=lambda ps: (ps[1] is None, -ps[1] if maximize and ps[1] is not None else ps[1] or 0))
+    return {
+        "monitor": str(best.monitor),
+        "mode": str(best.mode),
+        "checkpoints": [{"path": p, "score": s} for p, s in scored],
+    }
+
+
+def _fit_stage(
+    cfg: DictConfig, stage: str, out: Path, make_module: Any, *, find_unused_parameters: Any = False
+) -> tuple[dict[str, Any], bool]:
+    """Fit (or resume, or skip) one training stage: its final validation metrics, and whether it ran."""
+    last, final, metrics_file = stage_paths(out, stage)
+    if final.is_file() and metrics_file.is_file():
+        say(f"[{stage}] finished earlier: {final} (skipped)")
+        return json.loads(metrics_file.read_text()), False
+    scfg = cfg[stage]
+    max_steps = stage_steps(cfg, stage)
+    val_every = get(cfg, "debug.val_every_n_steps")
+    limit_val = get(cfg, "debug.limit_val_batches")
+    limit_val = get(scfg, "limit_val_batches") if limit_val is None else limit_val
+    module = make_module()
+    unused = find_unused_parameters(module) if callable(find_unused_parameters) else find_unused_parameters
+    record = _LastValidation()
+    trainer = build_trainer(
+        cfg,
+        stage,
+        out,
+        max_steps=max_steps,
+        val_every_n_steps=int(get(scfg, "val_every_n_steps", 0) if val_every is None else val_every),
+        limit_val_batches=limit_val,
+        find_unused_parameters=bool(unused),
+        extra_callbacks=[record],
+    )
+    datamodule = build_datamodule(cfg, stage)
+    resume = str(last) if last.is_file() else None
+    if resume:
+        step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", "?")
+        say(f"[{stage}] resuming from {last} at step {step} of {max_steps}")
+    else:
+        say(f"[{stage}] training for {max_steps} steps")
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except SIGTERMException:
+        # Lightning stops between two steps and CheckpointOnInterrupt has saved last.ckpt; a SystemExit
+        # without a code would report success
+        say(
+            f"[{stage}] stopped by SIGTERM at step {trainer.global_step}; "
+            "run the same command again to resume"
+        )
+        raise SystemExit(128 + signal.SIGTERM) from None
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"{stage} stage interrupted at step {trainer.global_step}")
+    if record.step == trainer.global_step and record.metrics:
+        metrics = dict(record.metrics)  # the validation at the last step is the closing one
+    else:
+        trainer.limit_val_batches = 1.0 if limit_val is None else limit_val
+        results = trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics = _scalar_metrics(results[0] if results else trainer.callback_metrics, "val")
+    metrics["steps"] = int(trainer.global_step)
+    best = _best_record(trainer, stage, cfg)
+    if best is not None:
+        metrics["best"] = best
+    # metrics first, then the final checkpoint: the checkpoint is the "finished" marker
+    write_json(metrics_file, metrics)
+    trainer.save_checkpoint(final, weights_only=False)  # full state: training can go on from it
+    return metrics, True
+
+
+def run_teacher(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
+    return _fit_stage(cfg, "teacher", out, lambda: build_module(cfg, "teacher"))
+
+
+def run_student(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
+    kwargs = {}
+    # a student that distils from the teacher or starts from it needs the teacher stage's checkpoint
+    if module_option(cfg, "student", "w_dis") > 0 or module_option(cfg, "student", "init_from_teacher"):
+        kwargs["teacher_checkpoint"] = str(_input_checkpoint(cfg, out, "teacher", "student"))
+    return _fit_stage(cfg, "student", out, lambda: build_module(cfg, "student", **kwargs))
+
+
+def run_restorer(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
+    kwargs: dict[str, Any] = {"total_steps": stage_steps(cfg, "restorer")}
+    if bool(cfg.restorer.flow_from_student):
+        kwargs["flow_init"] = str(_input_checkpoint(cfg, out, "student", "restorer"))
+
+    def frozen(module: Any) -> bool:
+        # the frozen flow net has no gradient for its first steps: DDP must tolerate unused parameters then
+        return int(getattr(module, "hparams", {}).get("flow_freeze_steps", 0)) > 0
+
+    return _fit_stage(
+        cfg, "restorer", out, lambda: build_module(cfg, "restorer", **kwargs), find_unused_parameters=frozen
+    )
+
+
+def choose_test_checkpoint(cfg: DictConfig, out: Path) -> tuple[Path, str, float | None]:
+    """The restorer checkpoint that the test stage scores: ``ckpt.restorer`` when given, else the
+    restorer stage's best (``test.ckpt=best``, falling back to final when none was scored), last or final.
+
+    Returns ``(path, choice, score)``; ``score`` is the best checkpoint's ``restorer.best.monitor``.
+    """
+    if get(cfg, "ckpt.restorer"):
+        return _input_checkpoint(cfg, out, "restorer", "test"), "given", None
+    choice = str(cfg.test.ckpt)
+    if choice not in CHECKPOINT_CHOICES:
+        raise ConfigError(f"test.ckpt must be one of {', '.join(CHECKPOINT_CHOICES)}, got {choice!r}")
+    last, final, metrics_file = stage_paths(out, "restorer")
+    if choice == "best":
+        recorded = json.loads(metrics_file.read_text()).get("best") if metrics_file.is_file() else None
+        for entry in (recorded or {}).get("checkpoints", []):
+            if Path(entry["path"]).is_file():
+                return Path(entry["path"]), "best", entry.get("score")
+        say("[test] no best restorer checkpoint was scored (no validation in training): using final.ckpt")
+        choice = "final"
+    path = last if choice == "last" else final
+    if not path.is_file():
+        raise ConfigError(
+            f"test.ckpt={choice}: {path} not found. Train the restorer in this run folder first (stage=all), "
+            "or pass ckpt.restorer=PATH"
+        )
+    return path, choice, None
+
+
+def _test_output_writer(cfg: DictConfig, out: Path) -> list[Callback]:
+    if not bool(cfg.test.save_outputs):
+        return []
+    try:
+        from s2svr_lightning.evaluation import TestOutputWriter
+    except ImportError as err:
+        raise ConfigError(f"test.save_outputs=true needs s2svr_lightning.evaluation: {err}") from err
+    return [TestOutputWriter(output_dir=str(out / "test"), save_images=bool(cfg.test.save_images))]
+
+
+def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
+    _, _, metrics_file = stage_paths(out, "test")
+    save_outputs = bool(cfg.test.save_outputs)
+    done = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    try:
+        ckpt, choice, score = choose_test_checkpoint(cfg, out)
+    except ConfigError:
+        if done is None:
+            raise
+        ckpt, choice, score = Path(done["checkpoint"]), done.get("checkpoint_choice"), None
+    # a finished test runs again only for another checkpoint, or to write the outputs it did not write
+    if (
+        done is not None
+        and done.get("checkpoint") == str(ckpt)
+        and (done.get("saved_outputs") or not save_outputs)
+    ):
+        say(f"[test] finished earlier: {metrics_file} (skipped)")
+        return done, False
+    cls = module_class(cfg, "restorer")
+    module = cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
+    # score with this run's benchmark conventions (a checkpoint may come from another task's run)
+    module.test_metrics = type(module.test_metrics)(**container(cfg.metrics))
+    trainer = build_trainer(cfg, "test", out, extra_callbacks=_test_output_writer(cfg, out))
+    limit = get(cfg, "debug.limit_test_batches")
+    limit = get(cfg, "test.limit_batches") if limit is None else limit
+    if limit is not None:
+        trainer.limit_test_batches = limit
+    datamodule = build_datamodule(cfg, "test")
+    say(f"[test] scoring {ckpt} ({choice}) on the held-out sequences")
+    results = trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics: dict[str, Any] = _scalar_metrics(results[0] if results else trainer.callback_metrics, "test")
+    metrics.update(checkpoint=str(ckpt), checkpoint_choice=choice, checkpoint_score=score)
+    metrics["saved_outputs"] = save_outputs
+    metrics["per_sequence"] = module.test_per_sequence
+    log_table(trainer.loggers, "test/per_sequence", module.test_per_sequence)
+    write_json(metrics_file, metrics)
+    return metrics, True
+
+
+def check_predict(cfg: DictConfig) -> tuple[Path, Path | None]:
+    """``stage=predict``'s inputs, checked before any work: ``(input, output or None)``."""
+    if not get(cfg, "ckpt.restorer"):
+        raise ConfigError("stage=predict needs ckpt.restorer=PATH (a restorer stage checkpoint)")
+    ckpt = Path(cfg.ckpt.restorer)
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt.restorer={ckpt}: no such file")
+    try:  # memory-mapped: only the kind marker is read
+        kind = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("s2svr_kind")
+    except Exception as err:  # torch raises several types for a file that is not a checkpoint
+        raise ConfigError(f"ckpt.restorer={ckpt}: not a readable checkpoint ({type(err).__name__})") from None
+    if kind != "restorer":
+        raise ConfigError(
+            f"ckpt.restorer={ckpt} is a {kind or 'non-s2svr'} checkpoint; predict needs a restorer stage "
+            "checkpoint (<run>/restorer/checkpoints/best-*.ckpt or final.ckpt)"
+        )
+    source = get(cfg, "predict.input")
+    if not source:
+        raise ConfigError("stage=predict needs predict.input=VIDEO_OR_FRAME_FOLDER")
+    if not Path(source).exists():
+        raise ConfigError(f"predict.input={source}: no such file or folder")
+    target = get(cfg, "predict.output")
+    return Path(source), (Path(target) if target else None)
+
+
+def run_predict(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
+    """Restore ``predict.input`` with ``ckpt.restorer`` through :func:`~s2svr_lightning.restore.restore_video`
+    (the streaming path of the ``restore`` command)."""
+    from s2svr_lightning.restore import restore_video
+
+    source, target = check_predict(cfg)
+    if target is None:
+        target = out / "predict" / source.name
+    device = (
+        "cuda" if str(cfg.hardware.accelerator) in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    say(f"[predict] restoring {source} -> {target} with {cfg.ckpt.restorer}")
+    try:
+        summary = restore_video(
+            cfg.ckpt.restorer,
+            source,
+            target,
+            device=device,
+            precision=str(cfg.predict.precision),
+            tile=get(cfg, "predict.tile"),
+            overwrite=bool(cfg.predict.overwrite),
+            progress=False,
+        )
+    except FileExistsError as err:
+        raise ConfigError(f"predict.output: {err} (here: predict.overwrite=true)") from None
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"predict: {err}") from None
+    metrics = {"input": str(source), "output": str(target), "checkpoint": str(cfg.ckpt.restorer)}
+    return {**metrics, "frames": summary.frames, "seconds": round(summary.seconds, 1)}, True
+
+
+RUNNERS = {
+    "teacher": run_teacher,
+    "student": run_student,
+    "restorer": run_restorer,
+    "test": run_test,
+    "predict": run_predict,
+}
