@@ -25,6 +25,7 @@ length of the video, and the output equals a whole-sequence pass.
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import json
 import math
@@ -355,25 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = _export(args)
             print(f"exported one streaming step ({args.export}) to {path}")
             return 0
-        summary = restore_video(
-            args.ckpt,
-            args.input,
-            args.output,
-            device=args.device,
-            precision=args.precision,
-            tile=args.tile,
-            tile_overlap=args.tile_overlap,
-            tile_flow=args.tile_flow,
-            max_frames=args.max_frames,
-            reference=args.reference,
-            degrade=args.degrade,
-            degrade_chunk=args.degrade_chunk,
-            overwrite=args.overwrite,
-            codec=args.codec,
-            crf=args.crf,
-            fps=args.fps,
-            progress=not args.no_progress,
-        )
+        # every option of the command is the keyword argument of restore_video of the same name
+        params = inspect.signature(restore_video).parameters
+        options = {
+            k: v for k, v in vars(args).items() if k in params and params[k].kind is params[k].KEYWORD_ONLY
+        }
+        summary = restore_video(args.ckpt, args.input, args.output, progress=not args.no_progress, **options)
     except KeyboardInterrupt as err:
         print("s2svr-restore: interrupted; the partial output was removed", file=sys.stderr)
         return 143 if isinstance(err, RestoreInterrupted) else 130
