@@ -40,7 +40,7 @@ def test_overrides_for_flow_stages(synthetic_datamodule):
     assert pairs.source("train") is dm.source("train")  # listed and validated once
     mirrored = dm.with_overrides(num_frames=2, mirror=True, hflip=False)
     assert next(iter(mirrored.train_dataloader()))["hq"].shape[1] == 4  # 2 frames played back and forth
-    assert not mirrored.train_dataset().hflip and dm.train_dataset().hflip  # the original is unchanged
+    assert not mirrored.train_dataset().augment.hflip and dm.train_dataset().augment.hflip  # dm unchanged
     with pytest.raises(ValueError, match="cannot override"):
         dm.with_overrides(task="cve")
     with pytest.raises(ValueError, match="multiple of 4"):

@@ -15,6 +15,7 @@ when there are more ranks than sequences): metrics must be reduced with ``torchm
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..task import TASK_KINDS
 from ..utils import to_plain
 from .datasets import DEFAULT_TASK, EvalSequenceDataset, SequenceSource, TrainClipDataset, build_dataset
 from .datasets.base import VERIFY_LEVELS
+from .datasets.clips import Augmentation
 
 __all__ = ["VideoRestorationDataModule", "EvalShardSampler", "shard_sequences"]
 
@@ -168,9 +170,7 @@ class VideoRestorationDataModule(L.LightningDataModule):
             batch_size,
             num_workers,
         )
-        # TrainClipDataset's augmentation switches
-        self.augment = {"hflip": hflip, "vflip": vflip, "transpose": transpose, "reverse": reverse}
-        self.augment["mirror"] = mirror
+        self.augment = Augmentation(hflip, vflip, transpose, reverse, mirror)
         self.samples_per_epoch = samples_per_epoch
         self.val_chunk, self.val_overlap, self.val_max_sequences = val_chunk, val_overlap, val_max_sequences
         self.test_chunk, self.test_overlap, self.test_max_sequences = (
@@ -228,11 +228,10 @@ class VideoRestorationDataModule(L.LightningDataModule):
         other = copy.copy(self)
         other._sources = self._sources  # shared: listing and validation are done once
         other.trainer = None
-        other.augment = dict(self.augment)
+        augment = {k: v for k, v in overrides.items() if k in Augmentation.__dataclass_fields__}
+        other.augment = dataclasses.replace(self.augment, **augment)
         for name, value in overrides.items():
-            if name in other.augment:
-                other.augment[name] = value
-            else:
+            if name not in augment:
                 setattr(other, name, value)
         other._check_training_args()
         return other
@@ -298,7 +297,7 @@ class VideoRestorationDataModule(L.LightningDataModule):
             self.source("train"),
             num_frames=self.num_frames,
             crop_size=self.crop_size,
-            **self.augment,
+            augment=self.augment,
             samples_per_epoch=self.samples_per_epoch,
         )
 

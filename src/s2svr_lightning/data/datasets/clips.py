@@ -10,13 +10,26 @@ temporal reversal swaps the forward and backward flows).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import DatasetError
 from .base import SequenceSource
 
-__all__ = ["EvalSequenceDataset", "TrainClipDataset", "chunk_windows"]
+__all__ = ["Augmentation", "EvalSequenceDataset", "TrainClipDataset", "chunk_windows"]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Which augmentations training clips get: each flip, the transpose (square crops only) and the
+    temporal reversal with probability 1/2; ``mirror`` always appends the clip played backwards."""
+
+    hflip: bool = True
+    vflip: bool = True
+    transpose: bool = True
+    reverse: bool = True
+    mirror: bool = False
 
 
 def _hflip(clip: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,11 +107,7 @@ class TrainClipDataset(torch.utils.data.Dataset):
         *,
         num_frames: int,
         crop_size: int | None,
-        hflip: bool = True,
-        vflip: bool = True,
-        transpose: bool = True,
-        reverse: bool = True,
-        mirror: bool = False,
+        augment: Augmentation = Augmentation(),
         samples_per_epoch: int | None = None,
     ) -> None:
         if len(source) == 0:
@@ -128,13 +137,7 @@ class TrainClipDataset(torch.utils.data.Dataset):
         self.source = source
         self.num_frames = num_frames
         self.crop_size = crop_size
-        self.hflip, self.vflip, self.transpose, self.reverse, self.mirror = (
-            hflip,
-            vflip,
-            transpose,
-            reverse,
-            mirror,
-        )
+        self.augment = augment
         self.samples_per_epoch = samples_per_epoch
 
     def __len__(self) -> int:
@@ -155,15 +158,16 @@ class TrainClipDataset(torch.utils.data.Dataset):
             left = int(torch.randint(0, (w - c) // s + 1, ()).item()) * s
             crop = (top, left, c, c)
         clip = self.source.load(index, start, start + n, crop)
-        if self.hflip and self._coin():
+        aug = self.augment
+        if aug.hflip and self._coin():
             clip = _hflip(clip)
-        if self.vflip and self._coin():
+        if aug.vflip and self._coin():
             clip = _vflip(clip)
-        if self.transpose and clip["hq"].shape[-1] == clip["hq"].shape[-2] and self._coin():
+        if aug.transpose and clip["hq"].shape[-1] == clip["hq"].shape[-2] and self._coin():
             clip = _transpose(clip)
-        if self.reverse and self._coin():
+        if aug.reverse and self._coin():
             clip = _reverse(clip)
-        if self.mirror:
+        if aug.mirror:
             clip = _mirror(clip)
         return _to_sample(clip, f"{self.source.key(index)}/{start:06d}")
 
