@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from s2svr_lightning.callbacks import AtomicCheckpointIO, CheckpointOnInterrupt, PlainProgressBar
 from s2svr_lightning.conf import ConfigError
-from s2svr_lightning.pipeline.common import container, get
+from s2svr_lightning.pipeline.common import get
 from s2svr_lightning.pipeline.loggers import build_loggers, logger_nodes
+from s2svr_lightning.utils import to_plain
 
 __all__ = [
     "FIT_STAGES",
@@ -80,9 +81,9 @@ def _instantiate(node: Any, where: str, **kwargs: Any) -> Any:
 # --------------------------------------------------------------------------------------------- data
 def build_datamodule(cfg: DictConfig, stage: str | None = None) -> Any:
     """The ``data`` node's DataModule, with ``<stage>.data`` and ``debug.num_workers`` applied."""
-    options = dict(container(cfg.data))
+    options = dict(to_plain(cfg.data))
     if stage is not None:
-        options.update(container(get(cfg, f"{stage}.data", {})) or {})
+        options.update(to_plain(get(cfg, f"{stage}.data", {})) or {})
     if get(cfg, "debug.num_workers") is not None:
         options["num_workers"] = int(cfg.debug.num_workers)
     return _instantiate(options, "data")
@@ -253,8 +254,8 @@ def build_trainer(
             computed.update(limit_val_batches=0)
     if limit_val_batches is not None and computed.get("limit_val_batches") != 0:
         computed["limit_val_batches"] = limit_val_batches
-    options = dict(container(staged.trainer))
-    options.update(container(get(cfg, "debug.trainer", {})) or {})
+    options = dict(to_plain(staged.trainer))
+    options.update(to_plain(get(cfg, "debug.trainer", {})) or {})
     # a key the config sets wins over the pipeline's
     computed = {k: v for k, v in computed.items() if k not in options}
     try:

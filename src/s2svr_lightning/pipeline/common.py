@@ -14,16 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from s2svr_lightning.atomic import atomic_write_bytes
 
-__all__ = ["container", "get", "is_global_zero", "say", "write_json", "read_results", "stage_steps"]
+__all__ = ["get", "is_global_zero", "say", "write_json", "read_results", "stage_steps"]
 
 _log = logging.getLogger("s2svr_lightning")
-
-
-def container(node: Any) -> Any:
-    """An OmegaConf node as plain dicts / lists (interpolations resolved); anything else unchanged."""
-    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
 
 
 def get(cfg: Any, path: str, default: Any = None) -> Any:

@@ -28,8 +28,9 @@ from s2svr_lightning.pipeline.build import (
     module_class,
     module_option,
 )
-from s2svr_lightning.pipeline.common import container, get, say, stage_steps, write_json
+from s2svr_lightning.pipeline.common import get, say, stage_steps, write_json
 from s2svr_lightning.pipeline.loggers import log_table
+from s2svr_lightning.utils import to_plain
 
 __all__ = ["RUNNERS", "stage_paths", "choose_test_checkpoint"]
 
@@ -261,7 +262,7 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     cls = module_class(cfg, "restorer")
     module = cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
     # score with this run's benchmark conventions (a checkpoint may come from another task's run)
-    module.test_metrics = type(module.test_metrics)(**container(cfg.metrics))
+    module.test_metrics = type(module.test_metrics)(**to_plain(cfg.metrics))
     trainer = build_trainer(cfg, "test", out, extra_callbacks=_test_output_writer(cfg, out))
     limit = get(cfg, "debug.limit_test_batches")
     limit = get(cfg, "test.limit_batches") if limit is None else limit
