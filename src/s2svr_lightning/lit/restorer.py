@@ -22,8 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from s2svr_lightning.lit.common import log_images, raise_if_nonfinite
+from s2svr_lightning.lit.flow import build_flownet, check_flow_compatible, flow_metadata, flownet_options
 from s2svr_lightning.losses import charbonnier_loss
 from s2svr_lightning.metrics import VideoMetrics
+from s2svr_lightning.models.flow_input import FlowInput
+from s2svr_lightning.task import default_scale
 
 __all__ = ["RestorerModule", "TASK_KINDS", "baseline_restoration"]
 
@@ -45,6 +48,42 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def restorer_flow_options(
+    flownet: str | None,
+    flownet_overrides: Mapping[str, Any] | None,
+    flow_input: Any,
+    *,
+    flow_init: str | Path | None,
+    override: bool = False,
+) -> dict[str, Any]:
+    """The restorer's flow-net hyperparameters, unset ones taken from the ``flow_init`` checkpoint.
+
+    Returns ``{"flownet", "flownet_overrides", "flow_input", "flow_input_override"}`` as plain data. A
+    student's rule and options thus follow its weights into the restorer; an explicit value that
+    differs from the checkpoint's is refused when the weights are loaded
+    (:meth:`RestorerModule.load_flownet`).
+    """
+    theirs = None
+    if flow_init is not None and Path(flow_init).is_file() and (flownet is None or flow_input is None):
+        ckpt = torch.load(Path(flow_init), map_location="cpu", weights_only=True)
+        theirs = flow_metadata(ckpt)
+    if flownet is None:
+        flownet = theirs["flownet"] if theirs else "pwclite"
+        if flownet_overrides is None and theirs:
+            flownet_overrides = theirs["options"]
+    if flow_input is None:
+        # a teacher read HQ frames natively: its rule says nothing about LQ; the default applies
+        flow_input = theirs["flow_input"] if theirs and theirs.get("reads") == "lq" else "hq"
+    if not isinstance(flow_input, (str, Mapping)):
+        flow_input = [int(v) for v in flow_input]  # (H, W) as a plain list
+    return {
+        "flownet": str(flownet),
+        "flownet_overrides": _plain(flownet_overrides) or {},
+        "flow_input": _plain(flow_input),
+        "flow_input_override": bool(override),
+    }
 
 
 def baseline_restoration(lq: torch.Tensor, *, kind: str, scale: int) -> torch.Tensor:
@@ -86,6 +125,12 @@ class RestorerModule(L.LightningModule):
         metrics: :class:`~s2svr_lightning.metrics.VideoMetrics` options: ``y_channel``, ``border``,
             ``reduction`` (the benchmark's convention).
         num_log_images: sequences per validation whose middle frame is logged as LQ | output | HQ.
+        flownet, flownet_overrides: the flow net's builder and options; None: those of ``flow_init``'s
+            checkpoint (else ``pwclite`` with its defaults). Given explicitly, they must equal the
+            checkpoint's: a flow net's weights are only meaningful with the options they were trained with.
+        flow_input: the flow-input rule (``"hq"``, ``"native"``, ``[H, W]``); None: the student's (from
+            ``flow_init``; ``"hq"`` without a student); see :class:`~s2svr_lightning.models.FlowInput`.
+        flow_input_override: allow a ``flow_input`` other than the one the student was trained under.
     """
 
     def __init__(
@@ -107,6 +152,10 @@ class RestorerModule(L.LightningModule):
         charbonnier_eps: float = 1e-6,
         metrics: Mapping[str, Any] | None = None,
         num_log_images: int = 1,
+        flownet: str | None = None,
+        flownet_overrides: Mapping[str, Any] | None = None,
+        flow_input: Any = None,
+        flow_input_override: bool = False,
     ) -> None:
         super().__init__()
         from s2svr_lightning.models import build_model
@@ -137,9 +186,12 @@ class RestorerModule(L.LightningModule):
                 "charbonnier_eps": float(charbonnier_eps),
                 "metrics": _plain(metrics) or {},
                 "num_log_images": int(num_log_images),
+                **restorer_flow_options(
+                    flownet, flownet_overrides, flow_input, flow_init=flow_init, override=flow_input_override
+                ),
             }
         )
-        self.net = build_model(model, **self.hparams.model_overrides)
+        self.net = build_model(model, **self.hparams.model_overrides, **self._flow_parts())
         if self.hparams.scale is None:
             self.hparams.scale = int(self.net.scale)
         if int(self.net.scale) != self.hparams.scale:
@@ -184,7 +236,34 @@ class RestorerModule(L.LightningModule):
         }
         if not state:
             raise ValueError(f"expected flownet.* weights in {path}, found none")
+        check_flow_compatible(
+            flow_metadata(ckpt),
+            self.flow_metadata(),
+            source=str(path),
+            check_rule=kind == "student" and not self.hparams.flow_input_override,
+            fix=(
+                "; leave restorer flownet / flownet_overrides / flow_input unset to take the student's, or "
+                "set flow_input_override=true to use another flow-input rule on purpose"
+            ),
+        )
         self.net.flownet.load_state_dict(state, strict=True)
+
+    def _flow_parts(self) -> dict[str, Any]:
+        """The flow net and its input rule from the hyperparameters (also on ``load_from_checkpoint``)."""
+        hp = self.hparams
+        return {
+            "flownet": build_flownet(hp.flownet, hp.flownet_overrides),
+            "flow_input": FlowInput.create(hp.flow_input, scale=int(hp.scale or default_scale(hp.kind))),
+        }
+
+    def flow_metadata(self) -> dict[str, Any]:
+        """What the restorer's flow net is (stored in its checkpoints as ``s2svr_flow``)."""
+        return {
+            "flownet": self.hparams.flownet,
+            "options": flownet_options(self.hparams.flownet, self.hparams.flownet_overrides),
+            "flow_input": self.net.flow_input.to_dict(),
+            "reads": "lq",
+        }
 
     def setup(self, stage: str) -> None:
         # Only a fresh fit takes the student's flow net; a resumed fit restores its own weights afterwards
@@ -275,7 +354,7 @@ class RestorerModule(L.LightningModule):
         if lq.shape[1] > 1:
             from s2svr_lightning.flow_viz import flow_to_color
 
-            flow = self.net.flownet(lq[:1, t - 1].float(), lq[:1, t].float())
+            flow = self.net.pair_flows(lq[:1, t].float(), lq[:1, t - 1].float())[1]  # t-1 -> t, as trained
             color = flow_to_color(flow)
             color = color.float() / 255.0 if color.dtype == torch.uint8 else color
             log_images(
@@ -309,3 +388,4 @@ class RestorerModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["s2svr_kind"] = "restorer"
+        checkpoint["s2svr_flow"] = self.flow_metadata()
