@@ -86,6 +86,18 @@ def restorer_flow_options(
     }
 
 
+def mirrored_forward(forward: Any, lq: torch.Tensor) -> torch.Tensor:
+    """The mirror test protocol: ``forward`` on the clip followed by its reverse (``2T`` frames, one pass),
+    frame t the mean of its forward-half and mirrored-half outputs, ``(B, T, 3, H, W)``.
+
+    The authors score Vimeo-90K-T so (im1..im7, im7..im1; im4 averaged): the mirrored half's im4 has
+    seen the whole clip, where a single causal pass gives it r frames of look-ahead.
+    """
+    t = lq.shape[1]
+    out = forward(torch.cat((lq, lq.flip(1)), dim=1))
+    return 0.5 * (out[:, :t] + out[:, t:].flip(1))
+
+
 def baseline_restoration(lq: torch.Tensor, *, kind: str, scale: int) -> torch.Tensor:
     """The reference every benchmark table starts from, ``(B, T, 3, h, w)`` -> ``(B, T, 3, H, W)``.
 
@@ -131,6 +143,10 @@ class RestorerModule(L.LightningModule):
         flow_input: the flow-input rule (``"hq"``, ``"native"``, ``[H, W]``); None: the student's (from
             ``flow_init``; ``"hq"`` without a student); see :class:`~s2svr_lightning.models.FlowInput`.
         flow_input_override: allow a ``flow_input`` other than the one the student was trained under.
+        eval_protocol: how validation and test run the network on a clip: ``"single"`` (one causal pass;
+            frame t sees r frames ahead) or ``"mirror"`` (the clip followed by its reverse in one pass,
+            each frame the mean of its two outputs: the authors' Vimeo-90K-T protocol, see
+            :func:`mirrored_forward`).
     """
 
     def __init__(
@@ -156,6 +172,7 @@ class RestorerModule(L.LightningModule):
         flownet_overrides: Mapping[str, Any] | None = None,
         flow_input: Any = None,
         flow_input_override: bool = False,
+        eval_protocol: str = "single",
     ) -> None:
         super().__init__()
         from s2svr_lightning.models import build_model
@@ -164,6 +181,8 @@ class RestorerModule(L.LightningModule):
             kind = "vsr" if "vsr" in model else "cve" if "cve" in model else "deblur"
         if kind not in TASK_KINDS:
             raise ValueError(f"expected kind in {TASK_KINDS}, got {kind!r}")
+        if eval_protocol not in ("single", "mirror"):
+            raise ValueError(f"expected eval_protocol 'single' or 'mirror', got {eval_protocol!r}")
         if flow_freeze_steps < 0:
             raise ValueError(f"expected flow_freeze_steps >= 0, got {flow_freeze_steps}")
         if lr <= 0 or flow_lr < 0 or min_lr < 0:
@@ -186,6 +205,7 @@ class RestorerModule(L.LightningModule):
                 "charbonnier_eps": float(charbonnier_eps),
                 "metrics": _plain(metrics) or {},
                 "num_log_images": int(num_log_images),
+                "eval_protocol": str(eval_protocol),
                 **restorer_flow_options(
                     flownet, flownet_overrides, flow_input, flow_init=flow_init, override=flow_input_override
                 ),
@@ -328,7 +348,7 @@ class RestorerModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: Mapping[str, Any], batch_idx: int, metrics: VideoMetrics, prefix: str) -> None:
         lq, hq = batch["lq"], batch["hq"]
-        out = self(lq).float()
+        out = (mirrored_forward(self, lq) if self.hparams.eval_protocol == "mirror" else self(lq)).float()
         raise_if_nonfinite(out, what=f"{prefix} output", step=self.global_step, batch=batch)
         base = baseline_restoration(lq.float(), kind=self.kind, scale=self.scale)
         keys = batch.get("key", [f"{prefix}_{batch_idx}_{i}" for i in range(lq.shape[0])])
