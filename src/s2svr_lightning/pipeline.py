@@ -512,6 +512,7 @@ def run_student(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     from s2svr_lightning.lit import StudentFlowModule
 
     kwargs = _module_kwargs(cfg, "student")
+    kwargs.setdefault("scale", int(cfg.scale))  # the flow-input rule "hq" reads the LQ pair at x scale
     if kwargs.get("w_dis", 0.1) > 0 or kwargs.get("init_from_teacher", True):
         kwargs["teacher_checkpoint"] = str(_input_checkpoint(cfg, out, "teacher", "student"))
     return _fit_stage(cfg, "student", out, lambda: StudentFlowModule(**kwargs))
