@@ -146,6 +146,13 @@ def test_flow_net_options_travel_with_the_weights(tmp_path):
     (tmp_path / "student.ckpt").unlink()
     loaded = RestorerModule.load_from_checkpoint(restorer_path, weights_only=True)
     assert loaded.net.flownet.min_level_size == 8 and loaded.net.flow_input == module.net.flow_input
+    # a checkpoint from before the rule: its default PWC-Lite read the LQ pair natively
+    del checkpoint["s2svr_flow"]
+    for key in ("flownet", "flownet_overrides", "flow_input", "flow_input_override"):
+        del checkpoint["hyper_parameters"][key]
+    torch.save(checkpoint, restorer_path)
+    old = RestorerModule.load_from_checkpoint(restorer_path, weights_only=True)
+    assert old.net.flow_input == FlowInput("native") and old.net.flownet.min_level_size == 1
 
 
 def test_distillation_mask_drops_the_teachers_inconsistent_pixels(tmp_path):

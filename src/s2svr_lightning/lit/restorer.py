@@ -406,6 +406,13 @@ class RestorerModule(L.LightningModule):
         self.test_per_sequence = self.test_metrics.per_sequence()
         self.test_metrics.reset()
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "s2svr_flow" not in checkpoint:
+            # made before the flow-input rule: a default PWC-Lite that read LQ natively, whatever the student
+            self.hparams.update(flownet="pwclite", flownet_overrides={}, flow_input="native")
+            self.net.flownet = build_flownet("pwclite")
+            self.net.flow_input = FlowInput("native")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["s2svr_kind"] = "restorer"
         checkpoint["s2svr_flow"] = self.flow_metadata()

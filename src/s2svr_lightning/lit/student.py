@@ -158,6 +158,8 @@ class StudentFlowModule(FlowModuleBase):
         # a student checkpoint carries the teacher's weights: the teacher file is not needed any more
         if any(k.startswith("teacher.") for k in checkpoint.get("state_dict", {})):
             self._teacher_loaded = True
+        if "s2svr_flow" not in checkpoint:  # made before the flow-input rule: it read LQ natively
+            self.hparams.flow_input = "native"
 
     def on_fit_start(self) -> None:
         needs_teacher = self.hparams.w_dis > 0 or self.hparams.init_from_teacher
