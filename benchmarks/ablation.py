@@ -44,6 +44,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import flow_quality
 import lightning as L
 import torch
 
@@ -91,38 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def datamodule(args: argparse.Namespace, seed: int, *, task: str = "vsr", clip_frames: int | None = None):
-    dm = VideoRestorationDataModule(
-        dataset={
-            "name": "synthetic",
-            "size": args.size,
-            "frames": args.frames,
-            "train_sequences": args.sequences,
-            "val_sequences": 1,
-            "test_sequences": args.test_sequences,
-        },
-        task=task,
-        num_frames=clip_frames or args.clip_frames,
-        crop_size=args.size,
-        batch_size=args.batch_size,
-        seed=seed,
-    )
-    dm.setup("fit")
-    dm.setup("test")
-    return dm
+    return flow_quality.datamodule(task, args, seed, clip_frames=clip_frames)
 
 
 def trainer(args: argparse.Namespace, steps: int = -1) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps,
-        max_epochs=-1 if steps > 0 else None,
-        accelerator=args.accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    return flow_quality.quiet_trainer(steps, args.accelerator)
 
 
 def _quiet(threads: int) -> None:

@@ -123,7 +123,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def datamodule(task: str, args: argparse.Namespace, seed: int) -> VideoRestorationDataModule:
+def datamodule(
+    task: str, args: argparse.Namespace, seed: int, *, clip_frames: int | None = None
+) -> VideoRestorationDataModule:
+    """The built-in synthetic video for ``task`` from a benchmark's options (``--size``, ``--frames``,
+    ``--sequences``, ...), set up for training on whole frames and for test."""
     dataset = {
         "name": "synthetic",
         "size": args.size,
@@ -131,13 +135,13 @@ def datamodule(task: str, args: argparse.Namespace, seed: int) -> VideoRestorati
         "train_sequences": args.sequences,
         "val_sequences": 1,
         "test_sequences": args.test_sequences,
-        "max_motion": args.max_motion,
+        "max_motion": getattr(args, "max_motion", None),
     }
     dm = VideoRestorationDataModule(
         dataset=dataset,
         task=task,
         scale=_SCALE[task],
-        num_frames=args.clip_frames,
+        num_frames=clip_frames or args.clip_frames,
         crop_size=args.size,
         batch_size=args.batch_size,
         seed=seed,
@@ -147,15 +151,12 @@ def datamodule(task: str, args: argparse.Namespace, seed: int) -> VideoRestorati
     return dm
 
 
-def fit(
-    module: L.LightningModule, dm: VideoRestorationDataModule, args: argparse.Namespace, seed: int, steps: int
-):
-    """Train ``module`` for ``steps`` steps (no validation); returns the trainer."""
-    L.seed_everything(seed, workers=True, verbose=False)
-    trainer = L.Trainer(
+def quiet_trainer(steps: int = -1, accelerator: str = "cpu") -> L.Trainer:
+    """A bare Trainer: ``steps`` training steps (-1: for test only), no logger, checkpoints or validation."""
+    return L.Trainer(
         max_steps=steps,
-        max_epochs=-1,
-        accelerator=args.accelerator,
+        max_epochs=-1 if steps > 0 else None,
+        accelerator=accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -163,6 +164,14 @@ def fit(
         enable_model_summary=False,
         limit_val_batches=0,
     )
+
+
+def fit(
+    module: L.LightningModule, dm: VideoRestorationDataModule, args: argparse.Namespace, seed: int, steps: int
+):
+    """Train ``module`` for ``steps`` steps (no validation); returns the trainer."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    trainer = quiet_trainer(steps, args.accelerator)
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
     return trainer
 
