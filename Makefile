@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch unless a CUDA driver is present (a plain `torch` would pull a multi-GB CUDA wheel).
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
 
-.PHONY: install test lint demo bench bench-flow clean
+.PHONY: install test lint demo bench bench-flow bench-ablation clean
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ bench: $(STAMP)
 
 bench-flow: $(STAMP)
 	$(PY) benchmarks/flow_quality.py
+
+bench-ablation: $(STAMP)
+	$(PY) benchmarks/ablation.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

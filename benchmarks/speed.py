@@ -11,6 +11,9 @@ of 720x1280, stated in the table; ``--full-size`` for 720x1280) and each precisi
   3x3 convolution (the network's own width, at its size, best of the contiguous and channels_last layouts,
   same precision) measured right after each timed push, so that both see the same machine load; the
   median over the timed pushes;
+- the flow net's share of each frame's time under each flow-input rule (``native``: the LQ pair as it
+  is; ``hq``: upsampled to the HQ size, the default; ``256x256``: the authors' fixed size), one thread,
+  CPU time (:func:`flow_share`);
 - for bf16, its speed-up over fp32 and the PSNR of its output against the fp32 output and against the
   ground truth (the clip is a real photograph moving over time, degraded with the task's degradation).
 
@@ -231,6 +234,51 @@ def stream_timing(
     }
 
 
+FLOW_RULES = ("native", "hq", "256x256")  # the flow-input rules compared (models/flow_input.py)
+
+
+def flow_share(
+    net,
+    lq: torch.Tensor,
+    frame_ms: float,
+    *,
+    precision: str,
+    rules: Sequence[str] = FLOW_RULES,
+    repeats: int = 1,
+) -> dict[str, float]:
+    """The flow net's CPU ms per frame under each flow-input rule and its share of the frame's time.
+
+    A streaming step computes one pair's flows (``S2SVR.pair_flows``, both directions). ``frame_ms`` is
+    the whole step's one-thread CPU time under the net's own rule; the rest of the step (the restorer)
+    does not depend on the rule, so under rule R the frame costs ``frame_ms - flow(own) + flow(R)`` and
+    the share is ``flow(R)`` over that. One thread, CPU time; the fastest of ``repeats`` after a warm-up.
+    """
+    from s2svr_lightning.models import FlowInput
+
+    own = net.flow_input
+    x_prev, x_t = lq[0:1].float(), lq[1:2].float()
+    times = {}
+    try:
+        for rule in (str(own), *rules):
+            net.flow_input = own if rule == str(own) else FlowInput.create(rule, scale=net.scale)
+            best = float("inf")
+            for k in range(repeats + 1):
+                t0 = time.process_time()
+                with torch.inference_mode(), autocast(precision):
+                    net.pair_flows(x_t, x_prev)
+                if k:  # the first call creates the oneDNN primitives of this size
+                    best = min(best, time.process_time() - t0)
+            times[rule] = 1000.0 * best
+    finally:
+        net.flow_input = own
+    rest = max(frame_ms - times[str(own)], 0.0)
+    out = {}
+    for rule in rules:
+        out[f"flow_ms_{rule}"] = times[rule]
+        out[f"flow_share_{rule}"] = times[rule] / (rest + times[rule])
+    return out
+
+
 def profile_push(net, frames: torch.Tensor, *, precision: str, top: int = 12) -> list[dict]:
     """Where one steady-state push spends its time: self CPU time per operator, largest first.
 
@@ -331,7 +379,10 @@ def bench_speed(
             with num_threads(threads):
                 wall = stream_timing(net, lq, precision=precision, warmup=warmup, clock="wall")
             out = wall["outputs"]
+            with num_threads(1):
+                shares = flow_share(net, lq, eff["ms"], precision=precision)
             row = {
+                **shares,
                 "builder": name,
                 "precision": precision,
                 "lq_size": f"{size[0]}x{size[1]}",
@@ -373,6 +424,7 @@ COLUMNS = [
     ("speedup_vs_fp32", "x fp32 (1 thread)"),
     ("wall_speedup_vs_fp32", "x fp32 (wall)"),
     ("psnr_delta_vs_fp32", "dPSNR vs fp32 (dB)"),
+    *((f"flow_share_{rule}", f"flow share ({rule})") for rule in FLOW_RULES),
 ]
 
 

@@ -68,6 +68,9 @@ def test_speed_rows_at_tiny_size():
     assert row["ms_per_frame"] > 0 and row["fps"] == pytest.approx(1000 / row["ms_per_frame"])
     # one steady-state push costs at least the convs of the restorer itself (flow net excluded)
     assert row["gmacs_per_frame"] > 0 and 0 < row["pct_of_peak"]
+    # the flow net's share under each flow-input rule; 256x256 reads 16x the pixels of the padded 16x24
+    assert all(0 < row[f"flow_share_{rule}"] < 1 for rule in speed.FLOW_RULES)
+    assert row["flow_ms_256x256"] > row["flow_ms_native"]
 
 
 def test_render_prints_one_document_with_every_section():
@@ -91,29 +94,41 @@ def test_flow_quality_writes_every_row_for_each_degradation(tmp_path, capsys):
     import flow_quality
 
     out = tmp_path / "flow.json"
-    argv = [
-        "--steps",
-        "2",
-        "--teacher-steps",
-        "3",
-        "--sequences",
-        "2",
-        "--test-sequences",
-        "1",
-        "--frames",
-        "3",
-    ]
+    argv = ["--steps", "2", "--teacher-steps", "3", "--sequences", "2", "--test-sequences", "1"]
+    argv += ["--frames", "3", "--seeds", "0,1", "--jobs", "1", "--threads", "1"]
     assert flow_quality.main([*argv, "--degradations", "bicubic,blur", "--json", str(out)]) == 0
     table = json.loads(out.read_text())
     assert set(table) == {"bicubic", "blur"}
     for rows in table.values():
-        assert set(rows) == set(flow_quality.ROWS)
-        assert all(math.isfinite(v) and v >= 0 for v in rows.values())
-        assert rows["zero"] > 0  # the synthetic video moves
+        assert set(flow_quality.ROWS) <= set(rows)
+        for row in flow_quality.ROWS:
+            assert math.isfinite(rows[row]) and rows[row] >= 0 and len(rows[f"{row}_seeds"]) == 2
+            assert rows[row] == pytest.approx(sum(rows[f"{row}_seeds"]) / 2)
+        assert rows["zero"] > 0 and rows["zero_std"] > 0  # the synthetic video moves, seeds differ
     printed = capsys.readouterr().out
     header = next(line for line in printed.splitlines() if line.startswith("| degradation"))
     separator = printed.splitlines()[printed.splitlines().index(header) + 1]
     assert header.count("|") == separator.count("|")
-    assert "Teacher 3 steps, each student 2" in printed
+    assert "Teacher 3 steps; each student and the supervised net 2 steps" in printed
     with pytest.raises(SystemExit):
         flow_quality.parse_args(["--degradations", "bicubic,fog"])
+
+
+def test_ablation_writes_every_group_and_row(tmp_path, capsys):
+    import json
+
+    import ablation
+
+    out = tmp_path / "ablation.json"
+    argv = ["--teacher-steps", "2", "--student-steps", "1", "--restorer-steps", "2", "--sequences", "2"]
+    argv += ["--test-sequences", "1", "--channels", "8", "--jobs", "1", "--json", str(out)]
+    assert ablation.main(argv) == 0
+    table = json.loads(out.read_text())
+    assert set(table["alignment"]) == {"student_distilled", "student_plain", "teacher_lq", "zero"}
+    assert set(table["length"]) == {"5", "15", "30"} and set(table["radius"]) == {"0", "1", "2"}
+    for group in ("alignment", "length", "radius"):
+        assert all(math.isfinite(v) and 0 < v < 100 for v in table[group].values())
+    assert table["radius"]["1"] == table["alignment"]["student_distilled"]  # one restorer, two rows
+    assert "| alignment | zero |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--frames", "10"])

@@ -162,22 +162,29 @@ def test_student_distils_from_a_frozen_teacher_and_is_self_contained(teacher_ckp
     assert trainer.global_step == 3
 
 
-def test_student_validation_compares_at_hq_size(teacher_ckpt):
-    """The student's LQ flow is upsampled x4 (values x4) before the EPE against the HQ ground truth."""
+@pytest.mark.parametrize("flow_input, read", [("native", 16), ("hq", 64)])
+def test_student_validation_compares_at_hq_size(teacher_ckpt, flow_input, read):
+    """The student's flow is brought to the HQ size (values scaled) before the EPE against the HQ
+    ground truth, from whatever size its flow-input rule made it read."""
     teacher_path, _, _ = teacher_ckpt
-    student = StudentFlowModule(teacher_checkpoint=teacher_path)
+    student = StudentFlowModule(teacher_checkpoint=teacher_path, flow_input=flow_input, scale=4)
     batch = _sequence_batch(batch=1)
     logged = {}
     student.log_dict = lambda values, **kw: logged.update(values)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     student.trainer = trainer
-    true_lq = batch["flow"][0, :, :, :16, :16] / 4
+    true_lq = batch["flow"][0, :, :, :read, :read] * (read / 64)
+    seen = []
     student.flownet.forward = lambda im1, im2, **kw: (
-        (true_lq[:1].expand(im1.shape[0], -1, -1, -1), -true_lq[:1].expand(im1.shape[0], -1, -1, -1))
-        if kw.get("with_backward")
-        else true_lq[:1].expand(im1.shape[0], -1, -1, -1)
+        seen.append(im1.shape[-1])
+        or (
+            (true_lq[:1].expand(im1.shape[0], -1, -1, -1), -true_lq[:1].expand(im1.shape[0], -1, -1, -1))
+            if kw.get("with_backward")
+            else true_lq[:1].expand(im1.shape[0], -1, -1, -1)
+        )
     )
     student.validation_step(batch, 0)
+    assert set(seen) == {read}
     assert float(logged["val/epe"]) < 1e-5 and float(logged["val/epe_zero"]) > 1.5
 
 

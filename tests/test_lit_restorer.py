@@ -173,3 +173,23 @@ def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="kind"):
         RestorerModule(model="s2svr_vsr", model_overrides=TINY, kind="denoise")
     assert Task(kind="cve").baseline(torch.zeros(1, 2, 3, 16, 16)).shape == (1, 2, 3, 16, 16)
+
+
+def test_mirror_protocol_averages_the_forward_and_mirrored_halves():
+    from s2svr_lightning.lit.restorer import mirrored_forward
+
+    def causal_mean(x):  # output t = mean of inputs 0..t: a causal "restorer"
+        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype).view(1, -1, 1, 1, 1)
+        return x.cumsum(1) / steps
+
+    lq = torch.arange(4, dtype=torch.float32).view(1, 4, 1, 1, 1).expand(1, 4, 3, 2, 2)
+    out = mirrored_forward(causal_mean, lq)
+    mirrored = torch.tensor([0.0, 1, 2, 3, 3, 2, 1, 0])
+    running = mirrored.cumsum(0) / torch.arange(1, 9)
+    expected = 0.5 * (running[:4] + running[4:].flip(0))
+    assert out.shape == lq.shape
+    assert torch.allclose(out[0, :, 0, 0, 0], expected)
+    # the centre frames differ from one causal pass: the mirrored half has seen the whole clip
+    assert not torch.allclose(out, causal_mean(lq))
+    with pytest.raises(ValueError, match="eval_protocol"):
+        RestorerModule(model="s2svr_deblur", eval_protocol="both")

@@ -123,16 +123,17 @@ def test_flow_of_each_pair_is_computed_once_and_shared():
     net = s2svr_vsr(flownet=flow, **TINY)
     with torch.no_grad():
         net(torch.rand(2, 5, 3, 16, 20))
-    assert flow.calls == [(2 * 4, (16, 20), True)]
+    # the default flow-input rule: the LQ pair upsampled to the HQ size (x4)
+    assert flow.calls == [(2 * 4, (64, 80), True)]
     flow.calls.clear()
     with torch.no_grad():
         net(torch.rand(1, 1, 3, 16, 20))
     assert flow.calls == []  # a single frame needs no flow
 
 
-def test_flow_size_runs_the_flow_net_on_a_resized_pair():
+def test_flow_input_runs_the_flow_net_on_a_resized_pair():
     flow = CountingFlow()
-    net = s2svr_deblur(flownet=flow, flow_size=(32, 48), **TINY)
+    net = s2svr_deblur(flownet=flow, flow_input=(32, 48), **TINY)
     with torch.no_grad():
         y = net(torch.rand(1, 3, 3, 20, 24))
     assert y.shape == (1, 3, 3, 20, 24)
@@ -257,5 +258,5 @@ def test_bad_input_raises_value_error(x):
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="expected scale 1 or 4"):
         S2SVR(scale=2, **TINY)
-    with pytest.raises(ValueError, match="flow_size"):
-        S2SVR(flow_size=(8, 8), **TINY)
+    with pytest.raises(ValueError, match="fixed flow size"):
+        S2SVR(flow_input=(8, 8), **TINY)

@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
-from .task import Task
+from .task import Task, default_scale
 
 __all__ = [
     "CHECKPOINT_KINDS",
     "check_kind",
     "load_restorer",
     "read_checkpoint",
+    "restorer_flow_parts",
     "restorer_task",
     "sub_state_dict",
 ]
@@ -119,6 +120,22 @@ def restorer_task(hparams: Mapping[str, Any], *, path: str | os.PathLike | None 
         raise ValueError(f"{err}{where}") from None
 
 
+def restorer_flow_parts(hparams: Mapping[str, Any], *, legacy: bool = False) -> dict[str, Any]:
+    """The flow net and flow-input rule a restorer's hyperparameters describe, as ``build_model`` keyword
+    arguments (``flownet``, ``flow_input``). ``legacy``: a checkpoint made before the rule travelled with
+    it (no ``s2svr_flow``), whose flow net was a default PWC-Lite reading the LQ pair natively."""
+    from .models import build_model
+    from .models.flow_input import FlowInput
+
+    if legacy or "flownet" not in hparams:
+        return {"flownet": build_model("pwclite"), "flow_input": FlowInput("native")}
+    scale = int(hparams.get("scale") or default_scale(str(hparams.get("kind"))))
+    return {
+        "flownet": build_model(str(hparams["flownet"]), **dict(hparams.get("flownet_overrides") or {})),
+        "flow_input": FlowInput.create(hparams.get("flow_input", "hq"), scale=scale),
+    }
+
+
 def load_restorer(path: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
     """Build the restoration network of a restorer checkpoint, with its task (no Lightning import).
 
@@ -137,7 +154,8 @@ def load_restorer(path: str | os.PathLike, *, map_location: str | torch.device =
     if not isinstance(hparams, Mapping) or "model" not in hparams:
         raise ValueError(f"expected the restorer's hyper_parameters (model, kind, ...) in {path}, got none")
     task = restorer_task(hparams, path=path)
-    net = build_model(str(hparams["model"]), **dict(hparams.get("model_overrides") or {}))
+    flow = restorer_flow_parts(hparams, legacy="s2svr_flow" not in ckpt)
+    net = build_model(str(hparams["model"]), **dict(hparams.get("model_overrides") or {}), **flow)
     if int(net.scale) != task.scale:
         raise ValueError(f"expected a network of scale {task.scale} in {path}, got {net.scale}")
     try:

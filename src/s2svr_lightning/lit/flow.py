@@ -19,16 +19,88 @@ from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import UnsupervisedFlowLoss, photometric_loss
 from s2svr_lightning.metrics import endpoint_error
-from s2svr_lightning.models import build_model, init_flownet_
-from s2svr_lightning.models.warp import resize_flow
+from s2svr_lightning.models import BUILDERS, build_model, init_flownet_
+from s2svr_lightning.models.flow_input import FlowInput
 from s2svr_lightning.utils import expect_shape, to_plain
 
-__all__ = ["FlowModuleBase", "build_flownet", "consecutive_pairs"]
+__all__ = [
+    "FlowModuleBase",
+    "build_flownet",
+    "check_flow_compatible",
+    "consecutive_pairs",
+    "flow_metadata",
+    "flownet_options",
+]
 
 
 def build_flownet(name: str, overrides: Mapping[str, Any] | None = None) -> nn.Module:
     """The flow network from plain data (a builder name of ``s2svr_lightning.models`` + overrides)."""
     return build_model(name, **dict(overrides or {}))
+
+
+def flownet_options(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every keyword option of the flow network's builder, defaults filled in: what makes two flow nets
+    with the same weights compute the same flow (``{}`` and ``{"min_level_size": 1}`` compare equal)."""
+    import inspect
+
+    build_model(name, **dict(overrides or {}))  # validates the name and the overrides
+    params = inspect.signature(BUILDERS[name]).parameters
+    options = {
+        k: p.default
+        for k, p in params.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+    }
+    options.update(to_plain(dict(overrides or {})))
+    return options
+
+
+def flow_metadata(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's flow network is: ``{"flownet", "options", "flow_input", "reads"}``.
+
+    Flow and restorer checkpoints store it under ``s2svr_flow``; an older flow checkpoint without it is
+    described from its hyperparameters (its flow net read its frames at their native size).
+    """
+    meta = checkpoint.get("s2svr_flow")
+    if meta is not None:
+        return dict(meta)
+    hp = checkpoint.get("hyper_parameters", {}) or {}
+    name = hp.get("flownet", "pwclite")
+    reads = {"teacher": "hq", "student": "lq"}.get(checkpoint.get("s2svr_kind"), "lq")
+    return {
+        "flownet": name,
+        "options": flownet_options(name, hp.get("flownet_overrides")),
+        "flow_input": FlowInput("native").to_dict(),
+        "reads": reads,
+    }
+
+
+def check_flow_compatible(
+    theirs: Mapping[str, Any],
+    ours: Mapping[str, Any],
+    *,
+    source: str,
+    check_rule: bool = True,
+    fix: str = "",
+) -> None:
+    """Raise ``ValueError`` unless the flow net described by ``theirs`` (a checkpoint's
+    :func:`flow_metadata`) is the one described by ``ours``: builder and every option, and (with
+    ``check_rule``) the flow-input rule."""
+    a = (theirs.get("flownet"), dict(theirs.get("options") or {}))
+    b = (ours.get("flownet"), dict(ours.get("options") or {}))
+    if a != b:
+        diff = sorted(k for k in set(a[1]) | set(b[1]) if a[1].get(k) != b[1].get(k))
+        raise ValueError(
+            f"expected the flow network {b[0]} {b[1]}, got {a[0]} {a[1]} in {source} (differing: "
+            f"{diff or 'the builder'}); the weights would compute another flow{fix}"
+        )
+    if check_rule:
+        rule_a = FlowInput.create(theirs.get("flow_input"))
+        rule_b = FlowInput.create(ours.get("flow_input"))
+        if rule_a != rule_b:
+            raise ValueError(
+                f"expected a flow net trained under the flow-input rule {rule_b}, got one trained under "
+                f"{rule_a} in {source}{fix}"
+            )
 
 
 def consecutive_pairs(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,6 +234,25 @@ class FlowModuleBase(L.LightningModule):
         raise_if_nonfinite(flows21, what=f"{what} flow 2->1", step=self.global_step, batch=batch)
         return flows12, flows21
 
+    # ---------------------------------------------------------------- what the flow net reads
+    @property
+    def flow_input(self) -> FlowInput:
+        """The flow-input rule (the teacher: its HQ frames as they are)."""
+        return FlowInput("native")
+
+    def flow_pairs(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The consecutive pairs the flow net reads, ``(B * (T - 1), 3, H', W')`` each, under the rule."""
+        return self.flow_input.prepare(*consecutive_pairs(self._frames(batch, self.frames_key)))
+
+    def flow_metadata(self) -> dict[str, Any]:
+        """What this stage's flow net is (stored in its checkpoints as ``s2svr_flow``)."""
+        return {
+            "flownet": self.hparams.flownet,
+            "options": flownet_options(self.hparams.flownet, self.hparams.flownet_overrides),
+            "flow_input": self.flow_input.to_dict(),
+            "reads": self.frames_key,
+        }
+
     def extra_losses(
         self, batch: Mapping[str, torch.Tensor], flow12: torch.Tensor, flow21: torch.Tensor
     ) -> dict[str, tuple[float, torch.Tensor]]:
@@ -169,7 +260,7 @@ class FlowModuleBase(L.LightningModule):
         return {}
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        im1, im2 = consecutive_pairs(self._frames(batch, self.frames_key))
+        im1, im2 = self.flow_pairs(batch)
         flows12, flows21 = self._bidirectional(im1, im2, what=self.kind, batch=batch)
         terms = self.criterion(im1, im2, flows12, flows21, use_occlusion=self.occlusion_active)
         loss = terms["loss"]
@@ -186,18 +277,21 @@ class FlowModuleBase(L.LightningModule):
 
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
-    def predict_pairs(self, frames: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
-        """Forward flows of consecutive pairs of ``frames (B, T, 3, H, W)``: ``(B * (T - 1), 2, H, W)``."""
-        im1, im2 = consecutive_pairs(frames)
+    def predict_pairs(
+        self, frames: torch.Tensor, *, chunk: int | None = None, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Forward flows of consecutive pairs of ``frames (B, T, 3, H, W)`` under the flow-input rule:
+        ``(B * (T - 1), 2, H, W)``, or resized to ``size`` (e.g. the HQ size) straight from the flow grid."""
+        im1, im2 = self.flow_input.prepare(*consecutive_pairs(frames))
+        size = tuple(frames.shape[-2:]) if size is None else tuple(size)
         chunk = chunk or self.hparams.val_chunk_pairs
         flows = [self.flownet(im1[i : i + chunk], im2[i : i + chunk]) for i in range(0, im1.shape[0], chunk)]
-        return torch.cat(flows, dim=0)
+        return self.flow_input.resize(torch.cat(flows, dim=0), size)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        frames = self._frames(batch, self.frames_key)
         hq = self._frames(batch, "hq")
-        n_seq = frames.shape[0]
-        im1, im2 = consecutive_pairs(frames)
+        n_seq = hq.shape[0]
+        im1, im2 = self.flow_pairs(batch)
         chunk = self.hparams.val_chunk_pairs
         preds, totals = [], {}
         for i in range(0, im1.shape[0], chunk):
@@ -208,9 +302,9 @@ class FlowModuleBase(L.LightningModule):
                 totals[k] = totals.get(k, 0.0) + v * a.shape[0]
             preds.append(flows12[0])
         logs = {f"val/{k}": v / im1.shape[0] for k, v in totals.items()}
-        # compare at the HQ size (the student's LQ flow upsampled, values scaled)
+        # compare at the HQ size (the flow grid resized, values scaled)
         hq1, hq2 = consecutive_pairs(hq)
-        pred = resize_flow(torch.cat(preds, dim=0), tuple(hq1.shape[-2:]))
+        pred = self.flow_input.resize(torch.cat(preds, dim=0), tuple(hq1.shape[-2:]))
         valid = batch["flow_valid"].flatten(0, 1) if "flow_valid" in batch else None
         occluded = None if valid is None else (valid <= 0).to(hq1.dtype)
         # photometric error of the HQ frames aligned by this flow (a proxy that needs no labels)
@@ -240,3 +334,4 @@ class FlowModuleBase(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["s2svr_kind"] = self.kind
+        checkpoint["s2svr_flow"] = self.flow_metadata()

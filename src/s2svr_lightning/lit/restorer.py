@@ -23,7 +23,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from s2svr_lightning.checkpoint import read_checkpoint, restorer_task, sub_state_dict
+from s2svr_lightning.checkpoint import read_checkpoint, restorer_flow_parts, restorer_task, sub_state_dict
+from s2svr_lightning.lit.flow import check_flow_compatible, flow_metadata, flownet_options
 from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import charbonnier_loss
@@ -41,6 +42,53 @@ def _step_outputs(batch: Mapping[str, Any], out: torch.Tensor, keys: list[str]) 
         if name in batch:
             result[name] = batch[name]
     return result
+
+
+def restorer_flow_options(
+    flownet: str | None,
+    flownet_overrides: Mapping[str, Any] | None,
+    flow_input: Any,
+    *,
+    flow_init: str | Path | None,
+    override: bool = False,
+) -> dict[str, Any]:
+    """The restorer's flow-net hyperparameters, unset ones taken from the ``flow_init`` checkpoint.
+
+    Returns ``{"flownet", "flownet_overrides", "flow_input", "flow_input_override"}`` as plain data. A
+    student's rule and options thus follow its weights into the restorer; an explicit value that
+    differs from the checkpoint's is refused when the weights are loaded
+    (:meth:`RestorerModule.load_flownet`).
+    """
+    theirs = None
+    if flow_init is not None and Path(flow_init).is_file() and (flownet is None or flow_input is None):
+        theirs = flow_metadata(read_checkpoint(flow_init))
+    if flownet is None:
+        flownet = theirs["flownet"] if theirs else "pwclite"
+        if flownet_overrides is None and theirs:
+            flownet_overrides = theirs["options"]
+    if flow_input is None:
+        # a teacher read HQ frames natively: its rule says nothing about LQ; the default applies
+        flow_input = theirs["flow_input"] if theirs and theirs.get("reads") == "lq" else "hq"
+    if not isinstance(flow_input, (str, Mapping)):
+        flow_input = [int(v) for v in flow_input]  # (H, W) as a plain list
+    return {
+        "flownet": str(flownet),
+        "flownet_overrides": to_plain(flownet_overrides) or {},
+        "flow_input": to_plain(flow_input),
+        "flow_input_override": bool(override),
+    }
+
+
+def mirrored_forward(forward: Any, lq: torch.Tensor) -> torch.Tensor:
+    """The mirror test protocol: ``forward`` on the clip followed by its reverse (``2T`` frames, one pass),
+    frame t the mean of its forward-half and mirrored-half outputs, ``(B, T, 3, H, W)``.
+
+    The authors score Vimeo-90K-T so (im1..im7, im7..im1; im4 averaged): the mirrored half's im4 has
+    seen the whole clip, where a single causal pass gives it r frames of look-ahead.
+    """
+    t = lq.shape[1]
+    out = forward(torch.cat((lq, lq.flip(1)), dim=1))
+    return 0.5 * (out[:, :t] + out[:, t:].flip(1))
 
 
 class RestorerModule(L.LightningModule):
@@ -68,6 +116,16 @@ class RestorerModule(L.LightningModule):
         metrics: :class:`~s2svr_lightning.metrics.VideoMetrics` options: ``y_channel``, ``border``,
             ``reduction`` (the benchmark's convention).
         num_log_images: sequences per validation whose middle frame is logged as LQ | output | HQ.
+        flownet, flownet_overrides: the flow net's builder and options; None: those of ``flow_init``'s
+            checkpoint (else ``pwclite`` with its defaults). Given explicitly, they must equal the
+            checkpoint's: a flow net's weights are only meaningful with the options they were trained with.
+        flow_input: the flow-input rule (``"hq"``, ``"native"``, ``[H, W]``); None: the student's (from
+            ``flow_init``; ``"hq"`` without a student); see :class:`~s2svr_lightning.models.FlowInput`.
+        flow_input_override: allow a ``flow_input`` other than the one the student was trained under.
+        eval_protocol: how validation and test run the network on a clip: ``"single"`` (one causal pass;
+            frame t sees r frames ahead) or ``"mirror"`` (the clip followed by its reverse in one pass,
+            each frame the mean of its two outputs: the authors' Vimeo-90K-T protocol, see
+            :func:`mirrored_forward`).
     """
 
     def __init__(
@@ -89,25 +147,24 @@ class RestorerModule(L.LightningModule):
         charbonnier_eps: float = 1e-6,
         metrics: Mapping[str, Any] | None = None,
         num_log_images: int = 1,
+        flownet: str | None = None,
+        flownet_overrides: Mapping[str, Any] | None = None,
+        flow_input: Any = None,
+        flow_input_override: bool = False,
+        eval_protocol: str = "single",
     ) -> None:
         super().__init__()
         from s2svr_lightning.models import build_model
 
+        if eval_protocol not in ("single", "mirror"):
+            raise ValueError(f"expected eval_protocol 'single' or 'mirror', got {eval_protocol!r}")
         if flow_freeze_steps < 0:
             raise ValueError(f"expected flow_freeze_steps >= 0, got {flow_freeze_steps}")
         if lr <= 0 or flow_lr < 0 or min_lr < 0:
             raise ValueError(f"expected lr > 0, flow_lr >= 0 and min_lr >= 0, got {lr}, {flow_lr}, {min_lr}")
         model_overrides = to_plain(model_overrides) or {}
-        self.net = build_model(model, **model_overrides)
-        if scale is not None and int(scale) != int(self.net.scale):
-            raise ValueError(f"expected scale {scale} to equal the network's scale, got {self.net.scale}")
         degradation, metrics = to_plain(degradation) or {}, to_plain(metrics) or {}
         task = restorer_task({"kind": kind, "scale": scale, "degradation": degradation, "metrics": metrics})
-        if task.scale != int(self.net.scale):
-            raise ValueError(
-                f"expected a network of scale {task.scale} for the {task.kind} task, got {model} of scale "
-                f"{self.net.scale} (pass the kind of the model's task)"
-            )
         self.task: Task = task
         # plain data, so that a checkpoint rebuilds the network and the task without a config
         self.save_hyperparameters(
@@ -128,8 +185,18 @@ class RestorerModule(L.LightningModule):
                 "charbonnier_eps": float(charbonnier_eps),
                 "metrics": metrics,
                 "num_log_images": int(num_log_images),
+                "eval_protocol": str(eval_protocol),
+                **restorer_flow_options(
+                    flownet, flownet_overrides, flow_input, flow_init=flow_init, override=flow_input_override
+                ),
             }
         )
+        self.net = build_model(model, **model_overrides, **self._flow_parts())
+        if int(self.net.scale) != task.scale:
+            raise ValueError(
+                f"expected a network of scale {task.scale} for the {task.kind} task, got {model} of scale "
+                f"{self.net.scale} (pass the kind of the model's task, or its scale)"
+            )
         self.val_metrics = VideoMetrics(**task.metric_options)
         self.test_metrics = VideoMetrics(**task.metric_options)
         self.test_per_sequence: dict[str, dict[str, float]] = {}
@@ -151,7 +218,31 @@ class RestorerModule(L.LightningModule):
     def load_flownet(self, path: str | Path) -> None:
         """Copy a flow stage checkpoint's ``flownet.*`` weights into ``self.net.flownet``."""
         ckpt = read_checkpoint(path, kind=("student", "teacher"), what="flow checkpoint")
-        self.net.flownet.load_state_dict(sub_state_dict(ckpt, "flownet.", path=path), strict=True)
+        state = sub_state_dict(ckpt, "flownet.", path=path)
+        check_flow_compatible(
+            flow_metadata(ckpt),
+            self.flow_metadata(),
+            source=str(path),
+            check_rule=ckpt.get("s2svr_kind") == "student" and not self.hparams.flow_input_override,
+            fix=(
+                "; leave restorer flownet / flownet_overrides / flow_input unset to take the student's, or "
+                "set flow_input_override=true to use another flow-input rule on purpose"
+            ),
+        )
+        self.net.flownet.load_state_dict(state, strict=True)
+
+    def _flow_parts(self) -> dict[str, Any]:
+        """The flow net and its input rule from the hyperparameters (also on ``load_from_checkpoint``)."""
+        return restorer_flow_parts(self.hparams)
+
+    def flow_metadata(self) -> dict[str, Any]:
+        """What the restorer's flow net is (stored in its checkpoints as ``s2svr_flow``)."""
+        return {
+            "flownet": self.hparams.flownet,
+            "options": flownet_options(self.hparams.flownet, self.hparams.flownet_overrides),
+            "flow_input": self.net.flow_input.to_dict(),
+            "reads": "lq",
+        }
 
     def setup(self, stage: str) -> None:
         # Only a fresh fit takes the student's flow net; a resumed fit restores its own weights afterwards
@@ -218,7 +309,7 @@ class RestorerModule(L.LightningModule):
         self, batch: Mapping[str, Any], batch_idx: int, metrics: VideoMetrics, prefix: str
     ) -> tuple[torch.Tensor, list[str]]:
         lq, hq = batch["lq"], batch["hq"]
-        out = self(lq).float()
+        out = (mirrored_forward(self, lq) if self.hparams.eval_protocol == "mirror" else self(lq)).float()
         raise_if_nonfinite(out, what=f"{prefix} output", step=self.global_step, batch=batch)
         base = self.task.baseline(lq.float())
         keys = batch.get("key", [f"{prefix}_{batch_idx}_{i}" for i in range(lq.shape[0])])
@@ -245,7 +336,7 @@ class RestorerModule(L.LightningModule):
         if lq.shape[1] > 1:
             from s2svr_lightning.flow_viz import flow_to_color
 
-            flow = self.net.flownet(lq[:1, t - 1].float(), lq[:1, t].float())
+            flow = self.net.pair_flows(lq[:1, t].float(), lq[:1, t - 1].float())[1]  # t-1 -> t, as trained
             color = to_float_frames(flow_to_color(flow))
             log_images(
                 self.trainer, f"{prefix}/flow_{batch_idx}", [lq[0, t - 1].float(), color[0]], self.global_step
@@ -296,5 +387,13 @@ class RestorerModule(L.LightningModule):
         self.test_per_sequence = self.test_metrics.per_sequence()
         self.test_metrics.reset()
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "s2svr_flow" not in checkpoint:
+            # made before the flow-input rule: a default PWC-Lite that read LQ natively, whatever the student
+            self.hparams.update(flownet="pwclite", flownet_overrides={}, flow_input="native")
+            for name, part in restorer_flow_parts(self.hparams, legacy=True).items():
+                setattr(self.net, name, part)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["s2svr_kind"] = "restorer"
+        checkpoint["s2svr_flow"] = self.flow_metadata()

@@ -9,6 +9,7 @@ from torch import nn
 
 from .attention import LocalAttention
 from .convgru import ConvGRU, ResConvGRU, ResidualBlock
+from .flow_input import FlowInput, ZeroFlow, zero_flow
 from .pwclite import PWCLite, init_flownet_, pwclite
 from .s2svr import S2SVR, s2svr_cve, s2svr_deblur, s2svr_vsr
 from .warp import flow_warp, pixel_grid, resize_flow
@@ -16,6 +17,7 @@ from .warp import flow_warp, pixel_grid, resize_flow
 __all__ = [
     "BUILDERS",
     "ConvGRU",
+    "FlowInput",
     "LocalAttention",
     "PWCLite",
     "ResConvGRU",
@@ -30,10 +32,13 @@ __all__ = [
     "s2svr_cve",
     "s2svr_deblur",
     "s2svr_vsr",
+    "ZeroFlow",
+    "zero_flow",
 ]
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "pwclite": pwclite,
+    "zero_flow": zero_flow,
     "s2svr_vsr": s2svr_vsr,
     "s2svr_deblur": s2svr_deblur,
     "s2svr_cve": s2svr_cve,
@@ -43,8 +48,9 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 def build_model(name: str, **overrides) -> nn.Module:
     """Build a network by builder name (``pwclite``, ``s2svr_vsr``, ``s2svr_deblur``, ``s2svr_cve``).
 
-    ``overrides`` go to the builder as keyword arguments (``pwclite``: ``normalize_features``,
-    ``min_level_size``); an unknown one is a ``ValueError`` that lists the builder's arguments.
+    ``zero_flow`` is the flow net of S2SVR without alignment. ``overrides`` go to the builder as keyword
+    arguments (``pwclite``: ``normalize_features``, ``min_level_size``); an unknown one is a
+    ``ValueError`` that lists the builder's arguments.
     """
     if name not in BUILDERS:
         raise ValueError(f"expected a model name in {sorted(BUILDERS)}, got {name!r}")

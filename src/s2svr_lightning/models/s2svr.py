@@ -43,9 +43,10 @@ from torch import nn
 
 from .attention import LocalAttention
 from .convgru import ConvGRU, ResConvGRU, ResidualBlock
+from .flow_input import FlowInput
 from .layout import stack_neighbours
 from .pwclite import pwclite
-from .warp import flow_warp, resize_flow
+from .warp import flow_warp
 
 __all__ = ["S2SVR", "s2svr_cve", "s2svr_deblur", "s2svr_vsr"]
 
@@ -102,8 +103,10 @@ class S2SVR(nn.Module):
         bidirectional_first_layer: make encoder layer 1 bidirectional (a forward pass, then a backward
             pass that fuses the forward state of the same frame), as in the authors' public code. This
             breaks causality: every output then depends on the whole sequence.
-        flow_size: run the flow net on a ``(H, W)`` bilinear resize of each LQ pair and rescale the flow
-            per axis (the authors use 256x256); ``None`` runs it at the native LQ size.
+        flow_input: what the flow net reads (:class:`~s2svr_lightning.models.flow_input.FlowInput`):
+            ``"hq"`` (each LQ pair upsampled x ``scale``, the default), ``"native"``, a fixed ``(H, W)``
+            (the authors use 256x256) or a ``FlowInput``; the flow comes back to the LQ grid, values
+            scaled. It must be the rule the flow net was trained under (the student stage's).
     """
 
     def __init__(
@@ -116,7 +119,7 @@ class S2SVR(nn.Module):
         radius: int = 1,
         flownet: nn.Module | None = None,
         bidirectional_first_layer: bool = False,
-        flow_size: tuple[int, int] | None = None,
+        flow_input: FlowInput | str | tuple[int, int] = "hq",
     ) -> None:
         super().__init__()
         if scale not in (1, 4):
@@ -127,16 +130,12 @@ class S2SVR(nn.Module):
             raise ValueError(f"expected num_layers >= 1, got {num_layers}")
         if radius < 0:
             raise ValueError(f"expected radius >= 0, got {radius}")
-        if flow_size is not None:
-            flow_size = (int(flow_size[0]), int(flow_size[1]))
-            if min(flow_size) < 16:
-                raise ValueError(f"expected flow_size (H, W) with H, W >= 16 or None, got {flow_size}")
         self.channels = channels
         self.num_layers = num_layers
         self.scale = scale
         self.radius = radius
         self.bidirectional_first_layer = bidirectional_first_layer
-        self.flow_size = flow_size
+        self.flow_input = FlowInput.create(flow_input, scale=scale)
         c = channels
 
         self.flownet = flownet if flownet is not None else pwclite()
@@ -194,16 +193,10 @@ class S2SVR(nn.Module):
     def pair_flows(self, x_t: Tensor, x_prev: Tensor) -> tuple[Tensor, Tensor]:
         """Flows of consecutive LQ frames ``(B, 3, h, w)``: ``(o_t = t -> t-1, t-1 -> t)``, ``(B, 2, h, w)``.
 
-        Any number of pairs may be stacked along the batch.
+        Any number of pairs may be stacked along the batch. The flow net reads them under
+        ``self.flow_input``, the rule the student stage trained it under.
         """
-        h, w = x_t.shape[-2:]
-        if self.flow_size is not None and (h, w) != self.flow_size:
-            x_t = F.interpolate(x_t, size=self.flow_size, mode="bilinear", align_corners=True)
-            x_prev = F.interpolate(x_prev, size=self.flow_size, mode="bilinear", align_corners=True)
-            to_prev, to_next = self.flownet(x_t, x_prev, with_backward=True)
-            return resize_flow(to_prev, (h, w)), resize_flow(to_next, (h, w))
-        to_prev, to_next = self.flownet(x_t, x_prev, with_backward=True)
-        return to_prev, to_next
+        return self.flow_input(self.flownet, x_t, x_prev, with_backward=True)
 
     def encode_step(
         self,

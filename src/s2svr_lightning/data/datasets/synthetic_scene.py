@@ -213,10 +213,14 @@ class SyntheticScene:
         duration: tuple[float, float],
         max_motion: float,
         num_sprites: tuple[int, int] = (1, 3),
+        shake: float = 0.0,
     ) -> SyntheticScene:
         """A scene whose camera stays inside its photograph over times ``duration = (t0, t1)``.
 
-        ``max_motion`` is the largest typical displacement in pixels per frame time.
+        ``max_motion`` is the largest typical displacement in pixels per frame time. ``shake`` adds that
+        much speed (px per frame) as back-and-forth wiggles of the camera and the sprites: fast motion
+        whose range does not grow with the length of the sequence (a drift that fast would need
+        photographs enlarged far beyond their resolution for long sequences, smoothing what it blurs).
         """
         colour = [p for p in photos if p in _COLOUR] or list(photos)
         photo = str(rng.choice(colour))
@@ -226,7 +230,7 @@ class SyntheticScene:
         src_h, src_w = load_photo(photo).shape[-2:]
         # Enough texture for the frame diagonal plus the whole trajectory; shrink large photographs (more
         # content per frame, sharper texture) but never enlarge beyond that need.
-        need = diag * 1.15 + 2.0 * max_motion * span + 16
+        need = diag * 1.15 + 2.0 * max_motion * span + 2.0 * shake / 0.15 + 16
         factor = max(
             need / min(src_h, src_w), min(1.0, 2.5 * big / min(src_h, src_w)) * rng.uniform(0.6, 1.0)
         )
@@ -236,7 +240,7 @@ class SyntheticScene:
 
         direction = rng.uniform(0, 2 * math.pi)
         speed = rng.uniform(0.3, 1.0) * max_motion
-        wiggle = rng.uniform(0.0, 0.4) * max_motion
+        wiggle = rng.uniform(0.0, 0.4) * max_motion + shake
         ox, oy = (
             _Wave.random(rng, speed * math.cos(direction), wiggle),
             _Wave.random(rng, speed * math.sin(direction), wiggle),
@@ -250,7 +254,9 @@ class SyntheticScene:
 
         others = [p for p in photos if p != photo] or [photo]
         count = int(rng.integers(num_sprites[0], num_sprites[1] + 1))
-        sprites = tuple(_random_sprite(rng, height, width, others, max_motion, big) for _ in range(count))
+        sprites = tuple(
+            _random_sprite(rng, height, width, others, max_motion, big, shake) for _ in range(count)
+        )
         return SyntheticScene(height, width, photo, float(factor), path, sprites)
 
     def _layers(self):
@@ -378,7 +384,9 @@ def _fit_camera(
     raise RuntimeError(f"could not fit a {height}x{width} camera path inside a {tex_h}x{tex_w} texture")
 
 
-def _random_sprite(rng, height: int, width: int, photos: list[str], max_motion: float, big: int) -> _Sprite:
+def _random_sprite(
+    rng, height: int, width: int, photos: list[str], max_motion: float, big: int, shake: float = 0.0
+) -> _Sprite:
     photo = str(rng.choice(photos))
     src_h, src_w = load_photo(photo).shape[-2:]
     factor = float(min(1.0, 2.5 * big / min(src_h, src_w)) * rng.uniform(0.6, 1.0))
@@ -395,7 +403,7 @@ def _random_sprite(rng, height: int, width: int, photos: list[str], max_motion: 
     start = (float(rng.uniform(0.1, 0.9) * (width - 1)), float(rng.uniform(0.1, 0.9) * (height - 1)))
     direction = rng.uniform(0, 2 * math.pi)
     speed = rng.uniform(0.3, 1.5) * max_motion
-    wiggle = rng.uniform(0.0, 0.5) * max_motion
+    wiggle = rng.uniform(0.0, 0.5) * max_motion + shake
     ox = _Wave.random(rng, speed * math.cos(direction), wiggle)
     oy = _Wave.random(rng, speed * math.sin(direction), wiggle)
     angle = _Wave.random(rng, rng.uniform(-1, 1) * 0.03, rng.uniform(0, 0.01))

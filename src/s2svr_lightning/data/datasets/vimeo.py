@@ -5,6 +5,14 @@
 one ``00001/0001`` per line. The LQ frames come from a BIx4 folder of the same shape (``lq_root``, holding
 ``<5 digits>/<4 digits>/im*.png`` directly or under ``sequences/``), or, without one, are made on the fly by
 MATLAB bicubic. Vimeo-90K-T is scored on the centre frame im4 only (the ``score`` mask of its samples).
+
+Test protocol. S2SVR is causal with r frames of look-ahead, so one pass over im1..im7 restores im4 from
+im1..im5 only. The authors' test runs the mirrored clip im1..im7, im7..im1 in one pass and scores im4 as
+the mean of its two outputs (the mirrored half's im4 has seen every frame). Both are offered, as the
+restorer's ``eval_protocol`` (``"single"`` or ``"mirror"``, see
+:func:`s2svr_lightning.lit.restorer.mirrored_forward`): ``+task=vsr_vimeo`` uses ``"mirror"``, the
+protocol of the paper's Table 1 number (37.63 dB); pass ``restorer.module.eval_protocol=single`` for the
+causal, streaming-equivalent score.
 """
 
 from __future__ import annotations

@@ -1,0 +1,303 @@
+"""The paper's claims end to end: S2SVR's test PSNR on held-out synthetic video under one fixed budget.
+
+Video super-resolution x4 on the built-in synthetic video, with the library's own stages (the teacher,
+the students and the restorer LightningModules, the DataModule, ``Trainer.test`` and its metrics):
+
+1. a teacher on HQ pairs; from it a student on LQ pairs without distillation (``w_dis = 0``) and one
+   with (``--w-dis``, Eq. 17), both under the default flow-input rule (LQ pairs upsampled to the HQ size);
+2. restorers, every one with the same network, data, steps and learning rates, that differ in one thing:
+
+   - ``alignment`` (the paper's Fig. 7, motion compensation or not): the restorer's flow net from the
+     distilled student, from the plain student, the teacher itself untrained on LQ (``teacher_lq``), or
+     no alignment at all (``zero``: a zero-flow "network", the states never warped);
+   - ``radius`` of the local attention, 0, 1, 2 (Eq. 5), flow from the distilled student (radius 1 is
+     the ``student_distilled`` restorer);
+   - ``length`` (Table 5's trend): the ``student_distilled`` restorer restores the last L = 5, 15, 30
+     frames of each held-out 30-frame sequence on their own, and the last 5 frames, common to all
+     three, are scored: what a longer past adds to the same frames.
+
+The restorers of a seed train in ``--jobs`` processes of one thread each. Every value is the test PSNR
+in dB (RGB, mean per sequence then over sequences), averaged over ``--seeds``; the bicubic baseline is
+printed too.
+
+``--lq-psnr`` prints instead how hard each synthetic task is: the degraded input against the HQ frames
+(vsr: bicubic x4 upsampling of the LQ) on held-out sequences.
+
+Usage: ``python benchmarks/ablation.py [--seeds 0] [--restorer-steps N] [--json PATH]`` (``make
+bench-ablation``). The defaults (64 px HQ, teacher 300 steps, students 150, six restorers of 600 steps,
+one seed, 2 jobs) are sized for 30 minutes on 2 quiet CPU cores; ``--seeds``, ``--*-steps``, ``--size``
+and ``--channels`` scale up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import flow_quality
+import lightning as L
+import torch
+
+from s2svr_lightning.data import VideoRestorationDataModule
+from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule
+from s2svr_lightning.lit.restorer import RestorerModule
+from s2svr_lightning.metrics import psnr
+
+ALIGNMENT = ("student_distilled", "student_plain", "teacher_lq", "zero")
+LENGTHS = (5, 15, 30)
+RADII = (0, 1, 2)
+SCORED_TAIL = 5  # frames scored in the length rows: the last 5 of every segment
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--seeds", default="0", help="comma list of seeds")
+    p.add_argument("--teacher-steps", type=int, default=300)
+    p.add_argument("--student-steps", type=int, default=150)
+    p.add_argument("--restorer-steps", type=int, default=600)
+    p.add_argument("--flow-freeze", type=float, default=2 / 3, help="share of restorer steps, flow frozen")
+    p.add_argument("--w-dis", type=float, default=0.1)
+    p.add_argument("--size", type=int, default=64, help="HQ frame side (a multiple of 4, >= 64)")
+    p.add_argument("--sequences", type=int, default=24, help="training sequences")
+    p.add_argument("--test-sequences", type=int, default=3)
+    p.add_argument("--frames", type=int, default=max(LENGTHS), help="frames per sequence (>= 30)")
+    p.add_argument("--clip-frames", type=int, default=5, help="frames per restorer training clip")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--channels", type=int, default=32, help="restorer width (the demo's 32)")
+    p.add_argument("--lr", type=float, default=2e-3, help="restorer lr (the demo's)")
+    p.add_argument("--flow-lr", type=float, default=1e-3, help="teacher and student lr (cosine)")
+    p.add_argument("--jobs", type=int, default=2, help="restorers trained at once (one thread each)")
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--lq-psnr", action="store_true", help="only print LQ-vs-HQ PSNR of each synthetic task")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.size % 4 or args.size < 64:
+        p.error(f"--size must be a multiple of 4 and >= 64, got {args.size}")
+    if args.frames < max(LENGTHS):
+        p.error(f"--frames must be >= {max(LENGTHS)} (the longest tested sequence), got {args.frames}")
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    return args
+
+
+def datamodule(args: argparse.Namespace, seed: int, *, task: str = "vsr", clip_frames: int | None = None):
+    return flow_quality.datamodule(task, args, seed, clip_frames=clip_frames)
+
+
+def trainer(args: argparse.Namespace, steps: int = -1) -> L.Trainer:
+    return flow_quality.quiet_trainer(steps, args.accelerator)
+
+
+def _quiet(threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+
+
+def train_flow(args: argparse.Namespace, seed: int, workdir: str, row: str, threads: int = 0) -> str:
+    """The teacher (``row="teacher"``) or a student (``student_plain`` / ``student_distilled``) checkpoint."""
+    _quiet(threads)
+    dm = datamodule(args, seed, clip_frames=3)
+    common = {"lr": args.flow_lr, "scheduler": "cosine", "val_log_images": 0}
+    L.seed_everything(seed, verbose=False)
+    if row == "teacher":
+        steps = args.teacher_steps
+        module = TeacherFlowModule(occlusion_warmup_steps=steps // 3, **common)
+    else:
+        steps = args.student_steps
+        module = StudentFlowModule(
+            teacher_checkpoint=str(Path(workdir) / "teacher.ckpt"),
+            w_dis=args.w_dis if row == "student_distilled" else 0.0,
+            scale=4,
+            occlusion_warmup_steps=steps // 3,
+            **common,
+        )
+    fit = trainer(args, steps)
+    L.seed_everything(seed, workers=True, verbose=False)
+    fit.fit(module, train_dataloaders=dm.train_dataloader())
+    path = str(Path(workdir) / f"{row}.ckpt")
+    fit.save_checkpoint(path)
+    return path
+
+
+@torch.no_grad()
+def length_psnr(module: RestorerModule, dm: VideoRestorationDataModule) -> dict[str, float]:
+    """PSNR of the last ``SCORED_TAIL`` frames of each held-out sequence, restored from its last L frames."""
+    net = module.net.eval()
+    scores: dict[str, list[float]] = {str(n): [] for n in LENGTHS}
+    for batch in dm.test_dataloader():
+        lq, hq = batch["lq"], batch["hq"]
+        for n in LENGTHS:
+            out = net(lq[:, -n:]).clamp(0, 1)
+            scores[str(n)].append(float(psnr(out[:, -SCORED_TAIL:], hq[:, -SCORED_TAIL:]).mean()))
+    return {k: statistics.fmean(v) for k, v in scores.items()}
+
+
+def train_restorer(
+    args: argparse.Namespace, seed: int, flow: str | None, radius: int, with_lengths: bool, threads: int = 0
+) -> dict[str, Any]:
+    """Train one restorer (``flow``: a flow checkpoint, or None for no alignment) and test it."""
+    _quiet(threads)
+    start = time.perf_counter()
+    dm = datamodule(args, seed)
+    steps = args.restorer_steps
+    L.seed_everything(seed, verbose=False)
+    module = RestorerModule(
+        model="s2svr_vsr",
+        model_overrides={"channels": args.channels, "num_blocks": 1, "num_layers": 1, "radius": radius},
+        kind="vsr",
+        scale=4,
+        flow_init=flow,
+        flownet="zero_flow" if flow is None else None,
+        lr=args.lr,
+        flow_lr=5e-5,
+        flow_freeze_steps=int(args.flow_freeze * steps),
+        total_steps=steps,
+        charbonnier_eps=0.05,  # the demo's: leaves the zero-residual plateau sooner in a short run
+        metrics={"y_channel": False, "border": 0, "reduction": "sequence"},
+        num_log_images=0,
+    )
+    fit = trainer(args, steps)
+    L.seed_everything(seed, workers=True, verbose=False)
+    fit.fit(module, train_dataloaders=dm.train_dataloader())
+    result = trainer(args).test(module, dataloaders=dm.test_dataloader(), verbose=False)[0]
+    out = {"psnr": float(result["test/psnr"]), "bicubic": float(result["test/baseline_psnr"])}
+    if with_lengths:
+        out["length"] = length_psnr(module, dm)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def run_seed(args: argparse.Namespace, seed: int, log=print) -> dict[str, Any]:
+    """Every row for one seed: ``{"alignment": {...}, "radius": {...}, "length": {...}, "bicubic"}``."""
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="ablation_") as workdir:
+        started = time.perf_counter()
+        train_flow(args, seed, workdir, "teacher", threads=0 if args.jobs == 1 else args.jobs)
+        log(f"[seed {seed}] teacher {time.perf_counter() - started:.0f} s")
+        jobs = [  # (row, flow checkpoint, radius)
+            ("student_distilled", "student_distilled.ckpt", 1),
+            ("student_plain", "student_plain.ckpt", 1),
+            ("teacher_lq", "teacher.ckpt", 1),
+            ("zero", None, 1),
+            ("radius_0", "student_distilled.ckpt", 0),
+            ("radius_2", "student_distilled.ckpt", 2),
+        ]
+        if args.jobs == 1:
+            for row in ("student_plain", "student_distilled"):
+                train_flow(args, seed, workdir, row)
+            results = {
+                row: train_restorer(args, seed, flow and str(Path(workdir) / flow), r, row == jobs[0][0])
+                for row, flow, r in jobs
+            }
+        else:
+            with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+                flows = [pool.submit(train_flow, args, seed, workdir, row, 1) for row in ALIGNMENT[:2]]
+                [f.result() for f in flows]
+                log(f"[seed {seed}] students {time.perf_counter() - started:.0f} s")
+                futures = {
+                    row: pool.submit(
+                        train_restorer,
+                        args,
+                        seed,
+                        flow and str(Path(workdir) / flow),
+                        r,
+                        row == jobs[0][0],
+                        1,
+                    )
+                    for row, flow, r in jobs
+                }
+                results = {row: f.result() for row, f in futures.items()}
+    for row, r in results.items():
+        log(f"[seed {seed}] {row}: {r['psnr']:.2f} dB ({r['seconds']:.0f} s)")
+    return {
+        "alignment": {row: results[row]["psnr"] for row in ALIGNMENT},
+        "radius": {
+            "0": results["radius_0"]["psnr"],
+            "1": results["student_distilled"]["psnr"],
+            "2": results["radius_2"]["psnr"],
+        },  # fmt: skip
+        "length": results["student_distilled"]["length"],
+        "bicubic": results["zero"]["bicubic"],
+    }
+
+
+def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for group in ("alignment", "radius", "length"):
+        out[group] = {k: statistics.fmean(s[group][k] for s in per_seed) for k in per_seed[0][group]}
+    out["bicubic"] = statistics.fmean(s["bicubic"] for s in per_seed)
+    out["per_seed"] = per_seed
+    return out
+
+
+def render(summary: dict[str, Any], args: argparse.Namespace, seconds: float) -> str:
+    lines = ["| group | row | test PSNR (dB) |", "|---|---|---|"]
+    for group, names in (("alignment", ALIGNMENT), ("radius", [str(r) for r in RADII])):
+        lines += [f"| {group} | {n} | {summary[group][n]:.2f} |" for n in names]
+    lines += [
+        f"| length (last {SCORED_TAIL} frames) | {n} | {summary['length'][str(n)]:.2f} |" for n in LENGTHS
+    ]
+    lines.append(f"| baseline | bicubic | {summary['bicubic']:.2f} |")
+    lines.append(
+        f"\nx4 VSR on {args.test_sequences} held-out synthetic sequences of {args.frames} frames at "
+        f"{args.size}x{args.size}, mean over seeds {args.seeds}. Teacher {args.teacher_steps} steps, "
+        f"students {args.student_steps}, every restorer {args.restorer_steps} (C {args.channels}, 1 layer, "
+        f"1 block; flow frozen for {args.flow_freeze:.0%}). Total {seconds:.0f} s."
+    )
+    return "\n".join(lines)
+
+
+def lq_psnr(args: argparse.Namespace) -> dict[str, float]:
+    """Degraded input against HQ (vsr: bicubic x4 of the LQ), RGB PSNR on the held-out sequences."""
+    from s2svr_lightning.task import Task
+
+    out = {}
+    for task in ("vsr", "deblur", "cve"):
+        dm = datamodule(args, args.seed_list[0], task=task)
+        scores = []
+        for batch in dm.test_dataloader():
+            base = Task.create(task).baseline(batch["lq"])
+            scores.append(float(psnr(base, batch["hq"]).mean()))
+        out[task] = statistics.fmean(scores)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _quiet(0)
+    if args.lq_psnr:
+        for task, value in lq_psnr(args).items():
+            print(
+                f"{task}: degraded input vs HQ {value:.2f} dB "
+                f"({args.size} px, {args.test_sequences} sequences)"
+            )
+        return 0
+    start = time.perf_counter()
+    per_seed = [
+        run_seed(args, seed, log=lambda m: print(m, file=sys.stderr, flush=True)) for seed in args.seed_list
+    ]
+    summary = mean_over_seeds(per_seed)
+    print(render(summary, args, time.perf_counter() - start))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
