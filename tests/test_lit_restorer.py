@@ -168,7 +168,7 @@ def test_validation_scores_output_and_bicubic_baseline(tmp_path):
 
 
 def test_bad_arguments_are_clear():
-    with pytest.raises(ValueError, match="scale 1 to equal the network's scale"):
+    with pytest.raises(ValueError, match="expected scale 4 for the vsr task, got 1"):
         RestorerModule(model="s2svr_vsr", model_overrides=TINY, scale=1)
     with pytest.raises(ValueError, match="kind"):
         RestorerModule(model="s2svr_vsr", model_overrides=TINY, kind="denoise")
