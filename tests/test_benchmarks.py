@@ -68,9 +68,12 @@ def test_speed_rows_at_tiny_size():
     assert row["ms_per_frame"] > 0 and row["fps"] == pytest.approx(1000 / row["ms_per_frame"])
     # one steady-state push costs at least the convs of the restorer itself (flow net excluded)
     assert row["gmacs_per_frame"] > 0 and 0 < row["pct_of_peak"]
-    # the flow net's share under each flow-input rule; 256x256 reads 16x the pixels of the padded 16x24
-    assert all(0 < row[f"flow_share_{rule}"] < 1 for rule in speed.FLOW_RULES)
+    # the flow net's share under each flow-input rule; 256x256 reads 16x the pixels of the padded 16x24.
+    # This 8-channel restorer costs little beside the full-size flow net, so a share may round up to 1
+    # when the separately timed flow call is slower than the whole timed step was.
+    assert all(0 < row[f"flow_share_{rule}"] <= 1 for rule in speed.FLOW_RULES)
     assert row["flow_ms_256x256"] > row["flow_ms_native"]
+    assert row["flow_share_256x256"] >= row["flow_share_native"]
 
 
 def test_render_prints_one_document_with_every_section():
