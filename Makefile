@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch unless a CUDA driver is present (a plain `torch` would pull a multi-GB CUDA wheel).
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
 
-.PHONY: install test lint demo bench bench-flow bench-ablation clean
+.PHONY: install test lint demo bench bench-flow bench-ablation bench-threads clean
 
 install: $(STAMP)
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
+# Test processes side by side, one per core and one torch thread each (tests/conftest.py): on small
+# tensors that beats one process with a thread pool, and stays fast beside other busy processes. Tests
+# are handed out two at a time, the slow ones first (tests/conftest.py).
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -35,6 +40,9 @@ bench-flow: $(STAMP)
 
 bench-ablation: $(STAMP)
 	$(PY) benchmarks/ablation.py
+
+bench-threads: $(STAMP)
+	$(PY) benchmarks/threads.py --busy
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

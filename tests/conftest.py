@@ -1,7 +1,9 @@
-"""Shared pytest fixtures: threads, tiny restorer checkpoints and networks, frame folders, videos, photos."""
+"""Shared pytest setup and fixtures: one thread per process, tiny restorer checkpoints and networks,
+frame folders, videos, photos."""
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import numpy as np
@@ -70,17 +72,27 @@ def moving_photo():
 
 
 # ---------------------------------------------------------------------------------------------- torch
-@pytest.fixture
-def one_thread():
-    """One torch thread for the test: tiny tensors gain nothing from threads, and on a shared 2-core
-    machine OpenMP's two threads ran 10-30x slower than one (a 64-channel 3x3 conv at 16x16: 32 ms
-    against 1 ms). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+def pytest_configure(config):
+    """One torch thread per test process (``S2SVR_TEST_THREADS`` to change it), subprocesses included.
+
+    The suite's tensors are tiny: threads gain nothing on them, and on a 2-core machine shared with any
+    other busy process OpenMP's two threads ran 10-30x slower than one (a 64-channel 3x3 conv at 16x16:
+    32 ms against 1 ms). ``make test`` uses the cores by running test processes side by side instead
+    (pytest-xdist), which only pays with one thread each.
+    """
+    threads = os.environ.get("S2SVR_TEST_THREADS", "1")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = threads
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(int(threads))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``slow`` tests first: with test processes side by side (``make test``: pytest-xdist handing out
+    two tests at a time), the longest start at once on every process instead of one of them ending the run
+    alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

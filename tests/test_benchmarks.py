@@ -19,8 +19,6 @@ import memory  # noqa: E402
 import run_all  # noqa: E402
 import speed  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_count_macs_of_a_conv_is_exact():
     conv = torch.nn.Conv2d(4, 6, 3, padding=1)
@@ -135,3 +133,13 @@ def test_ablation_writes_every_group_and_row(tmp_path, capsys):
     assert "| alignment | zero |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         ablation.parse_args(["--frames", "10"])
+
+
+def test_thread_settings_rows_run_each_setting_in_its_own_process():
+    import threads
+
+    rows = threads.bench_threads(busy=False, workloads=["conv"], repeats=2)
+    assert [(r["threads"], r["wait_policy"]) for r in rows] == threads.SETTINGS
+    assert all(r["ms"] > 0 and r["machine"] == "quiet" for r in rows)
+    assert rows[0]["ratio_to_1_thread"] == 1.0
+    assert rows[1]["ratio_to_1_thread"] == pytest.approx(rows[1]["ms"] / rows[0]["ms"])

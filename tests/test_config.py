@@ -93,6 +93,26 @@ def test_no_task_and_bad_settings_are_config_errors():
         validate_config(_compose("+task=demo_cve", "scale=4"))
     with pytest.raises(ConfigError, match="keep the order"):
         validate_config(_compose("+task=demo", "stage.run=[student,teacher]"))
+    with pytest.raises(ConfigError, match="hardware.threads must be a positive"):
+        validate_config(_compose("+task=demo", "hardware.threads=0"))
+
+
+def test_hardware_threads_sets_torch_and_the_processes_it_starts(monkeypatch):
+    import torch
+
+    from s2svr_lightning.pipeline import set_threads
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "7")
+    before = torch.get_num_threads()
+    try:
+        set_threads(None)  # null: left as it is
+        assert torch.get_num_threads() == before and os.environ["OMP_NUM_THREADS"] == "7"
+        set_threads(2)
+        assert torch.get_num_threads() == 2
+        assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "2"
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_module_option_typo_fails_before_training():

@@ -10,8 +10,6 @@ from s2svr_lightning.export import StreamingStep, run_exported_step
 from s2svr_lightning.inference import StreamingRestorer
 from s2svr_lightning.restore import main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_exported_step_reproduces_streaming(
     tmp_path, restorer_ckpt, restorer_net, moving_photo, write_frames

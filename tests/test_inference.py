@@ -13,9 +13,6 @@ from s2svr_lightning.models import build_model, s2svr_deblur
 TINY = dict(channels=8, num_blocks=1)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def tiny(name="s2svr_deblur", **kwargs):
     torch.manual_seed(0)
     return build_model(name, **TINY, **kwargs).eval()

@@ -7,8 +7,6 @@ import torch.nn.functional as F
 from s2svr_lightning.models import PWCLite, init_flownet_, pwclite
 from s2svr_lightning.models.pwclite import correlation
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def net():

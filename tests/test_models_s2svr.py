@@ -18,9 +18,6 @@ from s2svr_lightning.models import (
 TINY = dict(channels=8, num_blocks=1)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

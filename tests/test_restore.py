@@ -25,8 +25,6 @@ from s2svr_lightning.inference import StreamingRestorer
 from s2svr_lightning.metrics import psnr, quantize_8bit, ssim
 from s2svr_lightning.restore import main, restore_video
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _hq_frames(n: int = 5) -> np.ndarray:
     """A real photograph panned by a few pixels per frame, uint8 (n, 64, 96, 3)."""

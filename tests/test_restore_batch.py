@@ -16,8 +16,6 @@ from s2svr_lightning.data.image_io import read_image
 from s2svr_lightning.data.video_io import VideoReader
 from s2svr_lightning.restore import main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 N_FRAMES = 12
 RATE = 44100
 

@@ -93,6 +93,7 @@ Schema = _typed(
         sync_batchnorm=bool,
         matmul_precision=str | None,
         process_group_backend=(str | None, None),  # only the DDP files name one
+        threads=(int | None, None),  # torch threads per process; None: torch's default (one per core)
     ),
     logger=_Open,
     callbacks=_typed(
