@@ -340,5 +340,7 @@ def test_checkpointing_runs_only_where_a_backward_pass_follows(
 
 
 def test_checkpointing_rejects_an_unknown_granularity():
-    with pytest.raises(ValueError, match=r"expected checkpointing in \('none', 'step', 'step_flow'\), got 'layer'"):
+    with pytest.raises(
+        ValueError, match=r"expected checkpointing in \('none', 'step', 'step_flow'\), got 'layer'"
+    ):
         s2svr_deblur(**TINY, checkpointing="layer")

@@ -135,9 +135,8 @@ def compile_restorer(
     if bound is not None:
         return bound
     if not torch._dynamo.is_dynamo_supported():
-        _say(
-            f"is not supported on Python {sys.version.split()[0]} / {sys.platform} with torch {torch.__version__}"
-        )
+        where = f"Python {sys.version.split()[0]} on {sys.platform}"
+        _say(f"is not supported with torch {torch.__version__} on {where}")
         return None
     compiled = CompiledLayers(backend=backend, training_only=training_only)
     if compiled.failed is not None:

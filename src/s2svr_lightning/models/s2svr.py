@@ -381,7 +381,9 @@ class S2SVR(nn.Module):
         """
         forward_states, hidden = [], None
         for t, x_t in enumerate(frames):
-            hidden = self._recompute(self._first_layer_forward_step, x_t, hidden, to_prev[t - 1] if t else None)
+            hidden = self._recompute(
+                self._first_layer_forward_step, x_t, hidden, to_prev[t - 1] if t else None
+            )
             forward_states.append(hidden)
         outputs: list[Tensor] = [None] * len(frames)  # type: ignore[list-item]
         hidden = None
