@@ -263,17 +263,18 @@ def test_bad_constructor_arguments():
 
 
 # ------------------------------------------------------------------------ activation checkpointing
-def _loss_and_grads(name: str, checkpointing: str, *, flow_trainable: bool, **kwargs):
+def _loss_and_grads(name: str, checkpointing: str, *, flow_trainable: bool, bf16: bool = False, **kwargs):
     """Loss and every parameter's gradient of one training step of a tiny net (same weights and data
-    whatever the checkpointing)."""
+    whatever the checkpointing), optionally under bfloat16 autocast (as ``precision="bf16-mixed"``)."""
     torch.manual_seed(0)
     net = build_model(name, **TINY, num_layers=2, checkpointing=checkpointing, **kwargs).train()
     net.flownet.requires_grad_(flow_trainable)
     g = torch.Generator().manual_seed(1)
     size = 16 if net.scale == 4 else 32
     x = torch.rand(1, 3, 3, size, size, generator=g)
-    y = net(x)
-    loss = (y - torch.rand(y.shape, generator=g)).abs().mean()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = net(x)
+    loss = (y.float() - torch.rand(y.shape, generator=g)).abs().mean()
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
 
@@ -299,6 +300,15 @@ def test_checkpointing_gives_the_gradients_of_a_plain_backward(name, kwargs, flo
         torch.testing.assert_close(grads_flow[k], grads[k], rtol=0, atol=tol, msg=k)
         if not flow_trainable:
             assert torch.equal(grads_flow[k], grads[k])  # frozen: the batched flows, as without
+
+
+def test_checkpointing_under_bf16_autocast_recomputes_in_bf16():
+    # the recomputation in the backward pass (outside autocast) runs under the forward's autocast state
+    loss, grads = _loss_and_grads("s2svr_deblur", "none", flow_trainable=True, bf16=True)
+    loss_step, grads_step = _loss_and_grads("s2svr_deblur", "step", flow_trainable=True, bf16=True)
+    assert torch.equal(loss_step, loss) and all(torch.equal(grads_step[k], grads[k]) for k in grads)
+    fp32_loss, _ = _loss_and_grads("s2svr_deblur", "none", flow_trainable=True)
+    assert not torch.equal(loss, fp32_loss)  # bf16 really ran
 
 
 @pytest.mark.parametrize(
