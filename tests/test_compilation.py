@@ -9,13 +9,10 @@ to compile an 8-channel restorer's training step on a 2-core CPU, too slow for t
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from s2svr_lightning.compilation import PREFIX, compile_restorer
-from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.models import s2svr_deblur
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,30 +118,3 @@ def test_an_error_of_the_input_is_raised_as_eager_raises_it(monkeypatch, capsys)
 def test_compile_rejects_a_network_without_recurrent_layers():
     with pytest.raises(ValueError, match="expected a network with ResConvGRU layers, got Linear"):
         compile_restorer(torch.nn.Linear(2, 2))
-
-
-def test_restorer_module_compiles_for_training_only(tmp_path):
-    from test_lit_restorer import FixedClips
-
-    torch.manual_seed(0)
-    module = RestorerModule(
-        model="s2svr_vsr", model_overrides=TINY, flow_freeze_steps=0, total_steps=1, compile="aot_eager"
-    )
-    assert module.compiled is not None and "compile" not in module.hparams  # a run-time choice
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=str(tmp_path),
-    )
-    trainer.fit(module, DataLoader(FixedClips(1), batch_size=1))
-    assert torch.isfinite(trainer.callback_metrics["train/loss"]) and module.compiled.failed is None
-    path = tmp_path / "r.ckpt"
-    trainer.save_checkpoint(path)
-    loaded = RestorerModule.load_from_checkpoint(path, weights_only=True)
-    assert loaded.compiled is None

@@ -253,3 +253,18 @@ def test_checkpointed_restorer_trains_and_its_checkpoint_restores_without_it(tmp
     plain.load_state_dict(net.state_dict())
     with torch.no_grad():
         assert torch.equal(net(x), plain(x))
+
+
+def test_restorer_module_compiles_for_training_only(tmp_path):
+    # aot_eager: Dynamo and AOTAutograd's graphs without inductor's minutes of code generation
+    torch.manual_seed(0)
+    module = RestorerModule(
+        model="s2svr_vsr", model_overrides=TINY, flow_freeze_steps=0, total_steps=1, compile="aot_eager"
+    )
+    assert module.compiled is not None and "compile" not in module.hparams  # a run-time choice
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, DataLoader(FixedClips(1), batch_size=1))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"]) and module.compiled.failed is None
+    path = tmp_path / "r.ckpt"
+    trainer.save_checkpoint(path)
+    assert RestorerModule.load_from_checkpoint(path, weights_only=True).compiled is None
