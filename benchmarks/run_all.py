@@ -122,7 +122,12 @@ def render(results: dict) -> str:
     if "train" in results:
         lines += [
             "",
-            f"## Training step (batch 1, fp32, flow net trained jointly, {results.get('threads')} thread(s))",
+            f"## Training step per setting (batch 1, flow net trained jointly, {results.get('threads')} "
+            "thread(s))",
+            "",
+            "Each row in its own process. `/ fp32`: over the fp32 row of the same preset and sample, this"
+            " run. `step`, `step_flow`: activation checkpointing (`model.overrides.checkpointing`); `bf16`:"
+            " `precision=bf16-mixed`; `compile`: `compile=true` (first step includes the compilation).",
             "",
             speed.markdown_table(results["train"], train_step.COLUMNS),
         ]

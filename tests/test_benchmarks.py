@@ -74,6 +74,74 @@ def test_speed_rows_at_tiny_size():
     assert row["flow_share_256x256"] >= row["flow_share_native"]
 
 
+def test_train_step_rows_per_setting_with_ratios_to_fp32():
+    import train_step
+
+    quick = train_step.quick_settings()
+    rows = train_step.bench_train_step(
+        presets=["deblur"],
+        settings=["fp32", "step_flow+bf16+compile"],
+        steps=2,
+        shapes=quick["shapes"],
+        overrides=quick["overrides"],
+        threads=1,
+        compile_backend="aot_eager",
+        log=lambda m: None,
+    )
+    fp32, other = rows
+    assert [r["setting"] for r in rows] == ["fp32", "step_flow+bf16+compile"]
+    assert fp32["status"] == other["status"] == "ok"  # compiled, not fallen back to eager
+    assert fp32["sample"] == other["sample"] == "3 x 32x32 LQ"
+    assert fp32["peak_x_fp32"] == fp32["step_x_fp32"] == fp32["cpu_x_fp32"] == 1.0
+    assert other["peak_x_fp32"] == pytest.approx(other["peak_gib"] / fp32["peak_gib"])
+    assert other["step_x_fp32"] == pytest.approx(other["step_s"] / fp32["step_s"])
+    assert all(r["step_s"] > 0 and 0.1 < r["peak_gib"] < 4 for r in rows)
+
+
+def test_train_step_settings_and_the_half_crop_comparison(monkeypatch):
+    import train_step
+
+    assert train_step.parse_setting("step_flow+bf16") == {
+        "checkpointing": "step_flow",
+        "precision": "bf16-mixed",
+        "compile": False,
+    }
+    assert train_step.parse_setting("fp32") == {
+        "checkpointing": "none",
+        "precision": "32-true",
+        "compile": False,
+    }
+    for bad in ("fp16", "step+step_flow", "fp32+bf16", "bf16+bf16"):
+        with pytest.raises(ValueError, match="expected a setting of"):
+            train_step.parse_setting(bad)
+
+    # fp32 runs out of memory at the recipe crop: every setting runs again at half the crop, and only the
+    # rows beside a measured fp32 row get ratios
+    def fake_row(name, setting, frames, crop, steps, overrides, limit, threads, backend):
+        row = {"preset": name, "setting": setting, "sample": f"{frames} x {crop}", "peak_gib": crop / 32}
+        if setting == "fp32" and crop == 256:
+            return {**row, "status": "out of memory (> 12.0 GiB)"}
+        factor = 0.5 if setting == "step" else 1.0
+        return {
+            **row,
+            "status": "ok",
+            "peak_gib": factor * crop / 32,
+            "step_s": 2.0 / factor,
+            "cpu_step_s": 1.0,
+        }
+
+    monkeypatch.setattr(train_step, "_child_row", fake_row)
+    rows = train_step.bench_train_step(presets=["deblur"], settings=["fp32", "step"], log=lambda m: None)
+    assert [(r["setting"], r["sample"]) for r in rows] == [
+        ("fp32", "7 x 256"),
+        ("step", "7 x 256"),
+        ("fp32", "7 x 128"),
+        ("step", "7 x 128"),
+    ]
+    assert rows[1]["peak_x_fp32"] is None and rows[1]["step_s"] == 4.0
+    assert (rows[3]["peak_x_fp32"], rows[3]["step_x_fp32"], rows[3]["cpu_x_fp32"]) == (0.5, 2.0, 1.0)
+
+
 def test_render_prints_one_document_with_every_section():
     results = {
         "machine": {"cpu": "cpu", "threads": 2, "torch": "2", "python": "3", "bf16_units": True},

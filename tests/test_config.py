@@ -332,3 +332,26 @@ def test_rich_progress_bar_without_rich_says_how_to_install_it():
         pytest.skip("rich is installed here")
     with pytest.raises(ConfigError, match=r"^callbacks.extra.rich_progress_bar: .*pip install -U rich"):
         check_stage_options(_compose("+task=demo", "callbacks=rich"))
+
+
+def test_training_step_settings_compose_and_bad_values_are_refused():
+    from s2svr_lightning.conf import check_schema
+
+    cfg = validate_config(
+        _compose(
+            "+task=demo", "model.overrides.checkpointing=step", "compile=true", "paths.output_dir=/tmp/unused"
+        )
+    )
+    assert cfg.restorer.module.model_overrides.checkpointing == "step"
+    assert cfg.restorer.module.compile is True and cfg.predict.compile is True  # one switch for both
+    assert cfg.restorer.module.model_overrides.channels == 32  # the demo's overrides stay
+    check_stage_options(cfg)
+    assert _compose("+task=vsr_reds4").model.overrides.checkpointing == "none"
+    bf16 = _compose("+task=demo", "hardware=cpu_bf16").hardware
+    assert (bf16.accelerator, bf16.devices, bf16.precision) == ("cpu", 1, "bf16-mixed")
+    with pytest.raises(ConfigError, match=r"^compile: Value 'often'"):
+        check_schema(_compose("+task=demo", "compile=often"))
+    with pytest.raises(
+        ConfigError, match="model.overrides.checkpointing must be one of none, step, step_flow"
+    ):
+        validate_config(_compose("+task=demo", "model.overrides.checkpointing=layer"))

@@ -13,7 +13,7 @@ from s2svr_lightning.checkpoint import read_checkpoint
 from s2svr_lightning.lit.guards import NonFiniteError
 from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.metrics import psnr, ssim
-from s2svr_lightning.models import pwclite
+from s2svr_lightning.models import build_model, pwclite
 from s2svr_lightning.task import Task
 
 TINY = {"channels": 8, "num_blocks": 1, "num_layers": 1}
@@ -193,3 +193,78 @@ def test_mirror_protocol_averages_the_forward_and_mirrored_halves():
     assert not torch.allclose(out, causal_mean(lq))
     with pytest.raises(ValueError, match="eval_protocol"):
         RestorerModule(model="s2svr_deblur", eval_protocol="both")
+
+
+def test_bf16_mixed_training_step_on_cpu(tmp_path):
+    """precision="bf16-mixed" (hardware=cpu_bf16): convolutions in bfloat16, the loss in float32."""
+    torch.manual_seed(0)
+    module = RestorerModule(model="s2svr_vsr", model_overrides=TINY, flow_freeze_steps=0, total_steps=2)
+    dtypes = {}
+
+    def record(name):
+        def hook(module, inputs, output):  # returns None: the output stays as it is
+            dtypes.setdefault(name, (output[0] if isinstance(output, tuple) else output).dtype)
+
+        return hook
+
+    module.net.head.register_forward_hook(record("head"))
+    module.net.flownet.register_forward_hook(record("flow"))
+    losses = []
+    original = module.training_step
+
+    def recording_step(batch, batch_idx):
+        loss = original(batch, batch_idx)
+        losses.append(loss.detach())
+        return loss
+
+    module.training_step = recording_step
+    trainer = _trainer(tmp_path, precision="bf16-mixed", max_steps=2, limit_val_batches=0)
+    trainer.fit(module, DataLoader(FixedClips(2), batch_size=1))
+    assert dtypes == {"head": torch.bfloat16, "flow": torch.bfloat16}
+    assert [loss.dtype for loss in losses] == [torch.float32, torch.float32]
+    assert all(torch.isfinite(loss) for loss in losses)
+    assert all(p.dtype == torch.float32 for p in module.parameters())  # fp32 weights, bf16 compute
+    # the bf16 step lands near the fp32 one: same data, same initial weights
+    torch.manual_seed(0)
+    fp32 = RestorerModule(model="s2svr_vsr", model_overrides=TINY, flow_freeze_steps=0, total_steps=2)
+    batch = FixedClips(2)[0]
+    lq, hq = batch["lq"][None], batch["hq"][None]
+    with torch.no_grad():
+        reference = float(torch.sqrt((fp32(lq) - hq).square() + 1e-12).mean())
+    assert abs(float(losses[0]) - reference) < 0.02 * reference
+
+
+def test_checkpointed_restorer_trains_and_its_checkpoint_restores_without_it(tmp_path):
+    from s2svr_lightning.checkpoint import load_restorer
+
+    torch.manual_seed(0)
+    module = RestorerModule(
+        model="s2svr_vsr", model_overrides={**TINY, "checkpointing": "step_flow"}, flow_freeze_steps=1
+    )
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)  # frozen flow net, then trained
+    trainer.fit(module, DataLoader(FixedClips(2), batch_size=1))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    path = tmp_path / "r.ckpt"
+    trainer.save_checkpoint(path)
+    net, _ = load_restorer(path)  # the hyperparameters rebuild the net, checkpointing included
+    assert net.checkpointing == "step_flow" and not net.training
+    x = FixedClips(1).lq[:1]
+    plain = build_model("s2svr_vsr", **TINY, flow_input=net.flow_input).eval()
+    plain.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.equal(net(x), plain(x))
+
+
+def test_restorer_module_compiles_for_training_only(tmp_path):
+    # aot_eager: Dynamo and AOTAutograd's graphs without inductor's minutes of code generation
+    torch.manual_seed(0)
+    module = RestorerModule(
+        model="s2svr_vsr", model_overrides=TINY, flow_freeze_steps=0, total_steps=1, compile="aot_eager"
+    )
+    assert module.compiled is not None and "compile" not in module.hparams  # a run-time choice
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, DataLoader(FixedClips(1), batch_size=1))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"]) and module.compiled.failed is None
+    path = tmp_path / "r.ckpt"
+    trainer.save_checkpoint(path)
+    assert RestorerModule.load_from_checkpoint(path, weights_only=True).compiled is None

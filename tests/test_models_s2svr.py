@@ -257,3 +257,97 @@ def test_bad_constructor_arguments():
         S2SVR(scale=2, **TINY)
     with pytest.raises(ValueError, match="fixed flow size"):
         S2SVR(flow_input=(8, 8), **TINY)
+
+
+# ------------------------------------------------------------------------ activation checkpointing
+def _loss_and_grads(name: str, checkpointing: str, *, flow_trainable: bool, bf16: bool = False, **kwargs):
+    """Loss and every parameter's gradient of one training step of a tiny net (same weights and data
+    whatever the checkpointing), optionally under bfloat16 autocast (as ``precision="bf16-mixed"``)."""
+    torch.manual_seed(0)
+    net = build_model(name, **TINY, num_layers=2, checkpointing=checkpointing, **kwargs).train()
+    net.flownet.requires_grad_(flow_trainable)
+    g = torch.Generator().manual_seed(1)
+    size = 16 if net.scale == 4 else 32
+    x = torch.rand(1, 3, 3, size, size, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y = net(x)
+    loss = (y.float() - torch.rand(y.shape, generator=g)).abs().mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("flow_trainable", [True, False], ids=["flow_trained", "flow_frozen"])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("s2svr_vsr", {}), ("s2svr_deblur", {}), ("s2svr_deblur", {"bidirectional_first_layer": True})],
+)
+def test_checkpointing_gives_the_gradients_of_a_plain_backward(name, kwargs, flow_trainable):
+    loss, grads = _loss_and_grads(name, "none", flow_trainable=flow_trainable, **kwargs)
+    assert any(k.startswith("flownet.") for k in grads) == flow_trainable
+    # "step" recomputes the same ops on the same values: the same bits
+    loss_step, grads_step = _loss_and_grads(name, "step", flow_trainable=flow_trainable, **kwargs)
+    assert torch.equal(loss_step, loss) and grads_step.keys() == grads.keys()
+    assert all(torch.equal(grads_step[k], grads[k]) for k in grads)
+    # "step_flow" runs the flow net pair by pair (not as one batch of pairs) while it trains: the flow
+    # net's gradients are sums in another order, equal to 1e-5 of each gradient's largest entry
+    loss_flow, grads_flow = _loss_and_grads(name, "step_flow", flow_trainable=flow_trainable, **kwargs)
+    assert torch.allclose(loss_flow, loss, rtol=1e-6, atol=0) and grads_flow.keys() == grads.keys()
+    for k in grads:
+        tol = 1e-5 * float(grads[k].abs().max())
+        torch.testing.assert_close(grads_flow[k], grads[k], rtol=0, atol=tol, msg=k)
+        if not flow_trainable:
+            assert torch.equal(grads_flow[k], grads[k])  # frozen: the batched flows, as without
+
+
+def test_checkpointing_under_bf16_autocast_recomputes_in_bf16():
+    # the recomputation in the backward pass (outside autocast) runs under the forward's autocast state
+    loss, grads = _loss_and_grads("s2svr_deblur", "none", flow_trainable=True, bf16=True)
+    loss_step, grads_step = _loss_and_grads("s2svr_deblur", "step", flow_trainable=True, bf16=True)
+    assert torch.equal(loss_step, loss) and all(torch.equal(grads_step[k], grads[k]) for k in grads)
+    fp32_loss, _ = _loss_and_grads("s2svr_deblur", "none", flow_trainable=True)
+    assert not torch.equal(loss, fp32_loss)  # bf16 really ran
+
+
+@pytest.mark.parametrize(
+    "checkpointing, train, grad, flow_trainable, calls",
+    [
+        ("step", True, True, True, 2 * 4),  # every encoder and decoder step of T = 4
+        ("step_flow", True, True, True, 2 * 4 + 3),  # and each of the 3 pairs' flows
+        ("step_flow", True, True, False, 2 * 4),  # a frozen flow net keeps no activations
+        ("step", False, True, True, 0),  # eval mode: untouched
+        ("step", True, False, True, 0),  # no gradients: untouched
+        ("none", True, True, True, 0),
+    ],
+)
+def test_checkpointing_runs_only_where_a_backward_pass_follows(
+    monkeypatch, checkpointing, train, grad, flow_trainable, calls
+):
+    import s2svr_lightning.models.s2svr as s2svr_module
+
+    seen = []
+    real = s2svr_module.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        seen.append(fn.__name__)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(s2svr_module, "checkpoint", counting)
+    torch.manual_seed(0)
+    net = s2svr_deblur(**TINY, checkpointing=checkpointing).train(train)
+    net.flownet.requires_grad_(flow_trainable)
+    x = torch.rand(1, 4, 3, 16, 16)
+    with torch.set_grad_enabled(grad):
+        y = net(x)
+    assert len(seen) == calls
+    # the same output whatever runs under checkpointing
+    plain = s2svr_deblur(**TINY).train(train)
+    plain.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(y, plain(x), rtol=0, atol=1e-6)
+
+
+def test_checkpointing_rejects_an_unknown_granularity():
+    with pytest.raises(
+        ValueError, match=r"expected checkpointing in \('none', 'step', 'step_flow'\), got 'layer'"
+    ):
+        s2svr_deblur(**TINY, checkpointing="layer")

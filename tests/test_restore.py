@@ -289,3 +289,42 @@ def test_tiled_restore_stays_close_to_untiled(tmp_path, restorer_ckpt, write_fra
     assert tiled.shape == whole.shape == (3, 64, 96, 3)
     as_float = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # noqa: E731
     assert psnr(as_float(tiled), as_float(whole)).min() > 35.0
+
+
+def test_compile_flag_restores_the_same_frames(
+    tmp_path, restorer_ckpt, restorer_net, write_frames, monkeypatch
+):
+    from torch._dynamo.utils import counters
+
+    real = torch.compile
+    # aot_eager: the graphs inductor would compile, run with eager kernels (inductor takes minutes here)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": "aot_eager"}))
+    torch._dynamo.reset()
+    counters.clear()
+    lq = _lq_frames(4)
+    src = write_frames(tmp_path / "lq", lq)
+    argv = ["--ckpt", str(restorer_ckpt), str(src), str(tmp_path / "out"), "--no-progress", "--compile"]
+    assert main(argv) == 0
+    assert counters["stats"]["unique_graphs"] >= 1  # the streaming steps ran compiled
+    got = np.stack([read_image(f) for f in sorted((tmp_path / "out").iterdir())])
+    assert np.abs(got.astype(int) - _expected(restorer_net, lq).astype(int)).max() <= 1
+
+
+def test_compile_flag_falls_back_to_eager_with_one_line(
+    tmp_path, restorer_ckpt, restorer_net, write_frames, monkeypatch, capsys
+):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("Windows not yet supported for torch.compile")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    lq = _lq_frames(3)
+    src = write_frames(tmp_path / "lq", lq)
+    argv = ["--ckpt", str(restorer_ckpt), str(src), str(tmp_path / "out"), "--no-progress", "--compile"]
+    assert main(argv) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "torch.compile" in line]
+    assert err == [
+        "s2svr-lightning: torch.compile is not available here (RuntimeError: Windows not yet supported for "
+        "torch.compile); running eagerly"
+    ]
+    got = np.stack([read_image(f) for f in sorted((tmp_path / "out").iterdir())])
+    np.testing.assert_array_equal(got, _expected(restorer_net, lq))

@@ -262,6 +262,10 @@ class StreamingRestorer:
         chunk_overlap: context frames at each inner chunk seam, discarded (``chunk > 2 * overlap``).
         reuse_memory: on CPU, call :func:`reuse_freed_memory` (process-wide: glibc then keeps freed
             memory instead of page-faulting every large activation anew; faster, more resident memory).
+        compile: compile the network's recurrent layers (``torch.compile``,
+            :func:`~s2svr_lightning.compilation.compile_restorer`; in place, so ``net`` stays compiled):
+            the first frames of each size wait for the compiler; where it cannot compile, one line says
+            so and restoration runs eagerly.
 
     ``push(frame)`` takes ``(3, h, w)`` or ``(1, 3, h, w)``, float in [0, 1] (uint8 is divided by 255),
     and returns the list of output frames now complete, each ``(3, scale*h, scale*w)`` float32 on the CPU,
@@ -281,6 +285,7 @@ class StreamingRestorer:
         chunk: int = 25,
         chunk_overlap: int = 5,
         reuse_memory: bool = True,
+        compile: bool = False,
     ) -> None:
         if not isinstance(net, S2SVR):
             raise ValueError(f"expected an S2SVR network, got {type(net).__name__}")
@@ -305,6 +310,10 @@ class StreamingRestorer:
         # channels_last end to end: the layout oneDNN's (and cuDNN's) convolutions run fastest on;
         # the weights and the frames are converted once and every op of the net keeps the layout
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
+        if compile:
+            from .compilation import compile_restorer
+
+            compile_restorer(self.net)
         self.precision = precision
         self.tile = tile
         self.tile_overlap = tile_overlap

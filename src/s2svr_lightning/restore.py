@@ -146,6 +146,7 @@ def restore_video(
     fps: float | Fraction | None = None,
     progress: bool = True,
     net_and_task: tuple[Any, Task] | None = None,
+    compile: bool = False,
 ) -> RestoreSummary:
     """Restore ``input`` into ``output`` frame by frame (the function behind the command line).
 
@@ -199,7 +200,13 @@ def restore_video(
         video_fps = video_fps / task.frame_span[1]  # deblurring: one blurred frame per window of sub-frames
 
     restorer = StreamingRestorer(
-        net, device=device, precision=precision, tile=tile, tile_flow=tile_flow, **_tile_kwargs(tile_overlap)
+        net,
+        device=device,
+        precision=precision,
+        tile=tile,
+        tile_flow=tile_flow,
+        compile=compile,
+        **_tile_kwargs(tile_overlap),
     )
     summary = RestoreSummary(frames=0, seconds=0.0, output=str(out_path), video_fps=float(video_fps))
     scored = degrade or reference is not None
@@ -326,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network's recurrent layers (the first frames wait minutes for the compiler; "
+        "falls back to eager, with one line saying why, where it cannot compile)",
+    )
     p.add_argument("--tile", type=int, default=None, help="process in spatial tiles of this many LQ pixels")
     p.add_argument("--tile-overlap", type=int, default=None, help="overlap between tiles, LQ pixels")
     p.add_argument(
@@ -420,6 +433,7 @@ def _restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "device": args.device,
         "precision": args.precision,
+        "compile": args.compile,
         "tile": args.tile,
         "tile_overlap": args.tile_overlap,
         "tile_flow": args.tile_flow,

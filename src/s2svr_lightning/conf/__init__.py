@@ -80,6 +80,7 @@ Schema = _typed(
     print_table=bool,
     run_name=str | None,
     resume=str,
+    compile=bool,
     dataset=_Open,
     model=_typed("ModelSchema", name=str, overrides=_Open),
     stage=_typed("StageRunSchema", run=list[str]),
@@ -115,7 +116,13 @@ Schema = _typed(
     restorer=_typed("RestorerSchema", **_FIT_STAGE, flow_from_student=bool, module=_Open),
     test=_typed("TestSchema", ckpt=str, limit_batches=Any, save_outputs=bool, save_images=bool, data=_Open),
     predict=_typed(
-        "PredictSchema", input=str | None, output=str | None, precision=str, tile=int | None, overwrite=bool
+        "PredictSchema",
+        input=str | None,
+        output=str | None,
+        precision=str,
+        tile=int | None,
+        overwrite=bool,
+        compile=bool,
     ),
     trainer=_Open,
     current=_Open,  # set by the pipeline, per stage

@@ -126,6 +126,15 @@ class RestorerModule(L.LightningModule):
             frame t sees r frames ahead) or ``"mirror"`` (the clip followed by its reverse in one pass,
             each frame the mean of its two outputs: the authors' Vimeo-90K-T protocol, see
             :func:`mirrored_forward`).
+        compile: compile the network's recurrent layers for training (``torch.compile``, see
+            :func:`~s2svr_lightning.compilation.compile_restorer`; validation and test run eagerly):
+            True (inductor) or a backend name (``"aot_eager"``). A run-time choice like the precision,
+            not stored in the checkpoint. Where it cannot compile, one line says so and training runs
+            eagerly.
+
+    Activation checkpointing is the network's option (``model_overrides={"checkpointing": "step"}``,
+    :class:`~s2svr_lightning.models.S2SVR`); mixed precision is the Trainer's (``precision="bf16-mixed"``),
+    under which the loss is computed in float32.
     """
 
     def __init__(
@@ -152,6 +161,7 @@ class RestorerModule(L.LightningModule):
         flow_input: Any = None,
         flow_input_override: bool = False,
         eval_protocol: str = "single",
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         from s2svr_lightning.models import build_model
@@ -197,6 +207,12 @@ class RestorerModule(L.LightningModule):
                 f"expected a network of scale {task.scale} for the {task.kind} task, got {model} of scale "
                 f"{self.net.scale} (pass the kind of the model's task, or its scale)"
             )
+        self.compiled = None
+        if compile:
+            from s2svr_lightning.compilation import compile_restorer
+
+            backend = compile if isinstance(compile, str) else "inductor"
+            self.compiled = compile_restorer(self.net, backend=backend, training_only=True)
         self.val_metrics = VideoMetrics(**task.metric_options)
         self.test_metrics = VideoMetrics(**task.metric_options)
         self.test_per_sequence: dict[str, dict[str, float]] = {}
@@ -271,6 +287,8 @@ class RestorerModule(L.LightningModule):
             raise ValueError(
                 f"expected the output shape {tuple(out.shape)} to equal the HQ shape {tuple(hq.shape)}"
             )
+        # float32 whatever the autocast precision: the loss is a mean over millions of small differences
+        out, hq = out.float(), hq.float()
         loss = charbonnier_loss(out, hq, eps=self.hparams.charbonnier_eps)
         raise_if_nonfinite(loss, what="restorer loss", step=self.global_step, batch=batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=lq.shape[0])

@@ -28,6 +28,17 @@ Choices the paper leaves open, documented here and in the builders:
   warp(o_{j+1}, F_{i->j+1})``), so every latent is resampled once. Positions past the sequence ends
   duplicate the nearest available aligned latent (the centre itself at the very first/last frame).
 
+Activation checkpointing (``checkpointing``) trades compute for memory in training: the whole-sequence
+forward keeps every step's activations for the backward pass (deblurring's 7 frames of 256x256 hold
+about 28 GiB, 95 % of it inside the encoder and decoder steps). With ``"step"`` each encoder step and
+each decoder step (with its window alignment) runs under ``torch.utils.checkpoint`` (non-reentrant):
+only its inputs and outputs are kept, and its inside is recomputed during the backward pass, one step
+at a time. The recomputation runs the same ops on the same values, so the loss and the gradients are
+those without it. ``"step_flow"`` also recomputes the flow net, one consecutive pair at a time, while
+it is trainable (it holds a quarter of VSR's activations: 14 pairs at 256x256). It runs each pair as
+its own batch instead of all pairs as one, which equals the batched flows to float rounding. Only a
+training-mode forward with gradients enabled is affected; evaluation, streaming and export never are.
+
 Every op keeps the memory layout and dtype it is given (``layout``, ``flow_warp``): fed channels_last
 frames and weights, as by the streaming restorer, the whole step runs channels_last, the layout oneDNN's
 convolutions are fastest on; under bfloat16 autocast the states stay bfloat16.
@@ -35,11 +46,13 @@ convolutions are fastest on; under bfloat16 autocast the states stay bfloat16.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import LocalAttention
 from .convgru import ConvGRU, ResConvGRU, ResidualBlock
@@ -48,9 +61,12 @@ from .layout import stack_neighbours
 from .pwclite import pwclite
 from .warp import flow_warp
 
-__all__ = ["S2SVR", "s2svr_cve", "s2svr_deblur", "s2svr_vsr"]
+__all__ = ["CHECKPOINTING", "S2SVR", "s2svr_cve", "s2svr_deblur", "s2svr_vsr"]
 
 Tensor = torch.Tensor
+
+# activation checkpointing in training: nothing, every encoder / decoder step, steps and flow pairs
+CHECKPOINTING = ("none", "step", "step_flow")
 
 
 def _conv_lrelu(in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
@@ -107,6 +123,10 @@ class S2SVR(nn.Module):
             ``"hq"`` (each LQ pair upsampled x ``scale``, the default), ``"native"``, a fixed ``(H, W)``
             (the authors use 256x256) or a ``FlowInput``; the flow comes back to the LQ grid, values
             scaled. It must be the rule the flow net was trained under (the student stage's).
+        checkpointing: activation checkpointing of a training forward (see the module docstring):
+            ``"none"``, ``"step"`` (recompute every encoder and decoder step in the backward pass) or
+            ``"step_flow"`` (also the flow net's pairs, one at a time, while it has trainable
+            parameters). Not used in eval mode or without gradients.
     """
 
     def __init__(
@@ -120,8 +140,11 @@ class S2SVR(nn.Module):
         flownet: nn.Module | None = None,
         bidirectional_first_layer: bool = False,
         flow_input: FlowInput | str | tuple[int, int] = "hq",
+        checkpointing: str = "none",
     ) -> None:
         super().__init__()
+        if checkpointing not in CHECKPOINTING:
+            raise ValueError(f"expected checkpointing in {CHECKPOINTING}, got {checkpointing!r}")
         if scale not in (1, 4):
             raise ValueError(f"expected scale 1 or 4, got {scale}")
         if channels < 2 or channels % 2:
@@ -136,6 +159,7 @@ class S2SVR(nn.Module):
         self.radius = radius
         self.bidirectional_first_layer = bidirectional_first_layer
         self.flow_input = FlowInput.create(flow_input, scale=scale)
+        self.checkpointing = checkpointing
         c = channels
 
         self.flownet = flownet if flownet is not None else pwclite()
@@ -182,6 +206,52 @@ class S2SVR(nn.Module):
             )
         else:
             self.head = nn.Sequential(_conv_lrelu(c, c), _conv_lrelu(c, c), nn.Conv2d(c, 3, 3, padding=1))
+
+    # ---------------------------------------------------------------- checkpointing
+    def _checkpointing_active(self) -> bool:
+        """A backward pass will follow (training mode, gradients on) and checkpointing was asked for."""
+        return self.checkpointing != "none" and self.training and torch.is_grad_enabled()
+
+    def _recompute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, under activation checkpointing when it is active (else a plain call)."""
+        if self._checkpointing_active():
+            return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+        return fn(*args, **kwargs)
+
+    def _flows_of_clip(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``(to_prev, to_next)`` of a clip ``(B, T, 3, h, w)``, T >= 2: per-pair ``(B, 2, h, w)`` lists."""
+        b, t_len, _, h, w = x.shape
+        recompute = (
+            self.checkpointing == "step_flow"
+            and self._checkpointing_active()
+            and any(p.requires_grad for p in self.flownet.parameters())
+        )
+        if recompute:
+            # one pair at a time, so that the backward pass holds one pair's flow-net activations
+            pairs = [self._recompute(self.pair_flows, x[:, t], x[:, t - 1]) for t in range(1, t_len)]
+            return [p[0] for p in pairs], [p[1] for p in pairs]
+        # every consecutive pair exactly once, both directions, as one batch
+        cur = x[:, 1:].reshape(b * (t_len - 1), 3, h, w)
+        prev = x[:, :-1].reshape(b * (t_len - 1), 3, h, w)
+        flows_to_prev, flows_to_next = self.pair_flows(cur, prev)
+        return (
+            list(flows_to_prev.reshape(b, t_len - 1, 2, h, w).unbind(dim=1)),
+            list(flows_to_next.reshape(b, t_len - 1, 2, h, w).unbind(dim=1)),
+        )
+
+    def _align_and_decode(
+        self,
+        x_t: Tensor,
+        centre: Tensor,
+        past: Sequence[tuple[Tensor, Tensor]],
+        future: Sequence[tuple[Tensor, Tensor]],
+        states: Sequence[Tensor],
+        y_prev: Tensor,
+        flow_to_prev: Tensor | None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """:meth:`align_window` then :meth:`decode_step`: one decoder step of the whole-sequence forward."""
+        window = self.align_window(centre, past, future)
+        return self.decode_step(x_t, window, states, y_prev, flow_to_prev)
 
     # ---------------------------------------------------------------- step functions
     def base(self, x_t: Tensor) -> Tensor:
@@ -311,19 +381,36 @@ class S2SVR(nn.Module):
         """
         forward_states, hidden = [], None
         for t, x_t in enumerate(frames):
-            if hidden is not None:
-                hidden = flow_warp(hidden, to_prev[t - 1])
-            _, hidden = self.encoder[0](hidden, x_t)
+            hidden = self._recompute(
+                self._first_layer_forward_step, x_t, hidden, to_prev[t - 1] if t else None
+            )
             forward_states.append(hidden)
         outputs: list[Tensor] = [None] * len(frames)  # type: ignore[list-item]
         hidden = None
-        for t in range(len(frames) - 1, -1, -1):
-            if hidden is not None:
-                hidden = flow_warp(hidden, to_next[t])
-            hidden = self.backward_gru(hidden, frames[t])
-            hidden = self.backward_blocks(self.backward_fusion(torch.cat((hidden, forward_states[t]), dim=1)))
+        last = len(frames) - 1
+        for t in range(last, -1, -1):
+            hidden = self._recompute(
+                self._first_layer_backward_step,
+                frames[t],
+                forward_states[t],
+                hidden,
+                to_next[t] if t < last else None,
+            )
             outputs[t] = hidden
         return outputs
+
+    def _first_layer_forward_step(self, x_t: Tensor, hidden: Tensor | None, flow: Tensor | None) -> Tensor:
+        if hidden is not None:
+            hidden = flow_warp(hidden, flow)
+        return self.encoder[0](hidden, x_t)[1]
+
+    def _first_layer_backward_step(
+        self, x_t: Tensor, forward_state: Tensor, hidden: Tensor | None, flow: Tensor | None
+    ) -> Tensor:
+        if hidden is not None:
+            hidden = flow_warp(hidden, flow)
+        hidden = self.backward_gru(hidden, x_t)
+        return self.backward_blocks(self.backward_fusion(torch.cat((hidden, forward_state), dim=1)))
 
     # ---------------------------------------------------------------- whole sequence
     def forward(self, x: Tensor, *, flows: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -342,17 +429,12 @@ class S2SVR(nn.Module):
             if len(flows) != 2 or any(tuple(f.shape) != expected for f in flows):
                 got = [tuple(f.shape) for f in flows]
                 raise ValueError(f"expected flows (to_prev, to_next) each of shape {expected}, got {got}")
-            flows_to_prev, flows_to_next = flows
-        elif t_len > 1:
-            # every consecutive pair exactly once, both directions, as one batch
-            cur = x[:, 1:].reshape(b * (t_len - 1), 3, h, w)
-            prev = x[:, :-1].reshape(b * (t_len - 1), 3, h, w)
-            flows_to_prev, flows_to_next = self.pair_flows(cur, prev)
         to_prev: list[Tensor] = []  # to_prev[t - 1] = o_t, flow t -> t-1
         to_next: list[Tensor] = []  # to_next[t] = flow t -> t+1
-        if t_len > 1:
-            to_prev = list(flows_to_prev.reshape(b, t_len - 1, 2, h, w).unbind(dim=1))
-            to_next = list(flows_to_next.reshape(b, t_len - 1, 2, h, w).unbind(dim=1))
+        if flows is not None and t_len > 1:
+            to_prev, to_next = list(flows[0].unbind(dim=1)), list(flows[1].unbind(dim=1))
+        elif t_len > 1:
+            to_prev, to_next = self._flows_of_clip(x)
 
         first = None
         if self.bidirectional_first_layer:
@@ -360,7 +442,8 @@ class S2SVR(nn.Module):
         latents: list[Tensor] = []
         states = None
         for t in range(t_len):
-            z, states = self.encode_step(
+            z, states = self._recompute(
+                self.encode_step,
                 frames[t],
                 states,
                 to_prev[t - 1] if t > 0 else None,
@@ -375,9 +458,15 @@ class S2SVR(nn.Module):
         for i in range(t_len):
             past = [(latents[j], to_prev[j]) for j in range(i - 1, max(i - r, 0) - 1, -1)]
             future = [(latents[j], to_next[j - 1]) for j in range(i + 1, min(i + r, t_len - 1) + 1)]
-            window = self.align_window(latents[i], past, future)
-            y, decoder_states = self.decode_step(
-                frames[i], window, decoder_states, y, to_prev[i - 1] if i > 0 else None
+            y, decoder_states = self._recompute(
+                self._align_and_decode,
+                frames[i],
+                latents[i],
+                past,
+                future,
+                decoder_states,
+                y,
+                to_prev[i - 1] if i > 0 else None,
             )
             outputs.append(y)
         return torch.stack(outputs, dim=1)

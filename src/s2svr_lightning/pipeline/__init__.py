@@ -42,6 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from s2svr_lightning.conf import TASKS, ConfigError, check_schema
+from s2svr_lightning.models.s2svr import CHECKPOINTING
 from s2svr_lightning.pipeline.build import (
     FIT_STAGES,
     build_datamodule,
@@ -114,6 +115,11 @@ def validate_config(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"{stage}.max_steps must be > 0, got {cfg[stage].max_steps}")
         if stage in stages and str(cfg[stage].best.mode) not in ("min", "max"):
             raise ConfigError(f"{stage}.best.mode must be min or max, got {cfg[stage].best.mode!r}")
+    checkpointing = OmegaConf.select(cfg, "model.overrides.checkpointing", default="none")
+    if checkpointing not in CHECKPOINTING:  # here, not when the restorer stage starts hours later
+        raise ConfigError(
+            f"model.overrides.checkpointing must be one of {', '.join(CHECKPOINTING)}, got {checkpointing!r}"
+        )
     if str(cfg.resume) not in RESUME_MODES:
         raise ConfigError(f"resume must be one of {', '.join(RESUME_MODES)}, got {cfg.resume!r}")
     if "predict" in stages:

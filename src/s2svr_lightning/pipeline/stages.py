@@ -328,6 +328,7 @@ def run_predict(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
             tile=get(cfg, "predict.tile"),
             overwrite=bool(cfg.predict.overwrite),
             progress=False,
+            compile=bool(cfg.predict.compile),
         )
     except FileExistsError as err:
         raise ConfigError(f"predict.output: {err} (here: predict.overwrite=true)") from None
