@@ -13,6 +13,7 @@ it (``train_dataset()`` items: random window and crop, flips, transpose, reversa
 - ``mfqe``: 7 frames, crop 128 of 1920x1080 YUV 4:2:0, raw and an x265 QP37 low-delay-P encode
   (cve_mfqe, batch 4);
 - ``paired``: user footage as H.264 MP4 (1280x720 HQ, 320x180 LQ, 1 s GOP), the REDS recipe;
+  ``paired_decord`` reads the same files with ``backend=decord``;
 - ``video_folder_{vsr,deblur,cve}``: 1280x720 H.264 with the LQ made by the task's degradation on the
   crop: bicubic x4 (REDS recipe), the mean of 7 consecutive frames (GoPro recipe: 49 decoded frames per
   7-frame sample), HEVC QP37 of the crop (MFQE recipe);
@@ -73,6 +74,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from speed import markdown_table  # noqa: E402
 
+if _SRC != str(ROOT / "src"):  # speed.py put this checkout's src first
+    sys.path[:] = [_SRC] + [p for p in sys.path if p not in (_SRC, str(ROOT / "src"))]
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -92,35 +96,44 @@ class Layout:
     options: dict = field(default_factory=dict)  # extra dataset options
     recipe: str = ""
     files: str = ""
+    tree: str = ""  # read another layout's tree (the same files, other options)
 
 
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
         Layout("reds", "reds", "vsr", 15, 256, 1, (720, 1280), 20, recipe="vsr_reds4",
-               files="1280x720 + 320x180 PNG"),
+               files="{hq} + {lq} PNG"),
         Layout("vimeo_bix4", "vimeo", "vsr", 7, 256, 2, (256, 448), 7, sequences=4, mirror=True,
-               recipe="vsr_vimeo", files="448x256 + BIx4 112x64 PNG"),
+               recipe="vsr_vimeo", files="{hq} + BIx4 {lq} PNG"),
         Layout("vimeo", "vimeo", "vsr", 7, 256, 2, (256, 448), 7, sequences=4, mirror=True,
-               recipe="vsr_vimeo", files="448x256 PNG, bicubic on the fly"),
+               recipe="vsr_vimeo", files="{hq} PNG, bicubic on the fly"),
         Layout("gopro", "gopro", "deblur", 7, 256, 1, (720, 1280), 12, recipe="deblur_gopro",
-               files="1280x720 blur + sharp PNG"),
+               files="{hq} blur + sharp PNG"),
         Layout("mfqe", "mfqe", "cve", 7, 128, 4, (1080, 1920), 10, recipe="cve_mfqe",
-               files="1920x1080 YUV 4:2:0, raw + x265 QP37"),
+               files="{hq} YUV 4:2:0, raw + x265 QP37"),
         Layout("paired", "paired", "vsr", 15, 256, 1, (720, 1280), 60, recipe="vsr_reds4 sizes",
-               files="1280x720 + 320x180 H.264 MP4"),
+               files="{hq} + {lq} H.264 MP4"),
+        Layout("paired_decord", "paired", "vsr", 15, 256, 1, (720, 1280), 60, options={"backend": "decord"},
+               recipe="vsr_reds4 sizes", files="{hq} + {lq} H.264 MP4, read by decord", tree="paired"),
         Layout("video_folder_vsr", "video_folder", "vsr", 15, 256, 1, (720, 1280), 60,
-               recipe="vsr_reds4 sizes", files="1280x720 H.264, bicubic on the fly"),
+               recipe="vsr_reds4 sizes", files="{hq} H.264, bicubic on the fly"),
         Layout("video_folder_deblur", "video_folder", "deblur", 7, 256, 1, (720, 1280), 60,
-               recipe="deblur_gopro sizes", files="1280x720 H.264, 7-frame blur on the fly"),
+               recipe="deblur_gopro sizes", files="{hq} H.264, {blur}-frame blur on the fly"),
         Layout("video_folder_cve", "video_folder", "cve", 7, 128, 4, (720, 1280), 60,
-               recipe="cve_mfqe sizes", files="1280x720 H.264, HEVC QP37 on the fly"),
+               recipe="cve_mfqe sizes", files="{hq} H.264, HEVC QP37 on the fly"),
         Layout("synthetic", "synthetic", "vsr", 5, 64, 2, (64, 64), 10, sequences=4, recipe="demo",
-               files="rendered, from the cache"),
+               files="{hq}, rendered once, then cached"),
         Layout("synthetic_render", "synthetic", "vsr", 5, 64, 2, (64, 64), 10, sequences=4,
-               options={"cache_size": 0}, recipe="demo", files="rendered for every sample"),
+               options={"cache_size": 0}, recipe="demo", files="{hq}, rendered for every sample"),
     )
 }  # fmt: skip
+
+
+def describe(layout: Layout) -> str:
+    """What is on disk, with the sizes of this layout."""
+    (h, w), s = layout.hq, 4 if layout.task == "vsr" else 1
+    return layout.files.format(hq=f"{w}x{h}", lq=f"{w // s}x{h // s}", blur=layout.blur_frames)
 
 
 def quick_layout(layout: Layout) -> Layout:
@@ -157,7 +170,9 @@ def write_tree(layout: Layout, root: Path) -> dict:
     from s2svr_lightning.atomic import atomic_write_text
     from s2svr_lightning.data.datasets import layouts
 
-    spec = json.dumps(asdict(layout), sort_keys=True)
+    what = ("dataset", "task", "hq", "length", "sequences", "blur_frames")
+    spec = {k: v for k, v in asdict(layout).items() if k in what}
+    spec = json.dumps({**spec, "tree": layout.tree or layout.name}, sort_keys=True)
     marker = root / "tree.json"
     options = _options(layout, root)
     if marker.is_file() and marker.read_text() == spec:
@@ -224,8 +239,10 @@ def _options(layout: Layout, root: Path) -> dict:
     options: dict = {"name": name, **layout.options}
     if name == "synthetic":
         h, w = layout.hq
+        # rendered sequences are cached on disk as the synthetic config does, for the loaders' workers
+        cache = {} if layout.options.get("cache_size") == 0 else {"cache_dir": str(root / "cache")}
         return {**options, "height": h, "width": w, "frames": layout.length,
-                "train_sequences": layout.sequences}  # fmt: skip
+                "train_sequences": layout.sequences, **cache}  # fmt: skip
     if name == "vimeo" and layout.name == "vimeo_bix4":
         options["lq_root"] = str(root / "BIx4")
     if name == "paired":
@@ -334,9 +351,9 @@ def _digest(sample: dict) -> str:
 
 
 def measure_samples(layout: Layout, options: dict, *, samples: int, seed: int = 0) -> dict:
-    """``dataset[i]`` in this process: median wall / CPU ms per sample, the CPU ms of each stage (means),
-    and a digest of every sample (the same draws give the same digests in any checkout that loads the
-    same values)."""
+    """``dataset[i]`` for ``samples`` items in this process, after a warm-up over every sequence: the wall
+    and CPU seconds of each, the CPU seconds of each stage (totals), and a digest of every sample (the
+    same draws give the same digests in any checkout that loads the same values)."""
     torch.set_num_threads(1)
     dm = _datamodule(layout, options)
     start = time.perf_counter()
@@ -356,13 +373,29 @@ def measure_samples(layout: Layout, options: dict, *, samples: int, seed: int = 
     shape = tuple(sample["hq"].shape)
     return {
         "setup_s": setup_s,
-        "ms_wall": 1000 * statistics.median(wall),
-        "ms_cpu": 1000 * statistics.median(cpu),
-        "stage_ms": {k: 1000 * v / samples for k, v in stages.items()},
-        "cpu_mean_ms": 1000 * statistics.fmean(cpu),
+        "wall": wall,
+        "cpu": cpu,
+        "stages": dict(stages),
         "digests": digests,
         "sample": f"{shape[0]} x {shape[-2]}x{shape[-1]}",
     }
+
+
+def summarize(runs: Sequence[dict]) -> dict:
+    """Medians over the samples of one or more :func:`measure_samples` runs, and each stage's share of the
+    CPU time."""
+    cpu = [t for r in runs for t in r["cpu"]]
+    wall = [t for r in runs for t in r["wall"]]
+    out = {
+        "ms_cpu": 1000 * statistics.median(cpu),
+        "ms_wall": 1000 * statistics.median(wall),
+        "setup_s": runs[0]["setup_s"],
+        "sample": runs[0]["sample"],
+    }
+    for stage in STAGES:
+        out[f"{stage}_pct"] = 100.0 * sum(r["stages"][stage] for r in runs) / sum(cpu)
+    out["other_pct"] = max(0.0, 100.0 - sum(out[f"{s}_pct"] for s in STAGES))
+    return out
 
 
 def measure_loader(layout: Layout, options: dict, *, workers: int, batches: int) -> float:
@@ -408,6 +441,7 @@ def bench_data_loading(
     quick: bool = False,
     root: str | os.PathLike | None = None,
     baseline_src: str | None = None,
+    rounds: int = 3,
     threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
@@ -422,31 +456,32 @@ def bench_data_loading(
         base = Path(root) if root else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="s2svr_")))
         for k, name in enumerate(layouts):
             layout = quick_layout(LAYOUTS[name]) if quick else LAYOUTS[name]
-            folder = base / ("quick" if quick else "full") / name
+            folder = base / ("quick" if quick else "full") / (layout.tree or name)
             log(f"{name}: writing the tree in {folder} ...")
             start = time.perf_counter()
             options = write_tree(layout, folder)
-            row = {"layout": name, "files": layout.files, "recipe": layout.recipe, "batch": layout.batch}
+            row = {"layout": name, "files": describe(layout), "recipe": layout.recipe, "batch": layout.batch}
             row["tree_mib"] = tree_bytes(folder) / 2**20 if folder.exists() else 0.0
             row["write_s"] = time.perf_counter() - start
             log(f"{name}: {samples} samples of {layout.frames} frames, crop {layout.crop} ...")
             if baseline_src:
-                # alternate which checkout goes first, so that a change of load favours neither
-                order = [("new", _SRC), ("old", baseline_src)][:: 1 if k % 2 == 0 else -1]
-                measured = {tag: _child(layout, options, samples, src) for tag, src in order}
-                new, old = measured["new"], measured["old"]
+                # rounds of both checkouts, alternating which goes first, so that a change of the
+                # machine's load favours neither; every round draws the same windows and crops
+                runs: dict[str, list[dict]] = {"new": [], "old": []}
+                for r in range(rounds):
+                    order = [("new", _SRC), ("old", baseline_src)][:: 1 if (k + r) % 2 == 0 else -1]
+                    for tag, src in order:
+                        runs[tag].append(_child(layout, options, samples, src))
+                new, old = summarize(runs["new"]), summarize(runs["old"])
                 row["baseline_ms_cpu"] = old["ms_cpu"]
                 row["baseline_ms_wall"] = old["ms_wall"]
                 row["speedup"] = old["ms_cpu"] / new["ms_cpu"]
-                row["identical"] = "yes" if new["digests"] == old["digests"] else "NO"
+                same = {tuple(run["digests"]) for tag in runs for run in runs[tag]}
+                row["identical"] = "yes" if len(same) == 1 else "NO"
             else:
-                new = measure_samples(layout, options, samples=samples)
-            row.update({k: v for k, v in new.items() if k not in ("digests", "stage_ms")})
+                new = summarize([measure_samples(layout, options, samples=samples)])
+            row.update(new)
             row["per_worker"] = 1000.0 / new["ms_cpu"]
-            stages = new["stage_ms"]
-            for stage, ms in stages.items():
-                row[f"{stage}_pct"] = 100.0 * ms / new["cpu_mean_ms"]
-            row["other_pct"] = max(0.0, 100.0 - sum(row[f"{s}_pct"] for s in stages))
             for n in workers:
                 log(f"{name}: DataLoader with {n} worker(s) ...")
                 row[f"loader_{n}"] = measure_loader(layout, options, workers=n, batches=batches)
@@ -469,7 +504,16 @@ def workers_needed(steps_per_s: float, batch: int, per_worker: float) -> int:
 STEP_RATES = (0.5, 1.0, 2.0, 5.0)
 # train_step.py presets -> the layouts their task reads
 _PRESET_LAYOUTS = {
-    "vsr": ("reds", "vimeo_bix4", "vimeo", "paired", "video_folder_vsr", "synthetic", "synthetic_render"),
+    "vsr": (
+        "reds",
+        "vimeo_bix4",
+        "vimeo",
+        "paired",
+        "paired_decord",
+        "video_folder_vsr",
+        "synthetic",
+        "synthetic_render",
+    ),
     "deblur": ("gopro", "video_folder_deblur"),
     "cve": ("mfqe", "video_folder_cve"),
 }
@@ -549,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=None, help="timed batches per loader (default 4)")
     p.add_argument("--root", default=None, help="keep the trees here (reused by later runs)")
     p.add_argument("--baseline-src", default=None, help="also measure this src folder, side by side")
+    p.add_argument("--rounds", type=int, default=3, help="with --baseline-src: rounds of both checkouts")
     p.add_argument("--train-json", default=None, help="rows of benchmarks/train_step.py --json")
     p.add_argument("--json", default=None, help="also write the rows as JSON")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -573,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kw["batches"] = args.batches
     if args.baseline_src:
         kw["baseline_src"] = str(Path(args.baseline_src).resolve())
+        kw["rounds"] = args.rounds
     rows = bench_data_loading(layouts=layouts, root=args.root, log=lambda m: print(m, file=sys.stderr), **kw)
     train_rows = json.loads(Path(args.train_json).read_text()) if args.train_json else None
     print(render(rows, train_rows))
