@@ -36,12 +36,12 @@ The workers a GPU needs: a step rate of S steps/s at batch B consumes S * B samp
 ``ceil(S * B / r)`` workers of rate r (each with a core of its own). The table of that rule is printed
 for a few S and, where ``benchmarks/train_step.py`` rows are given, for the CPU step measured there.
 
-``--baseline-src DIR`` measures each layout again with another checkout's ``src`` (e.g. a ``git
-worktree`` of an older commit) in alternating child processes on the same trees and the same random
-draws, and says whether the samples are identical.
+``--baseline-src DIR`` measures each layout with this checkout's ``src`` and another's (e.g. ``git
+archive OLD src | tar -x -C DIR/..``) in child processes, ``--rounds`` times each, alternating which goes
+first, on the same trees and the same random draws, and says whether the samples are identical.
 
 Run: ``python benchmarks/data_loading.py [--quick] [--layouts reds,gopro] [--samples N] [--workers 0,1,2]
-[--root DIR] [--baseline-src DIR] [--train-json PATH] [--json PATH]``.
+[--root DIR] [--baseline-src DIR [--rounds R]] [--train-json PATH] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -453,6 +453,7 @@ def bench_data_loading(
         raise ValueError(f"expected layouts from {sorted(LAYOUTS)}, got {unknown}")
     rows = []
     with contextlib.ExitStack() as stack:
+        stack.callback(torch.set_num_threads, torch.get_num_threads())  # the measurements use one
         base = Path(root) if root else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="s2svr_")))
         for k, name in enumerate(layouts):
             layout = quick_layout(LAYOUTS[name]) if quick else LAYOUTS[name]
