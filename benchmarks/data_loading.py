@@ -428,8 +428,12 @@ def _child(layout: Layout, options: dict, samples: int, src: str) -> dict:
         env = {**os.environ, "S2SVR_BENCH_SRC": src, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"measuring {layout.name} with {src} failed:\n{done.stderr[-3000:]}")
+            raise ChildFailed(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output")
         return json.loads(out.read_text())
+
+
+class ChildFailed(RuntimeError):
+    """A child measurement failed; the message is its last line of error output."""
 
 
 def bench_data_loading(
@@ -442,6 +446,7 @@ def bench_data_loading(
     root: str | os.PathLike | None = None,
     baseline_src: str | None = None,
     rounds: int = 3,
+    json_path: str | os.PathLike | None = None,
     threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
@@ -472,13 +477,22 @@ def bench_data_loading(
                 for r in range(rounds):
                     order = [("new", _SRC), ("old", baseline_src)][:: 1 if (k + r) % 2 == 0 else -1]
                     for tag, src in order:
-                        runs[tag].append(_child(layout, options, samples, src))
-                new, old = summarize(runs["new"]), summarize(runs["old"])
-                row["baseline_ms_cpu"] = old["ms_cpu"]
-                row["baseline_ms_wall"] = old["ms_wall"]
-                row["speedup"] = old["ms_cpu"] / new["ms_cpu"]
-                same = {tuple(run["digests"]) for tag in runs for run in runs[tag]}
-                row["identical"] = "yes" if len(same) == 1 else "NO"
+                        try:
+                            runs[tag].append(_child(layout, options, samples, src))
+                        except ChildFailed as err:
+                            if tag == "new":
+                                raise
+                            row["identical"] = f"before: fails ({err})"  # a bug the change fixed
+                    if "identical" in row:
+                        break
+                new = summarize(runs["new"])
+                if runs["old"] and "identical" not in row:
+                    old = summarize(runs["old"])
+                    row["baseline_ms_cpu"] = old["ms_cpu"]
+                    row["baseline_ms_wall"] = old["ms_wall"]
+                    row["speedup"] = old["ms_cpu"] / new["ms_cpu"]
+                    same = {tuple(run["digests"]) for tag in runs for run in runs[tag]}
+                    row["identical"] = "yes" if len(same) == 1 else "NO"
             else:
                 new = summarize([measure_samples(layout, options, samples=samples)])
             row.update(new)
@@ -487,6 +501,8 @@ def bench_data_loading(
                 log(f"{name}: DataLoader with {n} worker(s) ...")
                 row[f"loader_{n}"] = measure_loader(layout, options, workers=n, batches=batches)
             rows.append(row)
+            if json_path:  # what is finished survives a stopped or failed run
+                Path(json_path).write_text(json.dumps(rows, indent=2))
     return rows
 
 
@@ -596,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--baseline-src", default=None, help="also measure this src folder, side by side")
     p.add_argument("--rounds", type=int, default=3, help="with --baseline-src: rounds of both checkouts")
     p.add_argument("--train-json", default=None, help="rows of benchmarks/train_step.py --json")
-    p.add_argument("--json", default=None, help="also write the rows as JSON")
+    p.add_argument("--json", default=None, help="also write the rows as JSON (after each layout)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--options", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -620,11 +636,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.baseline_src:
         kw["baseline_src"] = str(Path(args.baseline_src).resolve())
         kw["rounds"] = args.rounds
-    rows = bench_data_loading(layouts=layouts, root=args.root, log=lambda m: print(m, file=sys.stderr), **kw)
+    log = lambda m: print(m, file=sys.stderr)
+    rows = bench_data_loading(layouts=layouts, root=args.root, json_path=args.json, log=log, **kw)
     train_rows = json.loads(Path(args.train_json).read_text()) if args.train_json else None
     print(render(rows, train_rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 
