@@ -103,10 +103,27 @@ def _drop_inherited_decoders() -> None:
             setattr(reader, name, None)
 
 
+_FROZE = [False]
+
+
+def _freeze_before_fork() -> None:
+    # a freeze of the caller's own (gc.freeze before forking workers) is left as it is
+    _FROZE[0] = gc.get_freeze_count() == 0
+    if _FROZE[0]:
+        gc.freeze()
+
+
+def _unfreeze_in_parent() -> None:
+    if _FROZE[0]:
+        gc.unfreeze()
+
+
 # Freeing, in a forked child, a decoder copied from the parent (whose threads stayed there) hangs PyAV in
 # pthread_cond_destroy and crashes decord. Live readers drop theirs as above; the parent's garbage (closed
 # containers not yet collected) is frozen at the fork, so the child's garbage collector never frees it.
-os.register_at_fork(before=gc.freeze, after_in_parent=gc.unfreeze, after_in_child=_drop_inherited_decoders)
+os.register_at_fork(
+    before=_freeze_before_fork, after_in_parent=_unfreeze_in_parent, after_in_child=_drop_inherited_decoders
+)
 
 
 class VideoReader:
