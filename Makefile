@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch unless a CUDA driver is present (a plain `torch` would pull a multi-GB CUDA wheel).
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
 
-.PHONY: install test lint demo bench bench-flow bench-ablation bench-threads clean
+.PHONY: install test lint demo bench bench-data bench-flow bench-ablation bench-threads clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+bench-data: $(STAMP)
+	$(PY) benchmarks/data_loading.py
 
 bench-flow: $(STAMP)
 	$(PY) benchmarks/flow_quality.py

@@ -1,9 +1,10 @@
-"""All benchmarks in one run (``make bench``): inference speed, streaming memory, training step time.
+"""All benchmarks in one run (``make bench``): inference speed, streaming memory, training step time, data
+loading.
 
 Prints one markdown document: the machine, then one table per measurement. Every ratio in it (fraction of
 the conv rate, bf16 speed-up, memory growth) is measured side by side in this same run.
 
-Run: ``python benchmarks/run_all.py [--quick] [--json PATH] [--only speed,memory,train]``.
+Run: ``python benchmarks/run_all.py [--quick] [--json PATH] [--only speed,memory,train,data]``.
 ``--quick`` is a smoke run at tiny sizes (a minute or so); the full run takes tens of minutes on 2 cores.
 """
 
@@ -21,11 +22,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import data_loading  # noqa: E402
 import memory  # noqa: E402
 import speed  # noqa: E402
 import train_step  # noqa: E402
 
-SECTIONS = ("speed", "memory", "train")
+SECTIONS = ("speed", "memory", "train", "data")
 
 
 def machine() -> dict:
@@ -55,7 +57,7 @@ def machine() -> dict:
 def run(
     sections: Sequence[str], *, quick: bool, json_path: str | None = None, threads: int | None = None
 ) -> dict:
-    """Run the chosen measurements; returns ``{"machine", "speed", "memory", "train"}`` rows.
+    """Run the chosen measurements; returns ``{"machine", "speed", "memory", "train", "data"}`` rows.
 
     With ``json_path``, the results so far are written there after each measurement (a long run that is
     stopped keeps what it finished).
@@ -68,6 +70,7 @@ def run(
         "speed": (speed.bench_speed, speed.quick_settings),
         "memory": (memory.bench_memory, memory.quick_settings),
         "train": (train_step.bench_train_step, train_step.quick_settings),
+        "data": (data_loading.bench_data_loading, data_loading.quick_settings),
     }
     results: dict = {"machine": machine(), "quick": quick}
     results["threads"] = threads or results["machine"]["threads"]
@@ -130,6 +133,13 @@ def render(results: dict) -> str:
             " `precision=bf16-mixed`; `compile`: `compile=true` (first step includes the compilation).",
             "",
             speed.markdown_table(results["train"], train_step.COLUMNS),
+        ]
+    if "data" in results:
+        lines += [
+            "",
+            "## Data loading (training samples at each recipe's size, one torch thread, files in page cache)",
+            "",
+            data_loading.render(results["data"], results.get("train")),
         ]
     return "\n".join(lines)
 

@@ -211,3 +211,48 @@ def test_thread_settings_rows_run_each_setting_in_its_own_process():
     assert all(r["ms"] > 0 and r["machine"] == "quiet" for r in rows)
     assert rows[0]["ratio_to_1_thread"] == 1.0
     assert rows[1]["ratio_to_1_thread"] == pytest.approx(rows[1]["ms"] / rows[0]["ms"])
+
+
+def test_data_loading_measures_every_layout_on_tiny_trees(tmp_path):
+    import data_loading
+
+    rows = data_loading.bench_data_loading(
+        quick=True, samples=1, workers=(0, 1), batches=1, root=tmp_path, log=lambda m: None
+    )
+    assert [r["layout"] for r in rows] == list(data_loading.LAYOUTS)
+    by = {r["layout"]: r for r in rows}
+    for r in rows:
+        assert (
+            r["per_worker"] == pytest.approx(1000 / r["ms_cpu"]) and r["loader_0"] > 0 and r["loader_1"] > 0
+        )
+        shares = [r[f"{s}_pct"] for s in (*data_loading.STAGES, "other")]
+        assert all(s >= 0 for s in shares) and sum(shares) <= 100.5
+    # the stages are attributed where the work is: decoding every file, degrading only on the fly
+    assert all(by[n]["decode_pct"] > 20 for n in ("reds", "gopro", "mfqe", "paired", "synthetic_render"))
+    assert by["reds"]["degrade_pct"] == 0 and by["synthetic"]["decode_pct"] == 0
+    assert all(by[n]["degrade_pct"] > 0 for n in ("vimeo", "video_folder_vsr", "video_folder_cve"))
+    assert by["vimeo"]["sample"] == "6 x 32x32"  # 3 frames mirrored
+    text = data_loading.render(rows, [{"preset": "vsr", "status": "ok", "step_s": 4.0}])
+    assert text.count("| reds |") == 2 and "| 0.25 |" in text  # the CPU step's rate, beside the VSR rows
+
+
+def test_workers_needed_is_the_ceiling_of_the_sample_rates():
+    import data_loading
+
+    assert data_loading.workers_needed(2.0, 4, 3.0) == 3  # 8 samples/s from workers of 3 each
+    assert data_loading.workers_needed(1.0, 2, 2.0) == 1 and data_loading.workers_needed(0.1, 1, 50.0) == 1
+    with pytest.raises(ValueError, match="expected positive"):
+        data_loading.workers_needed(1.0, 1, 0.0)
+
+
+def test_data_loading_summary_pools_the_samples_of_every_round():
+    import data_loading
+
+    def run(cpu, decode):
+        stages = dict.fromkeys(data_loading.STAGES, 0.0)
+        stages["decode"] = decode
+        return {"cpu": cpu, "wall": [2 * t for t in cpu], "stages": stages, "setup_s": 1.0, "sample": "s"}
+
+    row = data_loading.summarize([run([0.1, 0.3], 0.2), run([0.2], 0.1)])
+    assert row["ms_cpu"] == pytest.approx(200.0) and row["ms_wall"] == pytest.approx(400.0)
+    assert row["decode_pct"] == pytest.approx(50.0) and row["other_pct"] == pytest.approx(50.0)

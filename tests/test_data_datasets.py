@@ -9,8 +9,15 @@ import torch
 from PIL import Image
 
 from s2svr_lightning.data import DatasetError, VideoRestorationDataModule, rgb_to_y
+from s2svr_lightning.data.datasets.layouts import (
+    save_frames,
+    write_clip,
+    write_gopro,
+    write_mfqe,
+    write_reds,
+    write_vimeo,
+)
 from s2svr_lightning.data.degradations import bicubic_downsample
-from s2svr_lightning.data.video_io import VideoWriter
 
 RNG = np.random.default_rng(0)
 
@@ -19,12 +26,6 @@ def _frames(n: int, h: int, w: int) -> np.ndarray:
     """Random but smooth-ish uint8 frames (n, h, w, 3): distinct per frame, so a mis-pairing shows."""
     small = RNG.integers(0, 256, (n, h // 2, w // 2, 3)).astype(np.float32)
     return np.repeat(np.repeat(small, 2, 1), 2, 2).astype(np.uint8)
-
-
-def _save(folder, names, frames) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, frame in zip(names, frames):
-        Image.fromarray(frame).save(folder / name)
 
 
 def _bicubic_u8(frames: np.ndarray, scale: int = 4) -> np.ndarray:
@@ -49,16 +50,12 @@ def _gopro(
     sequences=(("GOPR0001_11_00", 4001, 5), ("GOPR0002_11_01", 98, 4)),
     test=(("GOPR0410_11_00", 11, 4),),
 ):
-    base = root / "GOPRO_Large"
-    truth = {}
+    splits, truth = {}, {}
     for split, seqs in (("train", sequences), ("test", test)):
         for name, first, n in seqs:
-            sharp = _frames(n, 16, 24)
-            names = [f"{i:06d}.png" for i in range(first, first + n)]
-            _save(base / split / name / "sharp", names, sharp)
-            _save(base / split / name / "blur", names, 255 - sharp)  # LQ tied to its HQ by content
-            truth[name] = sharp
-    return base, truth
+            truth[name] = sharp = _frames(n, 16, 24)
+            splits.setdefault(split, {})[name] = (first, 255 - sharp, sharp)  # LQ tied to its HQ by content
+    return write_gopro(root, splits), truth
 
 
 def test_gopro_layout(tmp_path):
@@ -112,13 +109,8 @@ def test_gopro_bad_inputs(tmp_path):
 
 # -- REDS ----------------------------------------------------------------------------------------
 def _reds(root, clips=("000", "001", "011", "015", "020", "042"), n=4):
-    truth = {}
-    for clip in clips:
-        hq = _frames(n, 32, 48)
-        names = [f"{i:08d}.png" for i in range(n)]
-        _save(root / "train_sharp" / clip, names, hq)
-        _save(root / "train_sharp_bicubic" / "X4" / clip, names, _bicubic_u8(hq))
-        truth[clip] = hq
+    truth = {clip: _frames(n, 32, 48) for clip in clips}
+    write_reds(root, {clip: (hq, _bicubic_u8(hq)) for clip, hq in truth.items()})
     return truth
 
 
@@ -161,16 +153,11 @@ def test_reds_bad_inputs(tmp_path):
 
 # -- Vimeo-90K -----------------------------------------------------------------------------------
 def _vimeo(root, entries=("00001/0001", "00001/0002", "00002/0001"), test=("00003/0001",), bix4: bool = True):
-    truth = {}
-    names = [f"im{i}.png" for i in range(1, 8)]
-    for entry in (*entries, *test):
-        hq = _frames(7, 16, 32)
-        _save(root / "sequences" / entry, names, hq)
-        if bix4:
-            _save(root / "BIx4" / entry, names, _bicubic_u8(hq))
-        truth[entry] = hq
-    (root / "sep_trainlist.txt").write_text("\n".join(entries) + "\n")
-    (root / "sep_testlist.txt").write_text("\n".join(test) + "\n\n")
+    truth = {entry: _frames(7, 16, 32) for entry in (*entries, *test)}
+    lq = {entry: _bicubic_u8(hq) for entry, hq in truth.items()} if bix4 else None
+    write_vimeo(root, {e: truth[e] for e in entries}, {e: truth[e] for e in test}, lq=lq)
+    with open(root / "sep_testlist.txt", "a") as fh:
+        fh.write("\n")  # a blank last line, as list files often end, is skipped
     return truth
 
 
@@ -198,22 +185,14 @@ def test_vimeo_bad_list_entry(tmp_path):
 
 
 # -- MFQEv2 --------------------------------------------------------------------------------------
-def _yuv(path, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        for t in range(y.shape[0]):
-            fh.write(y[t].tobytes() + u[t].tobytes() + v[t].tobytes())
-
-
-def _mfqe(root, videos=(("train_108", "Foo_24x16_3.yuv"), ("test_18", "BasketballPass_20x12_4.yuv"))):
-    truth = {}
-    for split, name in videos:
-        w, h, n = (int(x) for x in name[:-4].split("_")[1].split("x") + [name[:-4].split("_")[2]])
+def _mfqe(root, videos=(("train_108", "Foo", 16, 24, 3), ("test_18", "BasketballPass", 12, 20, 4))):
+    truth, planes = {}, {}
+    for split, name, h, w, n in videos:
         y = RNG.integers(60, 190, (n, h, w), dtype=np.uint8)
         u, v = (RNG.integers(110, 146, (n, h // 2, w // 2), dtype=np.uint8) for _ in range(2))
-        _yuv(root / split / "raw" / name, y, u, v)
-        _yuv(root / split / "HM16.5_LDP" / "QP37" / name, y + 7, u, v)  # "compressed": luma shifted by 7
-        truth[name] = y
+        planes.setdefault(split, {})[name] = ((y, u, v), (y + 7, u, v))  # "compressed": luma shifted by 7
+        truth[f"{name}_{w}x{h}_{n}.yuv"] = y
+    write_mfqe(root, planes)
     return truth
 
 
@@ -251,12 +230,9 @@ def test_mfqe_bad_yuv_files(tmp_path):
 # -- video_folder ----------------------------------------------------------------------------------
 def _video_folder(root):
     frames = _frames(6, 16, 24)
-    root.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(root / "clip.mkv", 25, codec="ffv1", pix_fmt="bgr0") as writer:  # lossless
-        for frame in frames:
-            writer.write(frame)
+    write_clip(root / "clip.mkv", frames, codec="ffv1", pix_fmt="bgr0")  # lossless
     folder_frames = _frames(5, 16, 24)
-    _save(root / "shots", [f"f{i}.png" for i in range(5)], folder_frames)
+    save_frames(root / "shots", [f"f{i}.png" for i in range(5)], folder_frames)
     return {"clip.mkv": frames, "shots": folder_frames}
 
 

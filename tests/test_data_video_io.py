@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from fractions import Fraction
 
 import numpy as np
@@ -123,6 +124,70 @@ def test_video_store_crops_and_pickles(videos):
     assert full.shape == (2, 3, 48, 64) and torch.equal(crop, full[..., 8:28, 16:46])
     clone = pickle.loads(pickle.dumps(store))
     assert torch.equal(clone.read([4]), full[1:])
+
+
+@pytest.mark.parametrize("name", ["h264_bframes.mp4", "hevc.mkv", "mpeg4_bframes.avi"])
+@pytest.mark.parametrize("backend", ["auto", "decord", "pyav", "sequential"])
+def test_cropped_frames_are_the_crops_of_the_decoded_frames(videos, name, backend):
+    reader = VideoReader(videos[name], backend=backend)
+    order = [9, 3, 3, 17, 0]
+    whole = reader.get_frames(order)
+    for crop in ((0, 0, 48, 64), (5, 7, 20, 30), (40, 50, 8, 14)):
+        top, left, h, w = crop
+        got = reader.get_frames(order, crop)
+        assert got.flags.c_contiguous and np.array_equal(got, whole[:, top : top + h, left : left + w])
+    with pytest.raises(ValueError, match="expected a crop inside the 48x64 frames"):
+        reader.get_frames([1], (40, 0, 16, 16))
+
+
+@pytest.mark.skipif(not decord_available(), reason="decord not installed")
+def test_a_video_decord_cannot_read_is_read_by_pyav(tmp_path, make_video):
+    # decord fails on H.264 narrower than 64 px ("The size must exactly match"), e.g. the LQ of a small clip
+    frames = np.random.default_rng(0).integers(0, 256, (6, 16, 24, 3), dtype=np.uint8)
+    reader = VideoReader(make_video(tmp_path / "small.mp4", frames), backend="decord")
+    sequential = np.stack(list(reader.iter_frames()))
+    assert np.array_equal(reader.get_frames([4, 1]), sequential[[4, 1]])
+    assert reader.backend == "pyav"
+
+
+class _ClipReads(torch.utils.data.Dataset):
+    """Frame i of a video store, read in a worker after a garbage collection (which is what frees the
+    parent's leftovers there)."""
+
+    def __init__(self, store: VideoStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        gc.collect()
+        return self.store.read([i])
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_a_forked_worker_reads_video_the_parent_has_decoded(tmp_path, make_video, backend):
+    # Freeing in a forked DataLoader worker a decoder copied from the parent (whose threads stayed there)
+    # hung PyAV in pthread_cond_destroy and crashed decord; the parent had decoded in setup (validate).
+    if backend == "decord" and not decord_available():
+        pytest.skip("decord not installed")
+    frames = np.random.default_rng(0).integers(0, 256, (8, 64, 96, 3), dtype=np.uint8)
+    path = make_video(tmp_path / "clip.mp4", frames, options={"g": "4"})
+    gc.disable()  # keep the parent's closed readers as garbage until the worker collects it
+    try:
+        for _ in range(2):
+            leftover = VideoReader(path, backend=backend)
+            leftover.get_frames([1, 6])
+            leftover.close()
+        store = VideoStore(path, backend=backend)
+        expected = store.read(range(4))  # a live reader with open decoders, inherited by the worker
+        loader = torch.utils.data.DataLoader(
+            _ClipReads(store), batch_size=4, num_workers=1, timeout=60, multiprocessing_context="fork"
+        )
+        (batch,) = list(loader)
+    finally:
+        gc.enable()
+    assert torch.equal(batch[:, 0], expected)
 
 
 def test_read_frame_folder_natural_order(tmp_path):

@@ -33,6 +33,7 @@ def test_frame_span_and_degraded_length_follow_the_blur_window():
     assert task.degraded_length(11) == task.degrade(torch.rand(11, 3, 8, 8)).shape[0]
     assert Task(kind="deblur").frame_span == (7, 7)  # degrade's defaults
     assert Task(kind="vsr").frame_span == (1, 1) and Task(kind="vsr").degraded_length(9) == 9
+    assert Task(kind="cve", degradation={"qp": 32}).degraded_length(9) == 9  # one LQ frame per frame
 
 
 def test_baseline_is_bicubic_for_vsr_and_the_input_otherwise():

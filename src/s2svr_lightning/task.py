@@ -157,7 +157,8 @@ class Task:
         """Number of LQ frames the degradation makes from ``num_frames`` HQ frames."""
         from s2svr_lightning.data.degradations import degraded_length
 
-        return degraded_length(self.kind, num_frames, **self.degradation)
+        # only the blur options change the count (a cve task's qp is no option of degraded_length)
+        return degraded_length(self.kind, num_frames, **(self.degradation if self.kind == "deblur" else {}))
 
     @property
     def frame_span(self) -> tuple[int, int]:

@@ -94,22 +94,74 @@ def probe_image(path: str | os.PathLike, *, full: bool = False) -> tuple[int, in
     return h, w
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as RGB uint8 ``(H, W, 3)`` (grey is replicated, alpha dropped, 16-bit scaled to 8)."""
+_INT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _decode_only_rows(img, rows: int) -> None:
+    """Make ``img.load()`` decode only the first ``rows`` rows of a PNG; the rows below stay blank.
+
+    A non-interlaced PNG stores its rows top to bottom in one zlib stream, each row filtered against the
+    one above only, so the rows decoded are exactly those of a full decode. Anything else (other formats,
+    interlaced or animated PNGs, a tiling Pillow does not use for plain PNGs) is left to decode whole.
+    """
+    if img.format != "PNG" or img.info.get("interlace") or getattr(img, "is_animated", False):
+        return
+    tiles = getattr(img, "tile", None)
+    width, height = img.size
+    if rows >= height or not tiles or len(tiles) != 1:
+        return
+    tile = tiles[0]
+    if tile[0] != "zip" or tuple(tile[1]) != (0, 0, width, height):
+        return
+    extents = (0, 0, width, rows)
+    # Pillow >= 11 holds tiles as named tuples, older versions as plain ones
+    limited = tile._replace(extents=extents) if hasattr(tile, "_replace") else (tile[0], extents, *tile[2:])
+    img.tile = [limited]
+
+
+def read_image(
+    path: str | os.PathLike, crop: Crop | None = None, *, expected_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """An image file as RGB uint8 ``(H, W, 3)`` (grey is replicated, alpha dropped, 16-bit scaled to 8).
+
+    Args:
+        path: the image file.
+        crop: ``(top, left, height, width)``: only that region, ``(height, width, 3)``, the same pixels as
+            cropping the whole image; a PNG is then decoded only down to the crop's last row (so a file
+            truncated below the crop is not noticed here: :func:`probe_image` checks that at setup).
+        expected_size: ``(H, W)`` the image must have, checked from its header before decoding.
+    """
     path = Path(path)
     with _open(path) as img:
+        w, h = img.size
+        if expected_size is not None and (h, w) != tuple(expected_size):
+            raise DatasetError(f"{path}: frame is {h}x{w}, expected {tuple(expected_size)}")
+        box = None
+        if crop is not None:
+            top, left, ch, cw = crop
+            if top < 0 or left < 0 or ch < 1 or cw < 1 or top + ch > h or left + cw > w:
+                raise ValueError(f"expected a crop inside the {h}x{w} image {path}, got {crop}")
+            if (top, left, ch, cw) != (0, 0, h, w):
+                box = (left, top, left + cw, top + ch)
+        # integer modes scale by the image's own maximum (below), so they are converted whole
+        if box is not None and img.mode not in _INT_MODES:
+            _decode_only_rows(img, box[3])
         try:
             img.load()
         except (OSError, SyntaxError, ValueError) as err:
             raise DatasetError(f"{path}: cannot decode image ({err})") from None
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        if img.mode in _INT_MODES:
             arr = np.asarray(img, dtype=np.float64)
             peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
             arr = np.round(arr * (255.0 / peak)).clip(0, 255).astype(np.uint8)
+            if box is not None:
+                arr = arr[box[1] : box[3], box[0] : box[2]]
             return np.repeat(arr[..., None], 3, axis=-1)
+        if box is not None:
+            img = img.crop(box)  # before the conversion and the copy out of Pillow: both per pixel
         if img.mode != "RGB":
             img = img.convert("RGB")
-        return np.asarray(img, dtype=np.uint8).copy()
+        return np.array(img, dtype=np.uint8)  # a writable copy (Pillow's buffer is read-only)
 
 
 def frames_to_tensor(frames: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
@@ -157,15 +209,4 @@ class ImageFolderStore(FrameStore):
         self._size = sizes[first]
 
     def read(self, indices: Sequence[int], crop: Crop | None = None) -> torch.Tensor:
-        frames = []
-        for i in indices:
-            img = read_image(self.files[i])
-            if self._size is not None and img.shape[:2] != self._size:
-                raise DatasetError(
-                    f"{self.files[i]}: frame is {img.shape[0]}x{img.shape[1]}, expected {self._size}"
-                )
-            if crop is not None:
-                top, left, h, w = crop
-                img = img[top : top + h, left : left + w]
-            frames.append(img)
-        return frames_to_tensor(frames)
+        return frames_to_tensor([read_image(self.files[i], crop, expected_size=self._size) for i in indices])

@@ -1,13 +1,16 @@
 """Reading and writing video files, with random access that returns exactly the sequentially decoded frame.
 
-Reading (:class:`VideoReader`) picks one of three backends per file:
+Reading (:class:`VideoReader`) uses one of three backends per file (``"auto"``: ``"pyav"``, or
+``"sequential"`` where seeking is unsafe):
 
-- ``"decord"``: the field's random-access reader, used where it is known to be exact: H.264/H.265/MPEG-4/
-  MJPEG in MP4, MOV or MKV, and intra-only codecs in AVI, when decord is installed and agrees with the
-  container on the frame count.
 - ``"pyav"``: PyAV seeking to the keyframe before the wanted frame and decoding up to it, matched by
-  presentation timestamp from a packet index built at open. A frame that does not turn up where the
-  index says switches the file to sequential decoding.
+  presentation timestamp from a packet index built at open; only the wanted frames are converted to RGB.
+  A frame that does not turn up where the index says switches the file to sequential decoding.
+- ``"decord"``: the field's random-access reader, on request, where it is known to be exact: H.264/H.265/
+  MPEG-4/MJPEG in MP4, MOV or MKV, and intra-only codecs in AVI, when decord is installed and agrees with
+  the container on the frame count. Not the default: for the same frames, a training window of 15
+  1280x720 H.264 frames took it 1.2-1.7x the CPU time of the PyAV path
+  (``benchmarks/data_loading.py``, layout ``paired``).
 - ``"sequential"``: decode from the start (or from where the previous read stopped). Always exact, and
   the only safe choice for AVI files with inter-frame codecs, whose timestamps are garbled: decord returns
   wrong frames there (dmlc/decord#252) and PyAV's seeking fails too.
@@ -22,7 +25,9 @@ the file's audio. Missing, unreadable, truncated or corrupt files raise
 from __future__ import annotations
 
 import bisect
+import gc
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -84,6 +89,43 @@ class _SeekFailed(Exception):
     pass
 
 
+_HANDLES = ("_container", "_decord", "_iter", "_seek_iter", "_seq_container")
+_READERS: weakref.WeakSet[VideoReader] = weakref.WeakSet()
+_INHERITED: list[tuple] = []
+
+
+def _drop_inherited_decoders() -> None:
+    """In a forked child (a DataLoader worker): take every reader's open decoders out of its reach, so that
+    it reopens its file; the copies stay referenced here until the process exits."""
+    for reader in list(_READERS):
+        _INHERITED.append(tuple(getattr(reader, name, None) for name in _HANDLES))
+        for name in _HANDLES:
+            setattr(reader, name, None)
+
+
+_FROZE = [False]
+
+
+def _freeze_before_fork() -> None:
+    # a freeze of the caller's own (gc.freeze before forking workers) is left as it is
+    _FROZE[0] = gc.get_freeze_count() == 0
+    if _FROZE[0]:
+        gc.freeze()
+
+
+def _unfreeze_in_parent() -> None:
+    if _FROZE[0]:
+        gc.unfreeze()
+
+
+# Freeing, in a forked child, a decoder copied from the parent (whose threads stayed there) hangs PyAV in
+# pthread_cond_destroy and crashes decord. Live readers drop theirs as above; the parent's garbage (closed
+# containers not yet collected) is frozen at the fork, so the child's garbage collector never frees it.
+os.register_at_fork(
+    before=_freeze_before_fork, after_in_parent=_unfreeze_in_parent, after_in_child=_drop_inherited_decoders
+)
+
+
 class VideoReader:
     """Frames of a video file as uint8 RGB ``(H, W, 3)``, by index or in a stream.
 
@@ -102,7 +144,8 @@ class VideoReader:
         size: ``(H, W)``.
         backend: the backend in use for random access.
 
-    Readers open files lazily and can be pickled (DataLoader workers reopen them).
+    Readers open files lazily, can be pickled, and reopen their files in a forked process (a DataLoader
+    worker started by fork or spawn decodes with decoders of its own).
     """
 
     def __init__(self, path: str | os.PathLike, *, backend: str = "auto", threads: int = 0) -> None:
@@ -118,6 +161,8 @@ class VideoReader:
         self._iter = None  # (decoder iterator, index of the next frame) for sequential reads
         self._seek_iter = None  # (decoder iterator, pts of the last frame) for pyav reads
         self._index: tuple[list[int] | None, list[int] | None, int] | None = None
+        self._seq_container = None
+        _READERS.add(self)
         self._probe()
 
     # -- probing -------------------------------------------------------------------------------------
@@ -167,7 +212,7 @@ class VideoReader:
         random_ok = not is_avi or self.intra_only
         backend = self.requested_backend
         if backend == "auto":
-            backend = "decord" if self._decord_suits() else "pyav"
+            backend = "pyav"
         if backend == "decord" and not self._decord_suits():
             backend = "pyav"
         if backend == "pyav" and not random_ok:
@@ -240,15 +285,22 @@ class VideoReader:
     def __getitem__(self, index: int) -> np.ndarray:
         return self.get_frames([index])[0]
 
-    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
-        """Frames at ``indices`` (any order, repeats allowed) as uint8 ``(N, H, W, 3)``."""
+    def get_frames(self, indices: Sequence[int], crop: Crop | None = None) -> np.ndarray:
+        """Frames at ``indices`` (any order, repeats allowed) as uint8 ``(N, H, W, 3)``, or their
+        ``crop = (top, left, height, width)`` region ``(N, height, width, 3)``.
+
+        Each frame is cropped as it is decoded, so only the crops are copied into the result.
+        """
         indices = [int(i) for i in indices]
         n = len(self)
         for i in indices:
             if not 0 <= i < n:
                 raise IndexError(f"frame {i} out of range for {self.path} with {n} frames")
+        top, left, h, w = crop if crop is not None else (0, 0, *self.size)
+        if top < 0 or left < 0 or h < 1 or w < 1 or top + h > self.size[0] or left + w > self.size[1]:
+            raise ValueError(f"expected a crop inside the {self.size[0]}x{self.size[1]} frames, got {crop}")
         if not indices:
-            return np.zeros((0, *self.size, 3), dtype=np.uint8)
+            return np.zeros((0, h, w, 3), dtype=np.uint8)
         wanted = sorted(set(indices))
         if self.backend == "decord":
             frames = self._decord_get(wanted)
@@ -261,6 +313,10 @@ class VideoReader:
                 frames = self._sequential_get(wanted)
         else:
             frames = self._sequential_get(wanted)
+        if crop is not None:
+            frames = [f[top : top + h, left : left + w] for f in frames]
+        if wanted == indices and isinstance(frames, np.ndarray) and crop is None:
+            return frames  # decord's batch, already in order
         by_index = dict(zip(wanted, frames))
         return np.stack([by_index[i] for i in indices])
 
@@ -299,8 +355,12 @@ class VideoReader:
         try:
             frames = self._decord.get_batch(wanted).asnumpy()
             self._decord.seek(0)  # releases decord's internal buffers (memory growth with get_batch)
-        except Exception as err:
-            raise _av_error(self.path, f"cannot decode frames {wanted[0]}..{wanted[-1]}", err) from None
+        except Exception:
+            # decord fails on some files PyAV reads (e.g. H.264 under 64 px wide: "The size must exactly
+            # match"); PyAV's error, if it fails too, names the real problem
+            self._decord = None
+            self.backend = "pyav" if self._build_index()[0] is not None else "sequential"
+            return self.get_frames(wanted)
         return frames
 
     def _pyav_get(self, wanted: list[int]) -> list[np.ndarray]:
@@ -406,9 +466,13 @@ class VideoReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_container", "_decord", "_iter", "_seek_iter", "_seq_container"):
+        for name in _HANDLES:
             state[name] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        _READERS.add(self)
 
 
 class VideoStore(FrameStore):
@@ -418,12 +482,10 @@ class VideoStore(FrameStore):
         self.path = str(path)
         self.backend = backend
         self._reader: VideoReader | None = None
-        self._pid: int | None = None
 
     def reader(self) -> VideoReader:
-        if self._reader is None or self._pid != os.getpid():
+        if self._reader is None:
             self._reader = VideoReader(self.path, backend=self.backend)
-            self._pid = os.getpid()
         return self._reader
 
     def __len__(self) -> int:
@@ -438,13 +500,9 @@ class VideoStore(FrameStore):
         self.reader().validate(full=verify == "full")
 
     def read(self, indices: Sequence[int], crop: Crop | None = None) -> torch.Tensor:
-        frames = self.reader().get_frames(list(indices))
-        if crop is not None:
-            top, left, h, w = crop
-            frames = frames[:, top : top + h, left : left + w]
-        return frames_to_tensor(frames)
+        return frames_to_tensor(self.reader().get_frames(list(indices), crop))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_reader"], state["_pid"] = None, None
+        state["_reader"] = None
         return state

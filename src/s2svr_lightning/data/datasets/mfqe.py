@@ -21,7 +21,7 @@ from ..color import yuv420_to_rgb
 from ..errors import DatasetError
 from .base import Crop, DatasetEntry, FrameStore, PairedSource, layout_error, require_dir
 
-__all__ = ["MFQEDataset", "YuvStore", "parse_yuv_name"]
+__all__ = ["MFQEDataset", "YuvStore", "parse_yuv_name", "yuv_name"]
 
 LAYOUT = (
     "<root>/{train_108,test_18}/raw/<Name>_<W>x<H>_<frames>.yuv and the same names under "
@@ -41,6 +41,11 @@ def parse_yuv_name(path: str | os.PathLike) -> tuple[int, int, int]:
     if h < 2 or w < 2 or n < 1:
         raise DatasetError(f"{path}: impossible size {w}x{h} with {n} frames in the name")
     return h, w, n
+
+
+def yuv_name(name: str, height: int, width: int, frames: int) -> str:
+    """The file name :func:`parse_yuv_name` reads: ``<name>_<W>x<H>_<frames>.yuv``."""
+    return f"{name}_{width}x{height}_{frames}.yuv"
 
 
 class YuvStore(FrameStore):
