@@ -8,9 +8,9 @@ Reading (:class:`VideoReader`) uses one of three backends per file (``"auto"``: 
   A frame that does not turn up where the index says switches the file to sequential decoding.
 - ``"decord"``: the field's random-access reader, on request, where it is known to be exact: H.264/H.265/
   MPEG-4/MJPEG in MP4, MOV or MKV, and intra-only codecs in AVI, when decord is installed and agrees with
-  the container on the frame count. Not the default: for the same frames, a training window of 15
-  1280x720 H.264 frames took it 1.2-1.7x the CPU time of the PyAV path
-  (``benchmarks/data_loading.py``, layout ``paired``).
+  the container on the frame count. Not the default: for the same training windows (15 frames of
+  1280x720 H.264 with a 1 s GOP) it took about 1.2x the CPU time of the PyAV path
+  (``benchmarks/data_loading.py``, layouts ``paired`` and ``paired_decord``).
 - ``"sequential"``: decode from the start (or from where the previous read stopped). Always exact, and
   the only safe choice for AVI files with inter-frame codecs, whose timestamps are garbled: decord returns
   wrong frames there (dmlc/decord#252) and PyAV's seeking fails too.
