@@ -15,8 +15,6 @@ import torch
 from s2svr_lightning.compilation import PREFIX, compile_restorer
 from s2svr_lightning.models import s2svr_deblur
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 TINY = {"channels": 8, "num_blocks": 1, "num_layers": 2}
 
 
