@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -171,6 +172,10 @@ def _child_row(
         cmd = [sys.executable, __file__, "--child", name, "--frames", str(frames), "--crop", str(crop)]
         cmd += ["--steps", str(steps), "--overrides", json.dumps(overrides or {}), "--out", str(out)]
         cmd += ["--settings", setting, "--compile-backend", compile_backend]
+        if parse_setting(setting)["compile"]:
+            # a cold compile, as on a user's first run: the first step then includes the whole
+            # compilation (inductor otherwise reuses the kernels of earlier runs from its cache in /tmp)
+            cmd += ["--inductor-cache", str(Path(tmp) / "inductor")]
         if threads is not None:
             cmd += ["--threads", str(threads)]
         code, peak, _, tail = memory.run_child(cmd, memory_limit=limit)
@@ -300,6 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the rows as JSON")
     p.add_argument("--threads", type=int, default=None, help="torch threads of each preset's process")
     p.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=0.6,
+        help="cap of each row's address space, as a fraction of the memory available when it starts",
+    )
+    p.add_argument(
         "--presets", default=",".join(PRESETS), help=f"comma-separated subset of {','.join(PRESETS)}"
     )
     p.add_argument(
@@ -318,10 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--inductor-cache", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         if args.threads is not None:
             torch.set_num_threads(args.threads)
+        if args.inductor_cache:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.inductor_cache  # read when inductor compiles
         model, kind, _, _, scale = PRESETS[args.child]
         times = time_training_steps(
             model,
@@ -347,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     kw = quick_settings() if args.quick else {"steps": args.steps}
-    kw.update(threads=args.threads, presets=presets, settings=settings)
+    kw.update(threads=args.threads, presets=presets, settings=settings, memory_fraction=args.memory_fraction)
     if args.compile_backend:
         kw["compile_backend"] = args.compile_backend
     rows = bench_train_step(log=lambda m: print(m, file=sys.stderr), **kw)
