@@ -71,3 +71,27 @@ def test_restore_never_imports_lightning(restorer_ckpt):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student", "restorer"])
+def test_saving_a_checkpoint_leaves_the_random_stream_alone(kind):
+    """A checkpoint written between two epochs must not change the clips drawn after it: the training
+    clips come from the global RNG, and a save that builds a network to check its options (as one did)
+    draws initial weights from it, so that training with checkpoints differed from training without."""
+    from conftest import TINY_RESTORER
+
+    from s2svr_lightning.lit import RestorerModule, StudentFlowModule, TeacherFlowModule
+
+    options = {"min_level_size": 8}
+    module = {
+        "teacher": lambda: TeacherFlowModule(flownet_overrides=options),
+        "student": lambda: StudentFlowModule(init_from_teacher=False, w_dis=0.0, scale=4, flownet_overrides=options),
+        "restorer": lambda: RestorerModule(model="s2svr_vsr", model_overrides=TINY_RESTORER, total_steps=1),
+    }[kind]()
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["s2svr_flow"]["options"]["min_level_size"] == (8 if kind != "restorer" else 1)
+    assert torch.equal(torch.rand(4), expected)

@@ -19,7 +19,7 @@ from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import UnsupervisedFlowLoss, photometric_loss
 from s2svr_lightning.metrics import endpoint_error
-from s2svr_lightning.models import BUILDERS, build_model, init_flownet_
+from s2svr_lightning.models import BUILDERS, build_model, check_overrides, init_flownet_
 from s2svr_lightning.models.flow_input import FlowInput
 from s2svr_lightning.utils import expect_shape, to_plain
 
@@ -43,7 +43,7 @@ def flownet_options(name: str, overrides: Mapping[str, Any] | None = None) -> di
     with the same weights compute the same flow (``{}`` and ``{"min_level_size": 1}`` compare equal)."""
     import inspect
 
-    build_model(name, **dict(overrides or {}))  # validates the name and the overrides
+    check_overrides(name, dict(overrides or {}))
     params = inspect.signature(BUILDERS[name]).parameters
     options = {
         k: p.default

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -24,6 +25,7 @@ __all__ = [
     "ResidualBlock",
     "S2SVR",
     "build_model",
+    "check_overrides",
     "flow_warp",
     "init_flownet_",
     "pixel_grid",
@@ -50,7 +52,18 @@ def build_model(name: str, **overrides) -> nn.Module:
 
     ``zero_flow`` is the flow net of S2SVR without alignment. ``overrides`` go to the builder as keyword
     arguments (``pwclite``: ``normalize_features``, ``min_level_size``); an unknown one is a
-    ``ValueError`` that lists the builder's arguments.
+    ``ValueError`` that lists the builder's arguments (:func:`check_overrides`).
+    """
+    check_overrides(name, overrides)
+    return BUILDERS[name](**overrides)
+
+
+def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` for an unknown builder name or an override its builder does not take.
+
+    Without building anything: a build draws the initial weights from the global RNG, and a check made
+    while training (every checkpoint records its flow net's options) must not change the batches drawn
+    after it.
     """
     if name not in BUILDERS:
         raise ValueError(f"expected a model name in {sorted(BUILDERS)}, got {name!r}")
@@ -60,4 +73,3 @@ def build_model(name: str, **overrides) -> nn.Module:
     if unknown and not takes_any:  # builders with **kwargs check their own
         accepted = sorted(params)
         raise ValueError(f"expected overrides of {name!r} among {accepted}, got unknown {unknown}")
-    return BUILDERS[name](**overrides)
