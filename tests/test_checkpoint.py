@@ -85,7 +85,9 @@ def test_saving_a_checkpoint_leaves_the_random_stream_alone(kind):
     options = {"min_level_size": 8}
     module = {
         "teacher": lambda: TeacherFlowModule(flownet_overrides=options),
-        "student": lambda: StudentFlowModule(init_from_teacher=False, w_dis=0.0, scale=4, flownet_overrides=options),
+        "student": lambda: StudentFlowModule(
+            init_from_teacher=False, w_dis=0.0, scale=4, flownet_overrides=options
+        ),
         "restorer": lambda: RestorerModule(model="s2svr_vsr", model_overrides=TINY_RESTORER, total_steps=1),
     }[kind]()
     torch.manual_seed(0)
