@@ -95,6 +95,8 @@ def test_no_task_and_bad_settings_are_config_errors():
         validate_config(_compose("+task=demo", "stage.run=[student,teacher]"))
     with pytest.raises(ConfigError, match="hardware.threads must be a positive"):
         validate_config(_compose("+task=demo", "hardware.threads=0"))
+    with pytest.raises(ConfigError, match="restorer.threads must be a positive"):
+        validate_config(_compose("+task=demo", "restorer.threads=0"))
 
 
 def test_hardware_threads_sets_torch_and_the_processes_it_starts(monkeypatch):
@@ -113,6 +115,34 @@ def test_hardware_threads_sets_torch_and_the_processes_it_starts(monkeypatch):
         assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "2"
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_stage_runs_on_its_own_threads_and_the_next_on_the_process_setting(tmp_path, monkeypatch):
+    import torch
+
+    from s2svr_lightning import pipeline
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    seen = {}
+
+    def runner(stage):
+        def run_stage(cfg, out):
+            seen[stage] = (torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"))
+            return {}, True
+
+        return run_stage
+
+    monkeypatch.setattr(pipeline, "RUNNERS", {s: runner(s) for s in pipeline.RUNNERS})
+    before = torch.get_num_threads()
+    try:
+        cfg = _compose(
+            "+task=demo", f"paths.output_dir={tmp_path}", "hardware.threads=2", "restorer.threads=1"
+        )
+        pipeline.run(cfg)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"teacher": (2, "2"), "student": (2, "2"), "restorer": (1, "1"), "test": (2, "2")}
 
 
 def test_module_option_typo_fails_before_training():
@@ -234,14 +264,14 @@ def test_s2svr_train_entry_point_prints_the_config(tmp_path):
         printed.task_name == "demo"
         and printed.data._target_ == "s2svr_lightning.data.VideoRestorationDataModule"
     )
-    assert printed.restorer.module.flow_freeze_steps == 1000  # the demo's value, from its YAML
+    assert printed.restorer.module.flow_freeze_steps == 450  # the demo's value, from its YAML
 
 
 def test_the_schema_types_and_the_yaml_holds_the_defaults():
     from s2svr_lightning.conf import check_schema
 
     cfg = check_schema(_compose("+task=demo", "paths.output_dir=/tmp/unused"))
-    assert cfg.restorer.module.flow_freeze_steps == 1000
+    assert cfg.restorer.module.flow_freeze_steps == 450
     assert _compose("+task=vsr_reds4").restorer.module.flow_freeze_steps == 10000
     assert OmegaConf.select(cfg, "restorer.module.kind") == "vsr"  # interpolated from the task
     with pytest.raises(ConfigError, match=r"^seed: Value 'x'"):

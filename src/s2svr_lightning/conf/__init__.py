@@ -56,7 +56,14 @@ def _typed(class_name: str, /, **fields: Any) -> type:
 
 _Open = dict[str, Any]  # an open mapping: any keys (checked by the target that receives them)
 _Best = _typed("BestSchema", monitor=str, mode=str, save_top_k=int)
-_FIT_STAGE = dict(max_steps=int, val_every_n_steps=int, limit_val_batches=Any, best=_Best, data=_Open)
+_FIT_STAGE = dict(
+    max_steps=int,
+    val_every_n_steps=int,
+    limit_val_batches=Any,
+    best=_Best,
+    data=_Open,
+    threads=(int | None, None),  # torch threads of this stage; None: hardware.threads
+)
 _Debug = _typed(
     "DebugSchema",
     max_steps=(int | None, None),

@@ -107,9 +107,10 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"stage.run must keep the order {STAGES}, got {stages}")
     if "predict" in stages and len(stages) > 1:
         raise ConfigError(f"stage=predict runs on its own, got stage.run={stages}")
-    threads = get(cfg, "hardware.threads")
-    if threads is not None and int(threads) < 1:
-        raise ConfigError(f"hardware.threads must be a positive number of threads or null, got {threads}")
+    for key in ("hardware.threads", *(f"{s}.threads" for s in FIT_STAGES)):
+        threads = get(cfg, key)
+        if threads is not None and int(threads) < 1:
+            raise ConfigError(f"{key} must be a positive number of threads or null, got {threads}")
     for stage in FIT_STAGES:
         if stage in stages and stage_steps(cfg, stage) <= 0:
             raise ConfigError(f"{stage}.max_steps must be > 0, got {cfg[stage].max_steps}")
@@ -315,6 +316,27 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(int(threads))
 
 
+class _ThreadSetting:
+    """The process's torch threads and the thread variables its children inherit, to return to."""
+
+    _NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+    def __init__(self, threads: int, env: dict[str, str | None]) -> None:
+        self.threads, self.env = threads, env
+
+    @classmethod
+    def current(cls) -> _ThreadSetting:
+        return cls(torch.get_num_threads(), {name: os.environ.get(name) for name in cls._NAMES})
+
+    def apply(self) -> None:
+        for name, value in self.env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        torch.set_num_threads(self.threads)
+
+
 # --------------------------------------------------------------------------------------------- entry
 def run(cfg: DictConfig) -> float | None:
     """Run the configured stages; returns ``cfg.optimized_metric`` from ``results.json`` (or None)."""
@@ -325,6 +347,7 @@ def run(cfg: DictConfig) -> float | None:
     if matmul:
         torch.set_float32_matmul_precision(str(matmul))
     set_threads(get(cfg, "hardware.threads"))
+    process_threads = _ThreadSetting.current()
     predicting = list(cfg.stage.run) == ["predict"]
     if not predicting:
         # the DataModule's cheap check (dataset root, layout) and every stage's options, before any training
@@ -340,6 +363,12 @@ def run(cfg: DictConfig) -> float | None:
     write_json(out / "results.json", results)  # marks the folder as this task's run from the start
     try:
         for stage in cfg.stage.run:
+            # a stage may choose its own (the demo's tiny restorer runs faster on one thread than on two)
+            stage_threads = get(cfg, f"{stage}.threads")
+            if stage_threads is None:
+                process_threads.apply()
+            else:
+                set_threads(stage_threads)
             started = time.perf_counter()
             metrics, ran = RUNNERS[stage](cfg, out)
             elapsed = time.perf_counter() - started
