@@ -137,12 +137,15 @@ def test_a_stage_runs_on_its_own_threads_and_the_next_on_the_process_setting(tmp
     before = torch.get_num_threads()
     try:
         cfg = _compose(
-            "+task=demo", f"paths.output_dir={tmp_path}", "hardware.threads=2", "restorer.threads=1"
+            "+task=demo",
+            f"paths.output_dir={tmp_path}",
+            "hardware.threads=2",
+            "student.threads=null",  # the demo's flow stages run on one thread (conf/recipe/cpu_flow.yaml)
         )
         pipeline.run(cfg)
     finally:
         torch.set_num_threads(before)
-    assert seen == {"teacher": (2, "2"), "student": (2, "2"), "restorer": (1, "1"), "test": (2, "2")}
+    assert seen == {"teacher": (1, "1"), "student": (2, "2"), "restorer": (1, "1"), "test": (2, "2")}
 
 
 def test_module_option_typo_fails_before_training():
@@ -153,6 +156,36 @@ def test_module_option_typo_fails_before_training():
         check_stage_options(cfg)
     cfg = _compose("+task=demo", "+teacher.data.crop_size=30")
     with pytest.raises(ConfigError, match="teacher stage's data options"):
+        check_stage_options(cfg)
+
+
+def test_a_stage_trainer_option_reaches_that_stage_only(tmp_path):
+    from s2svr_lightning.pipeline.build import build_trainer
+
+    cfg = _compose(
+        "+task=demo",
+        f"paths.output_dir={tmp_path}",
+        "+trainer.gradient_clip_val=0.5",
+        "+restorer.trainer.gradient_clip_val=0.02",
+        "+restorer.trainer.gradient_clip_algorithm=value",
+    )
+    validate_config(cfg)
+    clips = {
+        stage: (t.gradient_clip_val, t.gradient_clip_algorithm)
+        for stage in ("teacher", "student", "restorer")
+        for t in [build_trainer(cfg, stage, tmp_path, max_steps=4)]
+    }
+    assert clips == {"teacher": (0.5, None), "student": (0.5, None), "restorer": (0.02, "value")}
+
+
+def test_a_trainer_option_typo_fails_before_training():
+    cfg = _compose("+task=demo", "+restorer.trainer.gradient_clip_vall=0.02")
+    with pytest.raises(
+        ConfigError, match=r"restorer.trainer has unknown option\(s\) \['gradient_clip_vall'\]"
+    ):
+        check_stage_options(cfg)
+    cfg = _compose("+task=demo", "+trainer.max_stepz=3")
+    with pytest.raises(ConfigError, match=r"^trainer has unknown option\(s\) \['max_stepz'\]"):
         check_stage_options(cfg)
 
 
@@ -264,14 +297,14 @@ def test_s2svr_train_entry_point_prints_the_config(tmp_path):
         printed.task_name == "demo"
         and printed.data._target_ == "s2svr_lightning.data.VideoRestorationDataModule"
     )
-    assert printed.restorer.module.flow_freeze_steps == 1000  # the demo's value, from its YAML
+    assert printed.restorer.module.flow_freeze_steps == 500  # the demo's value, from its YAML
 
 
 def test_the_schema_types_and_the_yaml_holds_the_defaults():
     from s2svr_lightning.conf import check_schema
 
     cfg = check_schema(_compose("+task=demo", "paths.output_dir=/tmp/unused"))
-    assert cfg.restorer.module.flow_freeze_steps == 1000
+    assert cfg.restorer.module.flow_freeze_steps == 500
     assert _compose("+task=vsr_reds4").restorer.module.flow_freeze_steps == 10000
     assert OmegaConf.select(cfg, "restorer.module.kind") == "vsr"  # interpolated from the task
     with pytest.raises(ConfigError, match=r"^seed: Value 'x'"):

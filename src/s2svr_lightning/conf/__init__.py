@@ -63,6 +63,7 @@ _FIT_STAGE = dict(
     best=_Best,
     data=_Open,
     threads=(int | None, None),  # torch threads of this stage; None: hardware.threads
+    trainer=(_Open, field(default_factory=dict)),  # Trainer arguments of this stage only
 )
 _Debug = _typed(
     "DebugSchema",

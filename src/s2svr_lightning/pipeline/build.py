@@ -254,8 +254,7 @@ def build_trainer(
             computed.update(limit_val_batches=0)
     if limit_val_batches is not None and computed.get("limit_val_batches") != 0:
         computed["limit_val_batches"] = limit_val_batches
-    options = dict(to_plain(staged.trainer))
-    options.update(to_plain(get(cfg, "debug.trainer", {})) or {})
+    options = trainer_options(staged, stage)
     # a key the config sets wins over the pipeline's
     computed = {k: v for k, v in computed.items() if k not in options}
     try:
@@ -264,7 +263,36 @@ def build_trainer(
         raise ConfigError(f"trainer: {err}") from err
 
 
+def trainer_options(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """The ``trainer`` node, then ``<stage>.trainer`` (one stage's, e.g. the restorer's gradient clipping),
+    then ``debug.trainer``, each winning over the one before."""
+    options = dict(to_plain(cfg.trainer))
+    if stage in FIT_STAGES:
+        options.update(to_plain(get(cfg, f"{stage}.trainer", {})) or {})
+    options.update(to_plain(get(cfg, "debug.trainer", {})) or {})
+    return options
+
+
 # --------------------------------------------------------------------------------------------- checks
+def _check_trainer_options(cfg: DictConfig, stage: str) -> None:
+    """Every key of ``trainer``, ``<stage>.trainer`` and ``debug.trainer`` must be a ``Trainer`` argument."""
+    options = trainer_options(cfg, stage)
+    accepted = _accepted_arguments(_target(options, "trainer"))
+    unknown = sorted(
+        k for k in options if not str(k).startswith("_") and accepted is not None and k not in accepted
+    )
+    if unknown:
+        where = [
+            w
+            for w in ("trainer", f"{stage}.trainer", "debug.trainer")
+            if set(unknown) & set(get(cfg, w, {}) or {})
+        ]
+        raise ConfigError(
+            f"{' / '.join(where) or 'trainer'} has unknown option(s) {unknown}: not arguments of "
+            f"{options['_target_']} (see its documentation for the accepted names)"
+        )
+
+
 def check_stage_options(cfg: DictConfig) -> None:
     """Every ``<stage>.module`` key must be an argument of its ``_target_``, every stage's DataModule
     options must build and every callback must build: a typo fails here, before the first stage trains."""
@@ -282,6 +310,7 @@ def check_stage_options(cfg: DictConfig) -> None:
                 f"{sorted(accepted - set(SET_BY_PIPELINE[stage]))}"
             )
         _extra_callbacks(cfg, stage)
+        _check_trainer_options(cfg, stage)
     for name, node in logger_nodes(cfg).items():
         _target(node, "logger" if name == "logger" else f"logger.{name}")
     for stage in stages:
