@@ -24,9 +24,11 @@ printed too.
 (vsr: bicubic x4 upsampling of the LQ) on held-out sequences.
 
 Usage: ``python benchmarks/ablation.py [--seeds 0] [--restorer-steps N] [--json PATH]`` (``make
-bench-ablation``). The defaults (64 px HQ, teacher 300 steps, students 150, six restorers of 600 steps,
-one seed, 2 jobs) are sized for 30 minutes on 2 quiet CPU cores; ``--seeds``, ``--*-steps``, ``--size``
-and ``--channels`` scale up.
+bench-ablation``). The defaults are the demo's recipe (``+task=demo``: teacher 300 steps at lr 2e-3 and
+students 50 at 1e-3, cosine, 4 clips of 3 frames, PWC-Lite from its 8 px level; six restorers of 400
+steps at 2e-3, C 32, one layer, one block, the flow net frozen, gradient norm clipped at 0.02), one
+seed, 2 jobs, sized for 30 minutes on 2 quiet CPU cores; ``--seeds``, ``--*-steps``, ``--size`` and
+``--channels`` scale up.
 """
 
 from __future__ import annotations
@@ -65,19 +67,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", default="0", help="comma list of seeds")
     p.add_argument("--teacher-steps", type=int, default=300)
-    p.add_argument("--student-steps", type=int, default=150)
-    p.add_argument("--restorer-steps", type=int, default=600)
-    p.add_argument("--flow-freeze", type=float, default=2 / 3, help="share of restorer steps, flow frozen")
+    p.add_argument("--student-steps", type=int, default=50)
+    p.add_argument("--restorer-steps", type=int, default=400)
+    p.add_argument(
+        "--flow-freeze",
+        type=float,
+        default=1.0,
+        help="share of restorer steps with the flow net frozen (1: throughout, as in the demo)",
+    )
     p.add_argument("--w-dis", type=float, default=0.1)
     p.add_argument("--size", type=int, default=64, help="HQ frame side (a multiple of 4, >= 64)")
     p.add_argument("--sequences", type=int, default=24, help="training sequences")
     p.add_argument("--test-sequences", type=int, default=3)
     p.add_argument("--frames", type=int, default=max(LENGTHS), help="frames per sequence (>= 30)")
     p.add_argument("--clip-frames", type=int, default=5, help="frames per restorer training clip")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2, help="restorer training clips per step")
+    p.add_argument("--flow-batch-size", type=int, default=4, help="teacher and student clips per step")
     p.add_argument("--channels", type=int, default=32, help="restorer width (the demo's 32)")
     p.add_argument("--lr", type=float, default=2e-3, help="restorer lr (the demo's)")
-    p.add_argument("--flow-lr", type=float, default=1e-3, help="teacher and student lr (cosine)")
+    p.add_argument("--teacher-lr", type=float, default=2e-3, help="teacher lr (cosine; the demo's)")
+    p.add_argument("--flow-lr", type=float, default=1e-3, help="student lr (cosine; the demo's)")
+    p.add_argument(
+        "--clip", type=float, default=0.02, help="restorer gradient-norm clip (the demo's; 0: none)"
+    )
     p.add_argument("--jobs", type=int, default=2, help="restorers trained at once (one thread each)")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--lq-psnr", action="store_true", help="only print LQ-vs-HQ PSNR of each synthetic task")
@@ -91,12 +103,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def datamodule(args: argparse.Namespace, seed: int, *, task: str = "vsr", clip_frames: int | None = None):
-    return flow_quality.datamodule(task, args, seed, clip_frames=clip_frames)
+def datamodule(
+    args: argparse.Namespace,
+    seed: int,
+    *,
+    task: str = "vsr",
+    clip_frames: int | None = None,
+    batch_size: int | None = None,
+):
+    return flow_quality.datamodule(task, args, seed, clip_frames=clip_frames, batch_size=batch_size)
 
 
-def trainer(args: argparse.Namespace, steps: int = -1) -> L.Trainer:
-    return flow_quality.quiet_trainer(steps, args.accelerator)
+def trainer(args: argparse.Namespace, steps: int = -1, clip: float = 0.0) -> L.Trainer:
+    return flow_quality.quiet_trainer(steps, args.accelerator, gradient_clip_val=clip or None)
 
 
 def _quiet(threads: int) -> None:
@@ -109,19 +128,22 @@ def _quiet(threads: int) -> None:
 def train_flow(args: argparse.Namespace, seed: int, workdir: str, row: str, threads: int = 0) -> str:
     """The teacher (``row="teacher"``) or a student (``student_plain`` / ``student_distilled``) checkpoint."""
     _quiet(threads)
-    dm = datamodule(args, seed, clip_frames=3)
-    common = {"lr": args.flow_lr, "scheduler": "cosine", "val_log_images": 0}
+    dm = datamodule(args, seed, clip_frames=3, batch_size=args.flow_batch_size)
+    # the demo's flow recipe (conf/recipe/cpu_flow.yaml): cosine, PWC-Lite decoding from its 8 px level
+    common = {"scheduler": "cosine", "val_log_images": 0, "flownet_overrides": {"min_level_size": 8}}
     L.seed_everything(seed, verbose=False)
     if row == "teacher":
         steps = args.teacher_steps
-        module = TeacherFlowModule(occlusion_warmup_steps=steps // 3, **common)
+        warm = min(50, steps // 2)  # the demo's 50
+        module = TeacherFlowModule(occlusion_warmup_steps=warm, lr=args.teacher_lr, **common)
     else:
         steps = args.student_steps
         module = StudentFlowModule(
             teacher_checkpoint=str(Path(workdir) / "teacher.ckpt"),
             w_dis=args.w_dis if row == "student_distilled" else 0.0,
             scale=4,
-            occlusion_warmup_steps=steps // 3,
+            occlusion_warmup_steps=min(25, steps // 2),  # the demo's 25
+            lr=args.flow_lr,
             **common,
         )
     fit = trainer(args, steps)
@@ -169,7 +191,7 @@ def train_restorer(
         metrics={"y_channel": False, "border": 0, "reduction": "sequence"},
         num_log_images=0,
     )
-    fit = trainer(args, steps)
+    fit = trainer(args, steps, clip=args.clip)
     L.seed_everything(seed, workers=True, verbose=False)
     fit.fit(module, train_dataloaders=dm.train_dataloader())
     result = trainer(args).test(module, dataloaders=dm.test_dataloader(), verbose=False)[0]
@@ -255,7 +277,8 @@ def render(summary: dict[str, Any], args: argparse.Namespace, seconds: float) ->
         f"\nx4 VSR on {args.test_sequences} held-out synthetic sequences of {args.frames} frames at "
         f"{args.size}x{args.size}, mean over seeds {args.seeds}. Teacher {args.teacher_steps} steps, "
         f"students {args.student_steps}, every restorer {args.restorer_steps} (C {args.channels}, 1 layer, "
-        f"1 block; flow frozen for {args.flow_freeze:.0%}). Total {seconds:.0f} s."
+        f"1 block; flow frozen for {args.flow_freeze:.0%}; gradient clip {args.clip or 'none'}). "
+        f"Total {seconds:.0f} s."
     )
     return "\n".join(lines)
 

@@ -4,7 +4,7 @@ Each setting runs in a fresh process (the wait policy is read when OpenMP starts
 
 - ``conv``: a 64-channel 3x3 convolution of a ``(4, 64, 32, 32)`` batch, the size of the demos' layers;
 - ``demo-step``: one training step of the ``+task=demo`` restorer (32 channels, 1 layer, 1 block, 2 clips of
-  5 frames at 16x16 LQ, the flow net frozen as in its first 1000 steps).
+  5 frames at 16x16 LQ, the flow net frozen as in the demo).
 
 ``--busy`` starts a competing process (a 2-thread matrix-multiply loop, like any other training job on the
 machine) for the whole run. Times are wall-clock medians of repeated calls; ratios are to the

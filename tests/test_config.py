@@ -166,7 +166,7 @@ def test_a_stage_trainer_option_reaches_that_stage_only(tmp_path):
         "+task=demo",
         f"paths.output_dir={tmp_path}",
         "+trainer.gradient_clip_val=0.5",
-        "+restorer.trainer.gradient_clip_val=0.02",
+        "++restorer.trainer.gradient_clip_val=0.03",
         "+restorer.trainer.gradient_clip_algorithm=value",
     )
     validate_config(cfg)
@@ -175,7 +175,7 @@ def test_a_stage_trainer_option_reaches_that_stage_only(tmp_path):
         for stage in ("teacher", "student", "restorer")
         for t in [build_trainer(cfg, stage, tmp_path, max_steps=4)]
     }
-    assert clips == {"teacher": (0.5, None), "student": (0.5, None), "restorer": (0.02, "value")}
+    assert clips == {"teacher": (0.5, None), "student": (0.5, None), "restorer": (0.03, "value")}
 
 
 def test_a_trainer_option_typo_fails_before_training():
@@ -297,14 +297,14 @@ def test_s2svr_train_entry_point_prints_the_config(tmp_path):
         printed.task_name == "demo"
         and printed.data._target_ == "s2svr_lightning.data.VideoRestorationDataModule"
     )
-    assert printed.restorer.module.flow_freeze_steps == 500  # the demo's value, from its YAML
+    assert printed.restorer.module.flow_freeze_steps == 400  # the demo's value, from its YAML
 
 
 def test_the_schema_types_and_the_yaml_holds_the_defaults():
     from s2svr_lightning.conf import check_schema
 
     cfg = check_schema(_compose("+task=demo", "paths.output_dir=/tmp/unused"))
-    assert cfg.restorer.module.flow_freeze_steps == 500
+    assert cfg.restorer.module.flow_freeze_steps == 400
     assert _compose("+task=vsr_reds4").restorer.module.flow_freeze_steps == 10000
     assert OmegaConf.select(cfg, "restorer.module.kind") == "vsr"  # interpolated from the task
     with pytest.raises(ConfigError, match=r"^seed: Value 'x'"):
@@ -345,7 +345,7 @@ def test_datamodule_callbacks_loggers_and_trainer_are_chosen_from_config(tmp_pat
         "+callbacks.extra.timer._target_=lightning.pytorch.callbacks.Timer",
         "logger=many",
         "logger.wandb.mode=offline",
-        "+trainer.gradient_clip_val=0.5",
+        "+trainer.accumulate_grad_batches=2",
     )
     dm = build_datamodule(cfg, "teacher")
     assert isinstance(dm, TinyDataModule)
@@ -366,7 +366,7 @@ def test_datamodule_callbacks_loggers_and_trainer_are_chosen_from_config(tmp_pat
         csv, wandb = trainer.loggers
         assert isinstance(csv, CSVLogger) and Path(csv.save_dir) == tmp_path / stage
         assert isinstance(wandb, StageWandbLogger) and wandb._prefix == stage
-        assert trainer.gradient_clip_val == 0.5 and trainer.max_steps == 4
+        assert trainer.accumulate_grad_batches == 2 and trainer.max_steps == 4
     assert build_trainer(cfg, "test", tmp_path).loggers[1]._prefix == ""  # test/psnr, not test/test/psnr
 
 
@@ -418,3 +418,19 @@ def test_training_step_settings_compose_and_bad_values_are_refused():
         ConfigError, match="model.overrides.checkpointing must be one of none, step, step_flow"
     ):
         validate_config(_compose("+task=demo", "model.overrides.checkpointing=layer"))
+
+
+def test_unnamed_runs_get_a_millisecond_stamp_and_named_runs_their_name():
+    import re
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        plain = compose(config_name="config", overrides=["+task=demo"], return_hydra_config=True)
+        named = compose(
+            config_name="config", overrides=["+task=demo", "run_name=exp1"], return_hydra_config=True
+        )
+        sweep = compose(config_name="config", overrides=["+task=demo"], return_hydra_config=True)
+    # two seeds launched together once shared a folder stamped to the second and overwrote each other
+    stamp = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{3}"
+    assert re.fullmatch(rf"outputs/demo/runs/{stamp}", str(plain.hydra.run.dir))
+    assert str(named.hydra.run.dir) == "outputs/demo/exp1"
+    assert re.fullmatch(rf"outputs/demo/multiruns/{stamp}", str(sweep.hydra.sweep.dir))

@@ -12,6 +12,7 @@ Importing this module is cheap (omegaconf only).
 
 from __future__ import annotations
 
+import re
 from dataclasses import field, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,13 @@ class ConfigError(ValueError):
     """The configuration cannot run: the message says what to change."""
 
 
+def _milliseconds(stamp: Any) -> str:
+    """A ``${now:...%f}`` stamp cut from microseconds to milliseconds: two runs started in the same second
+    (two seeds launched together) once shared one folder and overwrote each other's results."""
+    stamp = str(stamp)
+    return stamp[:-3] if re.search(r"_\d{6}$", stamp) else stamp
+
+
 def _run_folder(run_name: Any, stamp: Any) -> str:
     """``hydra.run.dir``'s last part: the run's name when given (a stable folder), else a timestamp."""
     return str(run_name) if run_name not in (None, "") else f"runs/{stamp}"
@@ -37,6 +45,8 @@ def _run_folder(run_name: Any, stamp: Any) -> str:
 
 if not OmegaConf.has_resolver("s2svr_run_folder"):
     OmegaConf.register_new_resolver("s2svr_run_folder", _run_folder)
+if not OmegaConf.has_resolver("s2svr_ms"):
+    OmegaConf.register_new_resolver("s2svr_ms", _milliseconds)
 
 
 # ------------------------------------------------------------------------------------------------ schema
