@@ -190,7 +190,7 @@ def test_ablation_writes_every_group_and_row(tmp_path, capsys):
 
     out = tmp_path / "ablation.json"
     argv = ["--teacher-steps", "2", "--student-steps", "1", "--restorer-steps", "2", "--sequences", "2"]
-    argv += ["--test-sequences", "1", "--channels", "8", "--jobs", "1", "--json", str(out)]
+    argv += ["--seeds", "0", "--test-sequences", "1", "--channels", "8", "--jobs", "1", "--json", str(out)]
     assert ablation.main(argv) == 0
     table = json.loads(out.read_text())
     assert set(table["alignment"]) == {"student_distilled", "student_plain", "teacher_lq", "zero"}
