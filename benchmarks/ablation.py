@@ -27,8 +27,8 @@ Usage: ``python benchmarks/ablation.py [--seeds 0,1] [--restorer-steps N] [--jso
 bench-ablation``). The defaults are the demo's recipe (``+task=demo``: teacher 300 steps at lr 2e-3 and
 students 50 at 1e-3, cosine, 4 clips of 3 frames, PWC-Lite from its 8 px level; six restorers of 400
 steps at 2e-3, C 32, one layer, one block, the flow net frozen, gradient norm clipped at 0.02), seeds
-0 and 1, 2 jobs, sized for 30 minutes on 2 quiet CPU cores (26.8 min measured); ``--seeds``, ``--*-steps``, ``--size`` and
-``--channels`` scale up.
+0 and 1, 2 jobs, sized for 30 minutes on 2 quiet CPU cores (26.8 min measured); ``--seeds``,
+``--*-steps``, ``--size`` and ``--channels`` scale up.
 """
 
 from __future__ import annotations
