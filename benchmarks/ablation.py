@@ -49,7 +49,9 @@ from typing import Any
 import flow_quality
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
+from s2svr_lightning.conf import CONF_DIR
 from s2svr_lightning.data import VideoRestorationDataModule
 from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule
 from s2svr_lightning.lit.restorer import RestorerModule
@@ -59,6 +61,8 @@ ALIGNMENT = ("student_distilled", "student_plain", "teacher_lq", "zero")
 LENGTHS = (5, 15, 30)
 RADII = (0, 1, 2)
 SCORED_TAIL = 5  # frames scored in the length rows: the last 5 of every segment
+# the demos' flow stages (steps, batch, lr, schedule, warm-up, PWC-Lite options): one place, read here
+FLOW_RECIPE = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "recipe" / "cpu_flow.yaml"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,8 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--seeds", default="0,1", help="comma list of seeds")
-    p.add_argument("--teacher-steps", type=int, default=300)
-    p.add_argument("--student-steps", type=int, default=50)
+    p.add_argument("--teacher-steps", type=int, default=FLOW_RECIPE["teacher"]["max_steps"])
+    p.add_argument("--student-steps", type=int, default=FLOW_RECIPE["student"]["max_steps"])
     p.add_argument("--restorer-steps", type=int, default=400)
     p.add_argument(
         "--flow-freeze",
@@ -82,11 +86,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=max(LENGTHS), help="frames per sequence (>= 30)")
     p.add_argument("--clip-frames", type=int, default=5, help="frames per restorer training clip")
     p.add_argument("--batch-size", type=int, default=2, help="restorer training clips per step")
-    p.add_argument("--flow-batch-size", type=int, default=4, help="teacher and student clips per step")
+    p.add_argument(
+        "--flow-batch-size",
+        type=int,
+        default=FLOW_RECIPE["teacher"]["data"]["batch_size"],
+        help="teacher and student clips per step",
+    )
     p.add_argument("--channels", type=int, default=32, help="restorer width (the demo's 32)")
     p.add_argument("--lr", type=float, default=2e-3, help="restorer lr (the demo's)")
-    p.add_argument("--teacher-lr", type=float, default=2e-3, help="teacher lr (cosine; the demo's)")
-    p.add_argument("--flow-lr", type=float, default=1e-3, help="student lr (cosine; the demo's)")
+    p.add_argument("--teacher-lr", type=float, default=FLOW_RECIPE["teacher"]["module"]["lr"])
+    p.add_argument("--flow-lr", type=float, default=FLOW_RECIPE["student"]["module"]["lr"], help="student lr")
     p.add_argument(
         "--clip", type=float, default=0.02, help="restorer gradient-norm clip (the demo's; 0: none)"
     )
@@ -128,23 +137,26 @@ def _quiet(threads: int) -> None:
 def train_flow(args: argparse.Namespace, seed: int, workdir: str, row: str, threads: int = 0) -> str:
     """The teacher (``row="teacher"``) or a student (``student_plain`` / ``student_distilled``) checkpoint."""
     _quiet(threads)
-    dm = datamodule(args, seed, clip_frames=3, batch_size=args.flow_batch_size)
-    # the demo's flow recipe (conf/recipe/cpu_flow.yaml): cosine, PWC-Lite decoding from its 8 px level
-    common = {"scheduler": "cosine", "val_log_images": 0, "flownet_overrides": {"min_level_size": 8}}
+    stage = "teacher" if row == "teacher" else "student"
+    recipe = FLOW_RECIPE[stage]
+    dm = datamodule(args, seed, clip_frames=recipe["data"]["num_frames"], batch_size=args.flow_batch_size)
+    steps = args.teacher_steps if stage == "teacher" else args.student_steps
+    options = {
+        **recipe["module"],
+        "lr": args.teacher_lr if stage == "teacher" else args.flow_lr,
+        # the recipe's warm-up, shortened for runs too short for it
+        "occlusion_warmup_steps": min(recipe["module"]["occlusion_warmup_steps"], steps // 2),
+        "val_log_images": 0,
+    }
     L.seed_everything(seed, verbose=False)
-    if row == "teacher":
-        steps = args.teacher_steps
-        warm = min(50, steps // 2)  # the demo's 50
-        module = TeacherFlowModule(occlusion_warmup_steps=warm, lr=args.teacher_lr, **common)
+    if stage == "teacher":
+        module = TeacherFlowModule(**options)
     else:
-        steps = args.student_steps
         module = StudentFlowModule(
             teacher_checkpoint=str(Path(workdir) / "teacher.ckpt"),
             w_dis=args.w_dis if row == "student_distilled" else 0.0,
             scale=4,
-            occlusion_warmup_steps=min(25, steps // 2),  # the demo's 25
-            lr=args.flow_lr,
-            **common,
+            **options,
         )
     fit = trainer(args, steps)
     L.seed_everything(seed, workers=True, verbose=False)

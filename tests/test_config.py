@@ -428,9 +428,8 @@ def test_unnamed_runs_get_a_millisecond_stamp_and_named_runs_their_name():
         named = compose(
             config_name="config", overrides=["+task=demo", "run_name=exp1"], return_hydra_config=True
         )
-        sweep = compose(config_name="config", overrides=["+task=demo"], return_hydra_config=True)
     # two seeds launched together once shared a folder stamped to the second and overwrote each other
     stamp = r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{3}"
     assert re.fullmatch(rf"outputs/demo/runs/{stamp}", str(plain.hydra.run.dir))
     assert str(named.hydra.run.dir) == "outputs/demo/exp1"
-    assert re.fullmatch(rf"outputs/demo/multiruns/{stamp}", str(sweep.hydra.sweep.dir))
+    assert re.fullmatch(rf"outputs/demo/multiruns/{stamp}", str(plain.hydra.sweep.dir))
