@@ -6,16 +6,39 @@ STAMP := $(VENV)/.installed
 # CPU build of torch unless a CUDA driver is present (a plain `torch` would pull a multi-GB CUDA wheel).
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
 
-.PHONY: install test lint demo bench bench-data bench-flow bench-ablation bench-threads clean
+.PHONY: install lock test-latest test lint demo bench bench-data bench-flow bench-ablation bench-threads clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every other package at the version the suite last passed with (constraints.txt, written by `make lock`),
+# so a new release cannot break a fresh clone's first `make test`; `make test-latest` tries the newest
+# releases on purpose. torch is left to TORCH_SPEC (its CPU and CUDA builds carry different versions).
+CONSTRAINTS := constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install --upgrade pip -c $(CONSTRAINTS)
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev]" -c $(CONSTRAINTS)
 	touch $(STAMP)
+
+# Record the versions installed in .venv (after a `make test-latest` that passed, or a deliberate upgrade).
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-|triton|pip|setuptools|wheel)[=-]' \
+		| sed '1i # Versions the test suite last passed with; `make install` installs these, `make lock` rewrites them.' \
+		> $(CONSTRAINTS)
+
+# The newest release of every dependency, in a venv of its own, then the suite: a new release breaks
+# this deliberate run, not a user's first `make test`.
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --upgrade pip
+	$(LATEST)/bin/python -m pip install "$(TORCH_SPEC)"
+	$(LATEST)/bin/python -m pip install --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 # Test processes side by side, one per core and one torch thread each (tests/conftest.py): on small
 # tensors that beats one process with a thread pool, and stays fast beside other busy processes. Tests
@@ -48,4 +71,4 @@ bench-threads: $(STAMP)
 	$(PY) benchmarks/threads.py --busy
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) $(LATEST) outputs multirun .pytest_cache

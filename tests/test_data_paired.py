@@ -142,3 +142,32 @@ def test_mismatched_pairs_are_refused_before_training_with_the_file_named(tmp_pa
     bad.write_bytes(bad.read_bytes()[:100])
     with pytest.raises(DatasetError, match=rf"{bad}: truncated PNG"):
         _dm(lq, hq, val="b").setup("validate")
+
+
+def test_workers_of_a_dataset_with_video_start_fresh_and_read_what_the_parent_decoded(
+    tmp_path, moving_photo, make_video
+):
+    # Workers forked from a process that has decoded inherit decoder and scaler state whose threads stayed
+    # behind (freeing it hung PyAV 18.1.1): datasets that decode video start their workers by forkserver
+    lq, hq = _paired_tree(tmp_path / "data", moving_photo, make_video, "vsr")
+    dm = VideoRestorationDataModule(
+        dataset={"name": "paired", "lq": str(lq), "hq": str(hq)}, task="vsr", num_frames=5, crop_size=None,
+        batch_size=1, num_workers=1, verify="full",
+    )  # fmt: skip
+    dm.setup("test")  # the parent decodes every frame (verify="full")
+    loader = dm.test_dataloader()
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    expected = {item["key"][0]: item["lq"] for item in dm.with_overrides(num_workers=0).test_dataloader()}
+    got = {}
+    for item in loader:
+        got[item["key"][0]] = item["lq"]
+    assert sorted(got) == sorted(expected) and len(got) == 3
+    for key, lq_frames in got.items():
+        assert torch.equal(lq_frames, expected[key])
+    # the synthetic data keeps the platform's default; the option wins when given
+    synthetic = VideoRestorationDataModule(dataset={"name": "synthetic", "size": 32}, num_workers=1)
+    assert synthetic.test_dataloader().multiprocessing_context is None
+    forked = dm.with_overrides(worker_start="fork").test_dataloader()
+    assert forked.multiprocessing_context.get_start_method() == "fork"
+    with pytest.raises(ValueError, match="worker_start"):
+        VideoRestorationDataModule(dataset={"name": "synthetic"}, worker_start="thread")

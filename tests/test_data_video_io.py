@@ -197,3 +197,46 @@ def test_read_frame_folder_natural_order(tmp_path):
         Image.fromarray(np.full((4, 6, 3), i, np.uint8)).save(tmp_path / f"frame{i}.png")
     frames = read_frame_folder(tmp_path)
     assert frames.shape == (3, 4, 6, 3) and list(frames[:, 0, 0, 0]) == [1, 2, 10]
+
+
+class _PyAVConverts(torch.utils.data.Dataset):
+    """Frame i of a video decoded and converted by PyAV itself (``to_ndarray``), as other code than our
+    readers does, in a worker forked from a parent that converted frames the same way."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(_pyav_rgb(self.path)[i])
+
+
+def _pyav_rgb(path: str) -> list[np.ndarray]:
+    import av
+
+    with av.open(path) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def test_a_forked_worker_converts_frames_after_the_parent_has(tmp_path, make_video):
+    # PyAV (>= 18.1.1) keeps one scaler per thread for to_ndarray / reformat; a forked worker that frees the
+    # parent's copy (with its slice threads) hangs in pthread_cond_destroy: the fork hook sets it aside
+    frames = np.random.default_rng(1).integers(0, 256, (4, 72, 96, 3), dtype=np.uint8)
+    path = make_video(tmp_path / "clip.mp4", frames)
+    expected = _pyav_rgb(str(path))  # the parent's thread now holds a scaler for 96x72 yuv420p -> rgb24
+    small = make_video(tmp_path / "small.mp4", frames[:, :48, :64])  # another size: the scaler is rebuilt
+    loader = torch.utils.data.DataLoader(
+        _PyAVConverts(small), batch_size=2, num_workers=1, timeout=60, multiprocessing_context="fork"
+    )
+    (batch,) = list(loader)
+    assert batch.shape == (2, 48, 64, 3)
+    assert np.array_equal(_pyav_rgb(str(path))[0], expected[0])
+
+
+def test_reader_frames_equal_pyav_conversion(videos):
+    # the reader's own single-threaded scaler gives PyAV's to_ndarray(format="rgb24"), bit for bit
+    for path in videos.values():
+        ours = np.stack(list(VideoReader(path).iter_frames()))
+        assert np.array_equal(ours, np.stack(_pyav_rgb(str(path))))

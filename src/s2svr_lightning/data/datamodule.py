@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import multiprocessing
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -78,6 +79,19 @@ class EvalShardSampler(DistributedSampler):
         return len(self.indices)
 
 
+WORKER_STARTS = ("auto", "fork", "forkserver", "spawn")
+
+
+def worker_context(start: str) -> multiprocessing.context.BaseContext:
+    """The ``multiprocessing`` context that DataLoader workers start with. A forkserver imports the data
+    package once, so each worker forked from it starts without importing torch again."""
+    context = multiprocessing.get_context(start)
+    if start == "forkserver":
+        # '__main__' is the default preload (objects pickled from the main module); ours is added
+        context.set_forkserver_preload(["__main__", __package__])
+    return context
+
+
 class VideoRestorationDataModule(L.LightningDataModule):
     """Data of one task: a dataset chosen by name, random training clips, whole-sequence evaluation.
 
@@ -108,6 +122,9 @@ class VideoRestorationDataModule(L.LightningDataModule):
         verify: how much ``setup`` checks each file: ``"none"``, ``"header"`` (size, format, truncation;
             default) or ``"full"`` (decode every frame).
         pin_memory, persistent_workers: DataLoader options.
+        worker_start: how DataLoader workers start: ``"auto"`` (``forkserver`` for datasets that decode
+            video files, whose decoders must not cross a fork; the platform's default otherwise),
+            ``"fork"``, ``"forkserver"`` or ``"spawn"``.
     """
 
     def __init__(
@@ -136,6 +153,7 @@ class VideoRestorationDataModule(L.LightningDataModule):
         verify: str = "header",
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        worker_start: str = "auto",
     ) -> None:
         super().__init__()
         dataset = {"name": "synthetic"} if dataset is None else to_plain(dataset)
@@ -149,6 +167,8 @@ class VideoRestorationDataModule(L.LightningDataModule):
             raise ValueError(
                 f"expected an integer scale >= 1 (1 unless task is 'vsr'), got scale={scale!r} for {task}"
             )
+        if worker_start not in WORKER_STARTS:
+            raise ValueError(f"expected worker_start in {WORKER_STARTS}, got {worker_start!r}")
         if verify not in VERIFY_LEVELS:
             raise ValueError(f"expected verify in {VERIFY_LEVELS}, got {verify!r}")
         for name, value in (("val", (val_chunk, val_overlap)), ("test", (test_chunk, test_overlap))):
@@ -179,6 +199,7 @@ class VideoRestorationDataModule(L.LightningDataModule):
             test_max_sequences,
         )
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.worker_start = worker_start
         self._check_training_args()
         self._sources: dict[str, SequenceSource] = {}
         self._checked = False
@@ -221,6 +242,7 @@ class VideoRestorationDataModule(L.LightningDataModule):
             "test_max_sequences",
             "pin_memory",
             "persistent_workers",
+            "worker_start",
         }
         unknown = sorted(set(overrides) - allowed)
         if unknown:
@@ -316,13 +338,17 @@ class VideoRestorationDataModule(L.LightningDataModule):
         return self._eval_dataset("test")
 
     # -- loaders -----------------------------------------------------------------------------------
-    def _loader_kwargs(self) -> dict[str, Any]:
+    def _loader_kwargs(self, split: str) -> dict[str, Any]:
         workers = self.num_workers
-        return {
+        kwargs = {
             "num_workers": workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": bool(self.persistent_workers and workers > 0),
         }
+        start = self.worker_start if self.worker_start != "auto" else self.source(split).worker_start()
+        if workers > 0 and start is not None:
+            kwargs["multiprocessing_context"] = worker_context(start)
+        return kwargs
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
@@ -337,22 +363,27 @@ class VideoRestorationDataModule(L.LightningDataModule):
                 batch_size=self.batch_size,
                 sampler=sampler,
                 drop_last=drop_last,
-                **self._loader_kwargs(),
+                **self._loader_kwargs("train"),
             )
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=True, drop_last=drop_last, **self._loader_kwargs()
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            **self._loader_kwargs("train"),
         )
 
-    def _eval_loader(self, dataset: EvalSequenceDataset) -> DataLoader:
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self._eval_dataset(split)
         rank, world = self._rank_world()
         sampler = EvalShardSampler(dataset, num_replicas=world, rank=rank)
-        return DataLoader(dataset, batch_size=1, sampler=sampler, **self._loader_kwargs())
+        return DataLoader(dataset, batch_size=1, sampler=sampler, **self._loader_kwargs(split))
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_dataset())
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_dataset())
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import gc
 import os
+import sys
 import weakref
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
@@ -89,18 +90,26 @@ class _SeekFailed(Exception):
     pass
 
 
-_HANDLES = ("_container", "_decord", "_iter", "_seek_iter", "_seq_container")
+_HANDLES = ("_container", "_decord", "_iter", "_seek_iter", "_seq_container", "_scaler")
 _READERS: weakref.WeakSet[VideoReader] = weakref.WeakSet()
 _INHERITED: list[tuple] = []
 
 
 def _drop_inherited_decoders() -> None:
-    """In a forked child (a DataLoader worker): take every reader's open decoders out of its reach, so that
-    it reopens its file; the copies stay referenced here until the process exits."""
+    """In a forked child (a DataLoader worker): take every reader's open decoders and scaler out of its
+    reach, so that it makes its own; the copies stay referenced here until the process exits (freeing
+    them there is what hangs). PyAV's own per-thread scaler (``VideoFrame.reformat`` / ``to_ndarray``
+    keep one since PyAV 18.1.1) is set aside the same way, for frames converted by code other than ours."""
     for reader in list(_READERS):
         _INHERITED.append(tuple(getattr(reader, name, None) for name in _HANDLES))
         for name in _HANDLES:
             setattr(reader, name, None)
+    frame_module = sys.modules.get("av.video.frame")
+    cache = getattr(frame_module, "_thread_local", None)
+    inherited = getattr(cache, "reformatter", None)
+    if inherited is not None:
+        _INHERITED.append((inherited,))
+        cache.reformatter = None
 
 
 _FROZE = [False]
@@ -118,9 +127,11 @@ def _unfreeze_in_parent() -> None:
         gc.unfreeze()
 
 
-# Freeing, in a forked child, a decoder copied from the parent (whose threads stayed there) hangs PyAV in
-# pthread_cond_destroy and crashes decord. Live readers drop theirs as above; the parent's garbage (closed
-# containers not yet collected) is frozen at the fork, so the child's garbage collector never frees it.
+# Freeing, in a forked child, a decoder or a scaler copied from the parent (whose threads stayed there)
+# hangs PyAV in pthread_cond_destroy and crashes decord. Live readers drop theirs as above; the parent's
+# garbage (closed containers not yet collected) is frozen at the fork, so the child's garbage collector
+# never frees it. Our readers also scale with one thread (no slice threads to inherit), and the DataModule
+# starts the workers of datasets that decode video with forkserver, where nothing is inherited at all.
 os.register_at_fork(
     before=_freeze_before_fork, after_in_parent=_unfreeze_in_parent, after_in_child=_drop_inherited_decoders
 )
@@ -162,8 +173,22 @@ class VideoReader:
         self._seek_iter = None  # (decoder iterator, pts of the last frame) for pyav reads
         self._index: tuple[list[int] | None, list[int] | None, int] | None = None
         self._seq_container = None
+        self._scaler = None
         _READERS.add(self)
         self._probe()
+
+    def _rgb(self, frame) -> np.ndarray:
+        """A decoded frame as uint8 RGB ``(H, W, 3)``, through this reader's own scaler: one per reader,
+        on one thread, never PyAV's per-thread cache, so no scaler with slice threads crosses a fork."""
+        if self._scaler is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._scaler = VideoReformatter()
+        try:
+            rgb = self._scaler.reformat(frame, format="rgb24", threads=1)
+        except TypeError:  # PyAV before `threads` (< 14): its scalers have no slice threads
+            rgb = self._scaler.reformat(frame, format="rgb24")
+        return rgb.to_ndarray()
 
     # -- probing -------------------------------------------------------------------------------------
     def _open(self):
@@ -333,7 +358,7 @@ class VideoReader:
         try:
             for frame in container.decode(video=0):
                 count += 1
-                yield frame.to_ndarray(format="rgb24"), frame.pts
+                yield self._rgb(frame), frame.pts
         except Exception as err:
             raise _av_error(self.path, f"cannot decode frame {count}", err) from None
         finally:
@@ -389,7 +414,7 @@ class VideoReader:
                         raise _SeekFailed
                     last = frame.pts
                     if frame.pts == target:
-                        found = frame.to_ndarray(format="rgb24")
+                        found = self._rgb(frame)
                         break
                     if frame.pts > target:
                         raise _SeekFailed
@@ -416,7 +441,7 @@ class VideoReader:
                 for frame in it:
                     pos += 1
                     if pos - 1 == index:
-                        found = frame.to_ndarray(format="rgb24")
+                        found = self._rgb(frame)
                         break
             except Exception as err:
                 raise _av_error(self.path, f"cannot decode frame {pos}", err) from None
@@ -476,7 +501,13 @@ class VideoReader:
 
 
 class VideoStore(FrameStore):
-    """A sequence backed by a video file (opened lazily, once per process)."""
+    """A sequence backed by a video file (opened lazily, once per process).
+
+    DataLoader workers reading it are started by ``forkserver``: a worker forked from a process that has
+    decoded inherits decoder and scaler state whose threads stayed behind, and freeing it hangs (the fork
+    hook above guards against what is known; a fresh process has nothing to guard)."""
+
+    worker_start = "forkserver"
 
     def __init__(self, path: str | os.PathLike, *, backend: str = "auto") -> None:
         self.path = str(path)

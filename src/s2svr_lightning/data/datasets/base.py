@@ -109,6 +109,9 @@ class FrameStore(abc.ABC):
 
     #: where the frames live, used in error messages
     path: str
+    #: how DataLoader workers reading this store must be started (a ``multiprocessing`` start method), or
+    #: None where any start method is safe
+    worker_start: str | None = None
 
     @abc.abstractmethod
     def __len__(self) -> int: ...
@@ -171,6 +174,11 @@ class SequenceSource(abc.ABC):
         mask[list(self._score)] = True
         return mask
 
+    def worker_start(self) -> str | None:
+        """The ``multiprocessing`` start method that DataLoader workers reading this source need (None: the
+        platform's default is safe)."""
+        return None
+
     def frame_names(self, index: int) -> list[str] | None:
         """The dataset's name of each frame of sequence ``index`` (e.g. ``"00000000"``, ``"im4"``), used to
         name saved outputs, or None where frames have no names of their own (outputs use the index)."""
@@ -208,6 +216,13 @@ class ListedSource(SequenceSource):
 
     def key(self, index: int) -> str:
         return self.sequences[index][0]
+
+    def worker_start(self) -> str | None:
+        for sequence in self.sequences:
+            for item in sequence[1:]:
+                if isinstance(item, FrameStore) and item.worker_start is not None:
+                    return item.worker_start
+        return None
 
 
 class PairedSource(ListedSource):
