@@ -83,12 +83,14 @@ WORKER_STARTS = ("auto", "fork", "forkserver", "spawn")
 
 
 def worker_context(start: str) -> multiprocessing.context.BaseContext:
-    """The ``multiprocessing`` context that DataLoader workers start with. A forkserver imports the data
-    package once, so each worker forked from it starts without importing torch again."""
+    """The ``multiprocessing`` context that DataLoader workers start with.
+
+    A forkserver imports the data modules once, so each worker forked from it starts without importing
+    torch again. As with ``spawn`` (the default on macOS and Windows), each worker imports the main module:
+    a script that trains must keep its work under ``if __name__ == "__main__":``."""
     context = multiprocessing.get_context(start)
     if start == "forkserver":
-        # '__main__' is the default preload (objects pickled from the main module); ours is added
-        context.set_forkserver_preload(["__main__", __package__])
+        context.set_forkserver_preload([__name__, "s2svr_lightning.data.video_io", "av"])
     return context
 
 
