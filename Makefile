@@ -1,5 +1,8 @@
 # Two commands from a clean clone: `make demo` and `make test`. Everything installs into .venv.
 PYTHON ?= python3
+# Idle OpenMP threads sleep instead of spinning in every target (the commands set it for themselves too;
+# benchmarks/OPTIMISATIONS.md, "Threads on a busy machine"): set before torch loads in any process.
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -15,6 +15,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from s2svr_lightning.commands import apply_process_settings, version_line
 from s2svr_lightning.conf import CONF_DIR, ConfigError, check_schema
 
 
@@ -57,6 +58,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    if "--version" in sys.argv[1:]:  # before Hydra, which would read it as an override
+        print(version_line())
+        sys.exit(0)
+    apply_process_settings()  # before anything imports torch
     _require_optional_plugins(sys.argv[1:])
     _hydra_main()
 
