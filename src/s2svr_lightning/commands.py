@@ -72,11 +72,22 @@ def version_line() -> str:
     return f"{DISTRIBUTION} {package_version()} from {Path(__file__).resolve().parent} (Python {python})"
 
 
+class _PrintVersion(argparse.Action):
+    """Prints :func:`version_line` as it is (argparse's own version action wraps long lines) and exits."""
+
+    def __init__(
+        self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object
+    ) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def add_version_argument(parser: argparse.ArgumentParser) -> None:
     """``--version`` on an argparse command: prints :func:`version_line` and exits 0."""
-    parser.add_argument(
-        "--version", action="version", version=version_line(), help="print the version and exit"
-    )
+    parser.add_argument("--version", action=_PrintVersion, help="print the version and exit")
 
 
 def apply_process_settings() -> None:
