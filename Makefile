@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch unless a CUDA driver is present (a plain `torch` would pull a multi-GB CUDA wheel).
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
 
-.PHONY: install test lint demo bench bench-data bench-flow bench-ablation bench-threads clean
+.PHONY: install test lint docs demo bench bench-data bench-flow bench-ablation bench-threads clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+# The documentation site into site/ (open site/index.html); warnings are errors (mkdocs.yml: strict).
+# NO_MKDOCS_2_WARNING: Material's notice about MkDocs 2, printed on every build, says nothing about these pages.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 demo: $(STAMP)
 	$(PY) -m s2svr_lightning +task=demo
 
@@ -51,4 +56,4 @@ bench-threads: $(STAMP)
 	$(PY) benchmarks/threads.py --busy
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache site
