@@ -136,6 +136,43 @@ def test_console_formatter_shows_the_level_of_warnings_only():
     assert formatter.format(record(logging.WARNING)) == "WARNING: the message"
 
 
+def test_the_terminal_bar_counts_the_stages_steps_across_epochs(capsys):
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from s2svr_lightning.callbacks import StageProgressBar
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            loss = (self.w - batch[0].mean()).square()
+            self.log("train/loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = DataLoader(TensorDataset(torch.randn(4, 1)), batch_size=1)  # 4 steps an epoch
+    trainer = L.Trainer(
+        max_steps=6,
+        callbacks=[StageProgressBar("teacher")],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    with quiet_third_party():
+        trainer.fit(Tiny(), loader)
+    drawn = capsys.readouterr()
+    bar = (drawn.out + drawn.err).replace("\r", "\n")
+    assert "[teacher]:" in bar and "6/6" in bar and "step/s" in bar and "train/loss=" in bar
+    # one count over both epochs, without Lightning's epoch counter or the logger's version
+    assert "/4 " not in bar and "Epoch" not in bar and "v_num" not in bar and "Training" not in bar
+
+
 @pytest.mark.slow
 def test_a_pipeline_run_prints_its_stages_and_table_without_third_party_noise(tmp_path):
     src = str(Path(__file__).resolve().parents[1] / "src")
