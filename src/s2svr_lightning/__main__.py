@@ -4,7 +4,8 @@ The tasks are the files of ``s2svr_lightning/conf/task`` (demo, demo_deblur, dem
 vsr_reds4, vsr_vimeo, cve_mfqe). The configs live in ``s2svr_lightning/conf`` (the repository's top-level
 ``conf`` links there) and are found by their absolute path, so this works from a checkout and from an
 installed wheel alike. The composed config is type-checked before torch or Lightning is imported; see
-``s2svr_lightning.pipeline`` for what runs.
+``s2svr_lightning.pipeline`` for what runs. ``--version`` prints the version before Hydra reads the
+command line.
 """
 
 from __future__ import annotations
