@@ -1,12 +1,15 @@
 # Two commands from a clean clone: `make demo` and `make test`. Everything installs into .venv.
 PYTHON ?= python3
+# Idle OpenMP threads sleep instead of spinning in every target (the commands set it for themselves too;
+# benchmarks/OPTIMISATIONS.md, "Threads on a busy machine"): set before torch loads in any process.
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # CPU build of torch unless a CUDA driver is present (a plain `torch` would pull a multi-GB CUDA wheel).
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
 
-.PHONY: install lock test-latest test lint demo bench bench-data bench-flow bench-ablation bench-threads clean
+.PHONY: install lock test-latest test lint docs demo bench bench-data bench-flow bench-ablation bench-threads clean
 
 install: $(STAMP)
 
@@ -24,7 +27,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 # Record the versions installed in .venv (after a `make test-latest` that passed, or a deliberate upgrade).
 lock:
-	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-|triton|pip|setuptools|wheel)[=-]' \
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-|triton|pip)[=-]' \
 		| sed '1i # Versions the test suite last passed with; `make install` installs these, `make lock` rewrites them.' \
 		> $(CONSTRAINTS)
 
@@ -52,6 +55,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+# The documentation site into site/ (open site/index.html); warnings are errors (mkdocs.yml: strict).
+# NO_MKDOCS_2_WARNING: Material's notice about MkDocs 2, printed on every build, says nothing about these pages.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 demo: $(STAMP)
 	$(PY) -m s2svr_lightning +task=demo
 
@@ -71,4 +79,4 @@ bench-threads: $(STAMP)
 	$(PY) benchmarks/threads.py --busy
 
 clean:
-	rm -rf $(VENV) $(LATEST) outputs multirun .pytest_cache
+	rm -rf $(VENV) $(LATEST) outputs multirun .pytest_cache site

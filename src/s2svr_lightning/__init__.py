@@ -7,16 +7,18 @@ stack load only when a name that needs them is first used).
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
 
-# Idle OpenMP threads sleep instead of spinning (unless the user chose a policy). Set before torch is
-# imported, which this package does lazily. On 2 cores beside another busy process, 2 spinning threads ran
-# a 64-channel 3x3 conv at 32x32 in 72-95 ms, 2 passive threads in 18-25 ms and 1 thread in 26-35 ms
-# (benchmarks/OPTIMISATIONS.md, "Threads on a busy machine").
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from s2svr_lightning import commands as _commands
 
-__version__ = "0.1.0"
+# Importing the library changes nothing process-wide. The commands set up their own process
+# (s2svr_lightning.commands.apply_process_settings): the console scripts in their entry points, and
+# `python -m s2svr_lightning[.<command>]` here, while Python locates the module it was started to run
+# (before the command's module imports torch).
+if _commands.started_as_module_command():
+    _commands.apply_process_settings()
+
+__version__ = _commands.package_version()
 
 _EXPORTS = {
     # networks

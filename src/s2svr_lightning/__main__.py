@@ -4,7 +4,8 @@ The tasks are the files of ``s2svr_lightning/conf/task`` (demo, demo_deblur, dem
 vsr_reds4, vsr_vimeo, cve_mfqe). The configs live in ``s2svr_lightning/conf`` (the repository's top-level
 ``conf`` links there) and are found by their absolute path, so this works from a checkout and from an
 installed wheel alike. The composed config is type-checked before torch or Lightning is imported; see
-``s2svr_lightning.pipeline`` for what runs.
+``s2svr_lightning.pipeline`` for what runs. ``--version`` prints the version before Hydra reads the
+command line.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from s2svr_lightning.commands import apply_process_settings, version_line
 from s2svr_lightning.conf import CONF_DIR, ConfigError, check_schema
 
 
@@ -57,6 +59,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    if "--version" in sys.argv[1:]:  # before Hydra, which would read it as an override
+        print(version_line())
+        sys.exit(0)
+    apply_process_settings()  # before anything imports torch
     _require_optional_plugins(sys.argv[1:])
     _hydra_main()
 

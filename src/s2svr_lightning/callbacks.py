@@ -10,6 +10,8 @@
   re-run resumes at the step reached.
 - :class:`PlainProgressBar`: one plain progress line every N steps when stdout is not a terminal
   (cluster logs), where a redrawn bar would fill the log with carriage returns.
+- :class:`StageProgressBar`: Lightning's bar on a terminal, counting the stage's steps under the stage's
+  name (Lightning's own counts the batches of an epoch, "Epoch 0/-2" in a run that is set in steps).
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from s2svr_lightning.atomic import atomic_write_bytes
 
-__all__ = ["AtomicCheckpointIO", "CheckpointOnInterrupt", "PlainProgressBar"]
+__all__ = ["AtomicCheckpointIO", "CheckpointOnInterrupt", "PlainProgressBar", "StageProgressBar"]
 
 
 def _is_local(path: str | os.PathLike) -> bool:
@@ -146,3 +148,46 @@ class PlainProgressBar(ProgressBar):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._line(f"test done: {self._test_batches} batches scored")
+
+
+# ------------------------------------------------------------------------------------- terminal progress
+class StageProgressBar(TQDMProgressBar):
+    """Lightning's progress bar on a terminal, counting the stage's steps under its name:
+    ``[teacher] 120/300 [00:40<01:00, 3.00step/s, train/loss_step=0.12]``.
+
+    Lightning's own bar counts the batches of each epoch and starts again every epoch; a stage set in
+    steps (``max_steps``) is one count from its first step to its last, resumed runs included. The
+    logger's version number (``v_num``) is left out.
+    """
+
+    def __init__(self, name: str, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.name = name
+
+    @property
+    def train_description(self) -> str:
+        return f"[{self.name}]"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        bar = self.train_progress_bar
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        if bar.total != total or bar.unit != "step":  # the stage's first epoch
+            bar.reset(total=total)
+            bar.unit = "step"
+            bar.initial = bar.n = trainer.global_step  # a resumed stage counts on from where it was
+            bar.refresh()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        bar = self.train_progress_bar
+        step = trainer.global_step
+        if bar is not None and self._should_update(step, bar.total or 0):
+            bar.n = step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+    def get_metrics(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics

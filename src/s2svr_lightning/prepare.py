@@ -22,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+from s2svr_lightning.commands import add_version_argument
+
 __all__ = ["main"]
 
 DATASETS = ("reds", "vimeo", "gopro", "mfqe")
@@ -32,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m s2svr_lightning.prepare",
         description="Prepare a benchmark dataset for training (or --check it).",
     )
+    add_version_argument(p)
     p.add_argument("dataset", choices=DATASETS, help="which benchmark")
     p.add_argument("root", help="the dataset folder (the one dataset.root points at)")
     p.add_argument("--check", action="store_true", help="only check the tree: report every problem")

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from s2svr_lightning.commands import add_version_argument
+
 __all__ = ["Job", "Report", "ReportError", "build_report", "find_jobs", "main", "plot_report"]
 
 DEFAULT_METRIC = "test.psnr"
@@ -321,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="One table of every job of a run or multirun sweep: overrides and final metrics, "
         "sorted by the optimised metric; optionally a plot of the metric against each swept value.",
     )
+    add_version_argument(p)
     p.add_argument("dir", help="a run dir (holding results.json) or a multirun sweep dir (<sweep>/<job>/)")
     p.add_argument("--format", choices=("md", "csv"), default="md", help="markdown (default) or CSV")
     p.add_argument(

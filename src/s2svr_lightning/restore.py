@@ -46,6 +46,7 @@ import torch
 
 from .atomic import AtomicOutput, atomic_write_text
 from .checkpoint import load_restorer
+from .commands import add_version_argument
 from .data.frames import FolderSink, FrameSource, VideoSink, open_source
 from .export import export_step
 from .inference import StreamingRestorer
@@ -306,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore a video (or a folder of frames) with an S2SVR restorer checkpoint, streaming: "
         "memory does not grow with the video's length and the output equals a whole-sequence pass.",
     )
+    add_version_argument(p)
     p.add_argument(
         "--ckpt", required=True, help="restorer checkpoint (<run>/restorer/checkpoints/final.ckpt)"
     )

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from s2svr_lightning.checkpoint import read_checkpoint, sub_state_dict
+from s2svr_lightning.console import ExpectedEvalModules
 from s2svr_lightning.lit.flow import (
     FlowModuleBase,
     build_flownet,
@@ -83,6 +84,7 @@ class StudentFlowModule(FlowModuleBase):
         super().__init__(**kwargs)
         self.teacher: torch.nn.Module | None = None
         self._teacher_loaded = False
+        self._frozen_teacher_in_eval = ExpectedEvalModules()
         if teacher_checkpoint is not None:
             self.teacher = build_flownet(self.hparams.flownet, self.hparams.flownet_overrides)
             self.teacher.requires_grad_(False)
@@ -161,6 +163,17 @@ class StudentFlowModule(FlowModuleBase):
                 f"teacher checkpoint not found: {self.hparams.teacher_checkpoint} (the student needs the "
                 "teacher stage's checkpoint, or a student checkpoint to resume from)"
             )
+        # the frozen teacher is in eval mode on purpose: no "modules in eval mode" warning for it
+        if self.teacher is not None:
+            self._frozen_teacher_in_eval.start(sum(1 for _ in self.teacher.modules()))
+
+    def on_train_start(self) -> None:
+        self._frozen_teacher_in_eval.stop()
+        super().on_train_start()
+
+    def teardown(self, stage: str) -> None:
+        self._frozen_teacher_in_eval.stop()
+        super().teardown(stage)
 
     # ---------------------------------------------------------------- Eq. 16
     def extra_losses(

@@ -42,6 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from s2svr_lightning.conf import TASKS, ConfigError, check_schema
+from s2svr_lightning.console import STAGE_PURPOSE, quiet_third_party
 from s2svr_lightning.models.s2svr import CHECKPOINTING
 from s2svr_lightning.pipeline.build import (
     FIT_STAGES,
@@ -361,25 +362,10 @@ def run(cfg: DictConfig) -> float | None:
     results.setdefault("checkpoints", {})
     results.setdefault("timings", {})
     write_json(out / "results.json", results)  # marks the folder as this task's run from the start
+    stages = list(cfg.stage.run)
     try:
-        for stage in cfg.stage.run:
-            # a stage may choose its own (the demo's tiny restorer runs faster on one thread than on two)
-            stage_threads = get(cfg, f"{stage}.threads")
-            if stage_threads is None:
-                process_threads.apply()
-            else:
-                set_threads(stage_threads)
-            started = time.perf_counter()
-            metrics, ran = RUNNERS[stage](cfg, out)
-            elapsed = time.perf_counter() - started
-            results[stage] = metrics
-            if stage in ("test", "predict"):
-                results["checkpoints"][stage] = metrics.get("checkpoint")
-            else:
-                results["checkpoints"][stage] = str(stage_paths(out, stage)[1])
-            if ran:  # seconds of this invocation (a resumed stage counts only its remaining part)
-                results["timings"][stage] = round(elapsed, 1)
-            write_json(out / "results.json", results)
+        with quiet_third_party():
+            _run_stages(cfg, out, stages, results, process_threads)
     finally:
         wandb = sys.modules.get("wandb")
         if wandb is not None and getattr(wandb, "run", None) is not None:
@@ -390,3 +376,29 @@ def run(cfg: DictConfig) -> float | None:
             + format_table(results, kind=str(cfg.kind))
         )
     return _optimized_metric(cfg, results)
+
+
+def _run_stages(
+    cfg: DictConfig, out: Path, stages: list[str], results: dict[str, Any], process_threads: _ThreadSetting
+) -> None:
+    """The stages in order, each announced with what it does; ``results.json`` after each."""
+    for number, stage in enumerate(stages, 1):
+        count = f"stage {number} of {len(stages)}: " if len(stages) > 1 else ""
+        say(f"[{stage}] {count}{STAGE_PURPOSE.get(stage, stage)}")
+        # a stage may choose its own (the demo's tiny restorer runs faster on one thread than on two)
+        stage_threads = get(cfg, f"{stage}.threads")
+        if stage_threads is None:
+            process_threads.apply()
+        else:
+            set_threads(stage_threads)
+        started = time.perf_counter()
+        metrics, ran = RUNNERS[stage](cfg, out)
+        elapsed = time.perf_counter() - started
+        results[stage] = metrics
+        if stage in ("test", "predict"):
+            results["checkpoints"][stage] = metrics.get("checkpoint")
+        else:
+            results["checkpoints"][stage] = str(stage_paths(out, stage)[1])
+        if ran:  # seconds of this invocation (a resumed stage counts only its remaining part)
+            results["timings"][stage] = round(elapsed, 1)
+        write_json(out / "results.json", results)

@@ -20,7 +20,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from s2svr_lightning.callbacks import AtomicCheckpointIO, CheckpointOnInterrupt, PlainProgressBar
+from s2svr_lightning.callbacks import (
+    AtomicCheckpointIO,
+    CheckpointOnInterrupt,
+    PlainProgressBar,
+    StageProgressBar,
+)
 from s2svr_lightning.conf import ConfigError
 from s2svr_lightning.pipeline.common import get
 from s2svr_lightning.pipeline.loggers import build_loggers, logger_nodes
@@ -203,6 +208,7 @@ def build_callbacks(
     mode = cfg.callbacks.progress_bar
     if mode == "auto":
         if sys.stdout.isatty():
+            callbacks.append(StageProgressBar(stage))
             return callbacks, True
         callbacks.append(PlainProgressBar(int(cfg.callbacks.progress_every_n_steps), name=stage))
         return callbacks, True
