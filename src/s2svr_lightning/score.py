@@ -323,7 +323,7 @@ def score(
     seq_rows = [{"sequence": k, **v} for k, v in sorted(video.per_sequence().items())]
     frame_rows = [{**r, "name": names[r["sequence"]][r["frame"]]} for r in video.per_frame()]
     if temporal != "off":
-        overall.update({k: float(v) for k, v in temp.compute().items()})
+        overall.update(temp.summary())
         per_seq_t = temp.per_sequence()
         seq_rows = [{**r, **per_seq_t.get(r["sequence"], {})} for r in seq_rows]
         frame_rows = merge_rows(frame_rows, temp.per_frame())

@@ -68,6 +68,7 @@ __all__ = [
     "merge_rows",
     "pair_scores",
     "plot_sequence",
+    "temporal_metrics",
     "warping_error",
 ]
 
@@ -431,16 +432,21 @@ class TemporalMetrics(Metric):
             self.tof.append(scores["tof"].to(self.device))
 
     # ------------------------------------------------------------------ results
-    def _rows(self) -> list[tuple[str, int, float, float]]:
-        """``(sequence, frame, warp_error, tof)`` per scored frame over all ranks, once each, sorted."""
+    def _rows(self, sync: bool = True) -> list[tuple[str, int, float, float]]:
+        """``(sequence, frame, warp_error, tof)`` per scored frame over all ranks, once each, sorted
+        (``sync=False``: the states are synced already, as inside :meth:`compute`)."""
 
         def cat(x: Any) -> torch.Tensor:
             if isinstance(x, list):
                 return torch.cat(x).cpu() if x else torch.empty(0)
             return x.cpu()
 
-        with self.sync_context():  # no-op outside DDP
-            s = {n: cat(getattr(self, n)) for n in ("seq_ids", "frame_ids", "warp_error", "tof")}
+        states = ("seq_ids", "frame_ids", "warp_error", "tof")
+        if sync:
+            with self.sync_context():  # no-op outside DDP
+                s = {n: cat(getattr(self, n)) for n in states}
+        else:
+            s = {n: cat(getattr(self, n)) for n in states}
         names = dict(self._names)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[dict[int, str] | None] = [None] * torch.distributed.get_world_size()
@@ -468,25 +474,49 @@ class TemporalMetrics(Metric):
         return result
 
     def per_sequence(self) -> dict[str, dict[str, float]]:
-        """``{key: {"warp_error"[, "tof"]}}``: means over each sequence's scored pairs."""
-        groups: dict[str, list[tuple[float, float]]] = {}
-        for seq, _, w, o in self._rows():
-            groups.setdefault(seq, []).append((w, o))
-        return {seq: _means(pairs) for seq, pairs in groups.items()}
+        """``{key: {"warp_error"[, "tof"]}}``: means over each sequence's scored pairs. Under DDP every
+        rank must call it."""
+        return _per_sequence(self._rows())
+
+    def summary(self) -> dict[str, float]:
+        """``{"warp_error"[, "tof"]}`` over all sequences with the metrics' reduction (empty when nothing
+        was scored, e.g. ``auto`` without exact flow). Under DDP every rank must call it."""
+        return self._summary(self._rows())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``{"warp_error"[, "tof"]}`` over all sequences with the metrics' reduction (empty if none)."""
-        rows = self._rows()
+        """:meth:`summary` as float64 tensors (torchmetrics' ``compute``, on states it has synced)."""
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in self._summary(self._rows(False)).items()}
+
+    def _summary(self, rows: list[tuple[str, int, float, float]]) -> dict[str, float]:
         if self.reduction == "frame":
-            means = _means([(w, o) for _, _, w, o in rows])
-        else:
-            per_seq = self.per_sequence().values()
-            means = {}
-            for name in ("warp_error", "tof"):
-                values = [row[name] for row in per_seq if name in row]
-                if values:
-                    means[name] = sum(values) / len(values)
-        return {k: torch.tensor(v, dtype=torch.float64) for k, v in means.items()}
+            return _means([(w, o) for _, _, w, o in rows])
+        per_seq = _per_sequence(rows).values()
+        means = {}
+        for name in ("warp_error", "tof"):
+            values = [row[name] for row in per_seq if name in row]
+            if values:
+                means[name] = sum(values) / len(values)
+        return means
+
+
+def _per_sequence(rows: Sequence[tuple[str, int, float, float]]) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for seq, _, w, o in rows:
+        groups.setdefault(seq, []).append((w, o))
+    return {seq: _means(pairs) for seq, pairs in groups.items()}
+
+
+def temporal_metrics(
+    metrics: Mapping[str, Any], mode: str = "auto", flow: str | os.PathLike | None = "tvl1"
+) -> TemporalMetrics:
+    """A :class:`TemporalMetrics` from config values: the task's ``metrics`` conventions, the mode
+    (``test.temporal``) and the estimator (``test.flow``), loaded only for the modes that use it."""
+    if mode not in TEMPORAL_MODES:
+        raise ValueError(f"expected a temporal mode in {TEMPORAL_MODES}, got {mode!r}")
+    estimator = flow_estimator(flow) if mode in ("warp", "full") else None
+    if mode in ("warp", "full") and estimator is None:
+        raise ValueError(f"expected a flow estimator (tvl1 or a checkpoint) for temporal mode {mode!r}")
+    return TemporalMetrics(**dict(metrics), mode=mode, estimator=estimator)
 
 
 def _means(pairs: Sequence[tuple[float, float]]) -> dict[str, float]:
