@@ -59,6 +59,7 @@ from s2svr_lightning.utils import expect_shape
 __all__ = [
     "TEMPORAL_MODES",
     "NetworkFlow",
+    "PairStream",
     "TVL1Flow",
     "TemporalMetrics",
     "consistency_mask",
@@ -504,6 +505,42 @@ def _per_sequence(rows: Sequence[tuple[str, int, float, float]]) -> dict[str, di
     for seq, _, w, o in rows:
         groups.setdefault(seq, []).append((w, o))
     return {seq: _means(pairs) for seq, pairs in groups.items()}
+
+
+class PairStream:
+    """Temporal scores of frames arriving one at a time (``restore --reference --temporal``).
+
+    Args:
+        mode: ``"warp"`` (warping error) or ``"full"`` (and tOF).
+        estimator: the flow estimator (flow is estimated on the reference).
+        y_channel, border: the task's metric conventions.
+    """
+
+    def __init__(self, *, mode: str, estimator: FlowFn, y_channel: bool = False, border: int = 0) -> None:
+        if mode not in ("warp", "full"):
+            raise ValueError(f"expected temporal mode 'warp' or 'full', got {mode!r}")
+        self.mode, self.estimator = mode, estimator
+        self.y_channel, self.border = bool(y_channel), int(border)
+        self._previous: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def push(self, out: torch.Tensor, ref: torch.Tensor) -> dict[str, float] | None:
+        """Frame ``t``: ``out`` and ``ref`` ``(3, H, W)``; returns ``{"warp_error", "tof"}`` of the pair
+        ``(t-1, t)`` (``tof`` NaN for ``"warp"``), or None for the first frame."""
+        expect_shape(out, "(3, H, W)", "out")
+        previous, self._previous = self._previous, (out, ref)
+        if previous is None:
+            return None
+        scores = pair_scores(
+            previous[0][None],
+            out[None],
+            previous[1][None],
+            ref[None],
+            estimator=self.estimator,
+            tof=self.mode == "full",
+            y_channel=self.y_channel,
+            border=self.border,
+        )
+        return {k: float(v[0]) for k, v in scores.items()}
 
 
 def temporal_metrics(
