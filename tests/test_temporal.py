@@ -160,3 +160,15 @@ def test_the_restorer_test_stage_reports_the_warping_error_per_sequence(syntheti
     (row,) = module.test_per_sequence.values()
     assert row["warp_error"] > 0 and "psnr" in row and "tof" not in row  # auto: exact flow, no tOF
     assert result["test/warp_error"] == pytest.approx(row["warp_error"], rel=1e-6)
+
+
+def test_a_checkpoint_flow_net_is_an_estimator(restorer_ckpt):
+    from s2svr_lightning.temporal import NetworkFlow, flow_estimator
+
+    estimator = flow_estimator(restorer_ckpt)
+    assert isinstance(estimator, NetworkFlow)
+    ref = _static(3)
+    flow = estimator(ref[:-1], ref[1:])
+    assert flow.shape == (2, 2, 32, 32) and torch.isfinite(flow).all()
+    scores = pair_scores(ref[:-1], ref[1:], ref[:-1], ref[1:], estimator=estimator, tof=True)
+    assert torch.equal(scores["tof"], torch.zeros(2, dtype=torch.float64))  # same frames, same flow
