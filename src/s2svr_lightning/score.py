@@ -350,42 +350,43 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def _fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-" if value is None else str(value)
-    return format(value, spec)
+def _fmt(value: Any, spec: str, width: int) -> str:
+    """``value`` as ``spec``, right-aligned in ``width``; ``-`` if missing, ``inf`` for identical frames."""
+    if value is None:
+        return "-".rjust(width)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).rjust(width)
+    return format(value, spec).rjust(width)
 
 
 def summary_table(result: ScoreResult) -> str:
     """The per-sequence rows and the overall line, as printed."""
     s = result.summary
     conv = s["conventions"]
-    head = (
-        f"{'sequence':<20} {'frames':>6} {'PSNR':>8} {'SSIM':>7} {'warp err':>10} {'tOF':>7}"
-        if conv["temporal"] != "off"
-        else f"{'sequence':<20} {'frames':>6} {'PSNR':>8} {'SSIM':>7}"
-    )
-    lines = [head]
+    columns = [("PSNR", "psnr", ".3f", 8), ("SSIM", "ssim", ".4f", 7)]
+    if conv["temporal"] != "off":
+        columns.append(("warp err", "warp_error", ".3e", 10))
+    if conv["temporal"] == "full":
+        columns.append(("tOF", "tof", ".3f", 7))
 
-    def line(name: str, row: Mapping[str, Any]) -> str:
-        text = f"{name:<20} {row['frames']:>6} {_fmt(row['psnr'], '8.3f')} {_fmt(row['ssim'], '7.4f')}"
-        if conv["temporal"] != "off":
-            text += f" {_fmt(row.get('warp_error'), '10.3e')} {_fmt(row.get('tof'), '7.3f')}"
-        return text
+    def line(name: str, frames: Any, row: Mapping[str, Any]) -> str:
+        cells = [_fmt(row.get(key), spec, width) for _, key, spec, width in columns]
+        return " ".join([f"{name:<20}", f"{frames:>6}", *cells])
 
-    for row in result.per_sequence:
-        lines.append(line(str(row["sequence"])[:20], row))
+    lines = [" ".join([f"{'sequence':<20}", f"{'frames':>6}", *(f"{h:>{w}}" for h, _, _, w in columns)])]
+    lines += [line(str(row["sequence"])[:20], row["frames"], row) for row in result.per_sequence]
     mean = "mean" if conv["reduction"] == "sequence" else "pooled frames"
-    lines.append(line(mean, {**s, "frames": int(s["num_frames"])}))
-    channel = "Y (BT.601)" if conv["y_channel"] else "RGB"
-    lines.append(
-        f"{channel}, border {conv['border']}, reduction {conv['reduction']}; "
-        + (
-            f"warping error: MSE on [0, 1] under GT's flow ({conv['flow']}), tOF: mean EPE in px"
-            if conv["temporal"] != "off"
-            else "temporal metrics off"
-        )
-    )
+    lines.append(line(mean, int(s["num_frames"]), s))
+    notes = [
+        "Y (BT.601)" if conv["y_channel"] else "RGB",
+        f"border {conv['border']}",
+        f"reduction {conv['reduction']}",
+    ]
+    if conv["temporal"] != "off":
+        notes.append(f"warping error: MSE on [0, 1] under GT's flow ({conv['flow']})")
+    if conv["temporal"] == "full":
+        notes.append("tOF: mean EPE in px")
+    lines.append("; ".join(notes))
     return "\n".join(lines)
 
 
