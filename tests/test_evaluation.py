@@ -67,7 +67,9 @@ def test_saved_frames_rescore_to_the_reported_psnr_once_per_frame_despite_overla
         "ssim",
         "baseline_psnr",
         "baseline_ssim",
+        "warp_error",  # the synthetic test data has exact flow: test.temporal=auto scores it
     ]
+    assert [r["warp_error"] == "" for r in frame_rows] == [int(r["frame"]) == 0 for r in frame_rows]
     rescored: dict[str, list[float]] = {}
     for row in frame_rows:
         index, t = [source.key(i) for i in range(len(source))].index(row["sequence"]), int(row["frame"])

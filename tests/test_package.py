@@ -22,7 +22,7 @@ from s2svr_lightning import commands
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
-COMMANDS = ("s2svr-train", "s2svr-restore", "s2svr-prepare", "s2svr-report")
+COMMANDS = ("s2svr-train", "s2svr-restore", "s2svr-prepare", "s2svr-report", "s2svr-score")
 MODULES = ("s2svr_lightning", "s2svr_lightning.restore", "s2svr_lightning.prepare", "s2svr_lightning.report")
 
 
@@ -210,7 +210,7 @@ def test_importing_the_library_changes_nothing_process_wide():
     # the third-party packages first: what they do when imported (Lightning sets two torch variables)
     # is theirs; then every module of this package and every public name
     code = """
-        import importlib, json, logging, os, warnings
+        import importlib, json, logging, os, pkgutil, warnings
         import hydra, lightning, matplotlib, numpy, omegaconf, torch, torchmetrics
 
         def state():
@@ -230,12 +230,8 @@ def test_importing_the_library_changes_nothing_process_wide():
 
         before = state()
         import s2svr_lightning
-        for name in (
-            "models", "losses", "metrics", "task", "checkpoint", "inference", "export", "data", "lit",
-            "callbacks", "evaluation", "pipeline", "restore", "restore_batch", "prepare", "report",
-            "console", "commands", "compilation", "flow_viz", "__main__",
-        ):
-            importlib.import_module(f"s2svr_lightning.{name}")
+        for module in pkgutil.walk_packages(s2svr_lightning.__path__, "s2svr_lightning."):
+            importlib.import_module(module.name)
         for name in s2svr_lightning.__all__:
             getattr(s2svr_lightning, name)
         after = state()

@@ -10,7 +10,10 @@
   the frames the benchmark scores are written (Vimeo-90K-T: the centre frame), each once although chunks
   of a sequence overlap.
 - ``<output_dir>/per_sequence.csv`` and ``<output_dir>/per_frame.csv``: the scores of
-  :class:`~s2svr_lightning.metrics.VideoMetrics` per sequence and per frame (with the baseline's).
+  :class:`~s2svr_lightning.metrics.VideoMetrics` per sequence and per frame (with the baseline's), and
+  the warping error / tOF of the module's ``test_temporal`` where it scored them
+  (:mod:`s2svr_lightning.temporal`), with (``save_images``) ``<output_dir>/plots/<sequence key>.png``:
+  PSNR and warping error over the frames.
 
 Under DDP each rank writes the PNGs of its own sequences and rank 0 the CSVs, after the metrics are
 gathered from every rank. Every file is written atomically (temporary file, then rename).
@@ -31,12 +34,15 @@ from lightning.pytorch.callbacks import Callback
 
 from s2svr_lightning.atomic import atomic_write_bytes
 from s2svr_lightning.metrics import VideoMetrics
+from s2svr_lightning.temporal import merge_rows, plot_sequence
 from s2svr_lightning.utils import to_uint8_frames
 
 __all__ = ["TestOutputWriter"]
 
 _SEQUENCE_COLUMNS = ("sequence", "frames", "psnr", "ssim", "baseline_psnr", "baseline_ssim")
 _FRAME_COLUMNS = ("sequence", "frame", "name", "psnr", "ssim", "baseline_psnr", "baseline_ssim")
+# the warping error and tOF of s2svr_lightning.temporal, where the test stage scores them
+_SEQUENCE_COLUMNS, _FRAME_COLUMNS = (c + ("warp_error", "tof") for c in (_SEQUENCE_COLUMNS, _FRAME_COLUMNS))
 
 
 def _relative_key(key: str) -> PurePosixPath:
@@ -153,6 +159,11 @@ class TestOutputWriter(Callback):
         metrics: VideoMetrics = pl_module.test_metrics
         per_sequence = metrics.per_sequence()
         per_frame = metrics.per_frame()
+        temporal = getattr(pl_module, "test_temporal", None)
+        if temporal is not None:
+            per_frame = merge_rows(per_frame, temporal.per_frame())
+            for key, row in temporal.per_sequence().items():
+                per_sequence.setdefault(key, {}).update(row)
         names = self._all_names()
         if not trainer.is_global_zero:
             return
@@ -164,3 +175,7 @@ class TestOutputWriter(Callback):
         seq_csv, frame_csv = _csv_bytes(seq_rows, _SEQUENCE_COLUMNS), _csv_bytes(frame_rows, _FRAME_COLUMNS)
         atomic_write_bytes(self.output_dir / "per_sequence.csv", lambda f: f.write(seq_csv))
         atomic_write_bytes(self.output_dir / "per_frame.csv", lambda f: f.write(frame_csv))
+        if self.save_images and any("warp_error" in row for row in frame_rows):  # PSNR, warping error
+            for key in per_sequence:
+                rows = [row for row in frame_rows if row["sequence"] == key]
+                plot_sequence(self.output_dir / "plots" / f"{_relative_key(key)}.png", rows, title=key)

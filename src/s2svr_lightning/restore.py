@@ -77,6 +77,8 @@ class RestoreSummary:
     ssim: list[float] = field(default_factory=list)
     baseline_psnr: list[float] = field(default_factory=list)
     baseline_ssim: list[float] = field(default_factory=list)
+    warp_error: list[float] = field(default_factory=list)  # --temporal (s2svr_lightning.temporal)
+    tof: list[float] = field(default_factory=list)
 
     @property
     def fps(self) -> float:
@@ -99,6 +101,8 @@ class RestoreSummary:
             "seconds": self.seconds,
             "video_fps": self.video_fps,
             "per_frame_psnr": list(self.psnr),
+            **({"warp_error": mean(self.warp_error), "tof": mean(self.tof)} if self.warp_error else {}),
+            **({"per_frame_warp_error": list(self.warp_error)} if self.warp_error else {}),
         }
 
 
@@ -148,11 +152,14 @@ def restore_video(
     progress: bool = True,
     net_and_task: tuple[Any, Task] | None = None,
     compile: bool = False,
+    temporal: str = "off",
+    flow: str | os.PathLike = "tvl1",
 ) -> RestoreSummary:
     """Restore ``input`` into ``output`` frame by frame (the function behind the command line).
 
-    Args mirror the command's options; ``net_and_task`` gives an already loaded ``(net, Task)``
-    instead of reading ``ckpt``. Returns a :class:`RestoreSummary`.
+    Args mirror the command's options (``temporal``: ``"off"``, ``"warp"`` or ``"full"``, with the
+    ``flow`` estimator: :mod:`s2svr_lightning.temporal`); ``net_and_task`` gives an already loaded
+    ``(net, Task)`` instead of reading ``ckpt``. Returns a :class:`RestoreSummary`.
 
     A video output keeps the source video's timestamps (unless ``fps`` retimes it or ``degrade`` makes
     fewer frames), colour description and, with ``audio``, its audio streams (not when ``fps`` retimes).
@@ -212,6 +219,13 @@ def restore_video(
     summary = RestoreSummary(frames=0, seconds=0.0, output=str(out_path), video_fps=float(video_fps))
     scored = degrade or reference is not None
     pending: deque[tuple[torch.Tensor | None, torch.Tensor | None]] = deque()
+    temporal_scores = None
+    if scored and temporal != "off":  # warping error / tOF of consecutive frames (s2svr_lightning.temporal)
+        from .temporal import PairStream, flow_estimator
+
+        temporal_scores = PairStream(
+            mode=temporal, estimator=flow_estimator(flow), y_channel=task.y_channel, border=task.border
+        )
 
     bar = _progress(total, progress, in_path.name)
     start = time.perf_counter()
@@ -249,6 +263,10 @@ def restore_video(
                     summary.ssim.append(float(ssim(restored, ref, **kw)[0]))
                     summary.baseline_psnr.append(float(psnr(base, ref, **kw)[0]))
                     summary.baseline_ssim.append(float(ssim(base, ref, **kw)[0]))
+                    pair = temporal_scores.push(restored, ref) if temporal_scores is not None else None
+                    if pair is not None:
+                        summary.warp_error.append(pair["warp_error"])
+                        summary.tof.append(pair["tof"])
                 summary.frames += 1
                 if bar is not None:
                     bar.update(1)
@@ -365,6 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--degrade-chunk", type=int, default=32, help="compressed video: frames per HEVC stream (default 32)"
     )
     p.add_argument(
+        "--temporal",
+        choices=("off", "warp", "full"),
+        default="off",
+        help="with --reference / --degrade: also the warping error (warp) and tOF (full) of consecutive "
+        "frames, flow estimated on the reference by --flow (see s2svr-score; default off)",
+    )
+    p.add_argument(
+        "--flow", default="tvl1", help="--temporal's flow estimator: tvl1 (default) or a flow checkpoint"
+    )
+    p.add_argument(
         "--metrics-json",
         default=None,
         help="write the scores and speed to this JSON file (batch: one entry per input)",
@@ -451,6 +479,8 @@ def _restore_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "audio_codec": args.audio_codec,
         "fps": args.fps,
         "progress": not args.no_progress,
+        "temporal": args.temporal,
+        "flow": args.flow,
     }
 
 
@@ -493,6 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\nPSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} "
             f"(baseline {metrics['baseline_psnr']:.2f} dB, {metrics['baseline_ssim']:.4f})"
         )
+    if metrics.get("warp_error") is not None:
+        line += f"\nwarping error {metrics['warp_error']:.3e} (MSE on [0, 1])"
+        line += f", tOF {metrics['tof']:.3f} px" if math.isfinite(metrics["tof"]) else ""
     print(line)
     if args.metrics_json is not None:
         write_json(Path(args.metrics_json), metrics)

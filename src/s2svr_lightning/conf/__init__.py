@@ -132,7 +132,16 @@ Schema = _typed(
     teacher=_typed("TeacherSchema", **_FIT_STAGE, module=_Open),
     student=_typed("StudentSchema", **_FIT_STAGE, module=_Open),
     restorer=_typed("RestorerSchema", **_FIT_STAGE, flow_from_student=bool, module=_Open),
-    test=_typed("TestSchema", ckpt=str, limit_batches=Any, save_outputs=bool, save_images=bool, data=_Open),
+    test=_typed(
+        "TestSchema",
+        ckpt=str,
+        limit_batches=Any,
+        save_outputs=bool,
+        save_images=bool,
+        temporal=str,
+        flow=str,
+        data=_Open,
+    ),
     predict=_typed(
         "PredictSchema",
         input=str | None,

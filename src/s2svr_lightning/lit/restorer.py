@@ -30,6 +30,7 @@ from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import charbonnier_loss
 from s2svr_lightning.metrics import VideoMetrics
 from s2svr_lightning.task import Task
+from s2svr_lightning.temporal import TemporalMetrics
 from s2svr_lightning.utils import to_float_frames, to_plain
 
 __all__ = ["RestorerModule"]
@@ -215,6 +216,9 @@ class RestorerModule(L.LightningModule):
             self.compiled = compile_restorer(self.net, backend=backend, training_only=True)
         self.val_metrics = VideoMetrics(**task.metric_options)
         self.test_metrics = VideoMetrics(**task.metric_options)
+        # warping error / tOF of the test stage (s2svr_lightning.temporal); "auto": only where the test
+        # data has exact flow (cheap); the pipeline sets it from test.temporal / test.flow
+        self.test_temporal = TemporalMetrics(**task.metric_options, mode="auto")
         self.test_per_sequence: dict[str, dict[str, float]] = {}
         self._flow_trainable: bool | None = None
 
@@ -382,6 +386,10 @@ class RestorerModule(L.LightningModule):
         ``output`` ``(B, T, 3, H, W)`` (unclamped), ``key`` and the batch's ``frames``, ``score`` and
         ``frame_names`` where it has them."""
         out, keys = self._evaluate(batch, batch_idx, self.test_metrics, "test")
+        self.test_temporal.update(
+            out, batch["hq"].float(), keys, frame_index=batch.get("frames"), mask=batch.get("score"),
+            flow=batch.get("flow"), flow_valid=batch.get("flow_valid"),
+        )  # fmt: skip
         return _step_outputs(batch, out, keys)
 
     def predict_step(self, batch: Mapping[str, Any] | torch.Tensor, batch_idx: int) -> dict[str, Any]:
@@ -404,6 +412,11 @@ class RestorerModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
         self.test_per_sequence = self.test_metrics.per_sequence()
         self.test_metrics.reset()
+        temporal = {f"test/{k}": v for k, v in self.test_temporal.summary().items()}
+        self.log_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in temporal.items()}, sync_dist=False)
+        for key, row in self.test_temporal.per_sequence().items():
+            self.test_per_sequence.setdefault(key, {}).update(row)
+        self.test_temporal.reset()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "s2svr_flow" not in checkpoint:

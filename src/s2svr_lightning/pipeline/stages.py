@@ -263,6 +263,12 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     module = cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
     # score with this run's benchmark conventions (a checkpoint may come from another task's run)
     module.test_metrics = type(module.test_metrics)(**to_plain(cfg.metrics))
+    try:  # warping error / tOF (s2svr_lightning.temporal): test.temporal, test.flow
+        from s2svr_lightning.temporal import temporal_metrics
+
+        module.test_temporal = temporal_metrics(to_plain(cfg.metrics), str(cfg.test.temporal), cfg.test.flow)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"test.temporal={cfg.test.temporal} test.flow={cfg.test.flow}: {err}") from None
     trainer = build_trainer(cfg, "test", out, extra_callbacks=_test_output_writer(cfg, out))
     limit = get(cfg, "debug.limit_test_batches")
     limit = get(cfg, "test.limit_batches") if limit is None else limit
