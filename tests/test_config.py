@@ -192,7 +192,7 @@ def test_a_trainer_option_typo_fails_before_training():
 def test_multirun_turns_subprocess_ddp_into_spawn(monkeypatch):
     hw = OmegaConf.create({"strategy": "ddp", "devices": 8, "num_nodes": 1})
     assert resolve_strategy(hw)._start_method == "popen"
-    monkeypatch.setattr(pipeline, "_multirun", lambda: True)
+    monkeypatch.setattr(pipeline.build, "_multirun", lambda: True)
     strategy = resolve_strategy(hw, find_unused_parameters=True)
     assert strategy._start_method == "spawn"
     assert strategy._ddp_kwargs["find_unused_parameters"] is True

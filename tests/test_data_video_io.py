@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from s2svr_lightning.data import DatasetError
-from s2svr_lightning.data.video_io import (
+from s2svr_lightning.data.media.video_io import (
     VideoReader,
     VideoStore,
     VideoWriter,
@@ -35,7 +35,7 @@ FORMATS = [
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from s2svr_lightning.data.video_io import VideoWriter
+    from s2svr_lightning.data.media.video_io import VideoWriter
 
     folder = tmp_path_factory.mktemp("videos")
     rng = np.random.default_rng(0)

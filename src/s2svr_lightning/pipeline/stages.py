@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from s2svr_lightning.atomic import write_json
 from s2svr_lightning.conf import ConfigError
 from s2svr_lightning.pipeline.build import (
     build_datamodule,
@@ -28,7 +29,7 @@ from s2svr_lightning.pipeline.build import (
     module_class,
     module_option,
 )
-from s2svr_lightning.pipeline.common import get, say, stage_steps, write_json
+from s2svr_lightning.pipeline.common import get, is_global_zero, say, stage_steps
 from s2svr_lightning.pipeline.loggers import log_table
 from s2svr_lightning.utils import to_plain
 
@@ -172,7 +173,8 @@ def _fit_stage(
     if best is not None:
         metrics["best"] = best
     # metrics first, then the final checkpoint: the checkpoint is the "finished" marker
-    write_json(metrics_file, metrics)
+    if is_global_zero():
+        write_json(metrics_file, metrics, finite=False)
     trainer.save_checkpoint(final, weights_only=False)  # full state: training can go on from it
     return metrics, True
 
@@ -276,7 +278,8 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     metrics["saved_outputs"] = save_outputs
     metrics["per_sequence"] = module.test_per_sequence
     log_table(trainer.loggers, "test/per_sequence", module.test_per_sequence)
-    write_json(metrics_file, metrics)
+    if is_global_zero():
+        write_json(metrics_file, metrics, finite=False)
     return metrics, True
 
 
@@ -306,9 +309,11 @@ def check_predict(cfg: DictConfig) -> tuple[Path, Path | None]:
 
 
 def run_predict(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
-    """Restore ``predict.input`` with ``ckpt.restorer`` through :func:`~s2svr_lightning.restore.restore_video`
-    (the streaming path of the ``restore`` command)."""
-    from s2svr_lightning.restore import restore_video
+    """Restore ``predict.input`` with ``ckpt.restorer`` through
+    :func:`~s2svr_lightning.restore.run.restore_video` (the streaming path of the ``restore`` command), with
+    the :class:`~s2svr_lightning.restore.options.RestoreOptions` that ``predict.*`` sets."""
+    from s2svr_lightning.restore.options import RestoreOptions
+    from s2svr_lightning.restore.run import restore_video
 
     source, target = check_predict(cfg)
     if target is None:
@@ -318,18 +323,16 @@ def run_predict(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     say(f"[predict] restoring {source} -> {target} with {cfg.ckpt.restorer}")
+    options = RestoreOptions(
+        device=device,
+        precision=str(cfg.predict.precision),
+        tile=get(cfg, "predict.tile"),
+        overwrite=bool(cfg.predict.overwrite),
+        progress=False,
+        compile=bool(cfg.predict.compile),
+    )
     try:
-        summary = restore_video(
-            cfg.ckpt.restorer,
-            source,
-            target,
-            device=device,
-            precision=str(cfg.predict.precision),
-            tile=get(cfg, "predict.tile"),
-            overwrite=bool(cfg.predict.overwrite),
-            progress=False,
-            compile=bool(cfg.predict.compile),
-        )
+        summary = restore_video(cfg.ckpt.restorer, source, target, options)
     except FileExistsError as err:
         raise ConfigError(f"predict.output: {err} (here: predict.overwrite=true)") from None
     except (ValueError, FileNotFoundError) as err:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DatasetError
-from ..image_io import natural_key
+from ..media.image_io import natural_key
 from .common import Report, SequenceCheck, check_frame_pair, run_checks, say
 
 __all__ = ["prepare_gopro", "check_gopro"]

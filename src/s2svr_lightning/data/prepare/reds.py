@@ -15,7 +15,7 @@ from pathlib import Path
 from ...task import default_scale
 from ..datasets.reds import REDS4_CLIPS
 from ..errors import DatasetError
-from ..image_io import natural_key
+from ..media.image_io import natural_key
 from .common import Report, SequenceCheck, atomic_rename, check_frame_pair, progress, run_checks, say
 
 __all__ = ["prepare_reds", "check_reds", "VAL_OFFSET"]

@@ -18,8 +18,8 @@ import torch
 from ...task import default_scale
 from ..degradations import bicubic_downsample
 from ..errors import DatasetError
-from ..image_io import frames_to_tensor, read_image
-from .common import Report, SequenceCheck, check_frame_pair, progress, run_checks, say, write_png
+from ..media.image_io import frames_to_tensor, read_image, write_png
+from .common import Report, SequenceCheck, check_frame_pair, progress, run_checks, say
 
 __all__ = ["prepare_vimeo", "check_vimeo", "read_lists"]
 

@@ -15,7 +15,7 @@ Reading (:class:`VideoReader`) uses one of three backends per file (``"auto"``: 
   the only safe choice for AVI files with inter-frame codecs, whose timestamps are garbled: decord returns
   wrong frames there (dmlc/decord#252) and PyAV's seeking fails too.
 
-Writing (:class:`~s2svr_lightning.data.video_writer.VideoWriter`, re-exported here) goes through PyAV
+Writing (:class:`~s2svr_lightning.data.media.video_writer.VideoWriter`, re-exported here) goes through PyAV
 and stores the frame rate exactly (pass the reader's ``fps``, a ``Fraction``), and, given them, the
 reader's ``time_base`` and per-frame timestamps (:meth:`VideoReader.iter_timed_frames`), ``color`` and
 the file's audio. Missing, unreadable, truncated or corrupt files raise
@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets.base import Crop, FrameStore
-from .errors import DatasetError
+from ..errors import DatasetError
 from .image_io import frames_to_tensor, list_frame_files, read_image
+from .store import Crop, FrameStore
 from .video_writer import VideoColor, VideoWriter
 
 __all__ = [
@@ -139,7 +139,7 @@ class VideoReader:
     Attributes:
         fps: frame rate as a ``Fraction`` (exact, e.g. 30000/1001; the average for variable rates).
         time_base: the video stream's time base (the unit of :meth:`iter_timed_frames`' timestamps).
-        color: the stream's colour description (:class:`~s2svr_lightning.data.video_writer.VideoColor`).
+        color: the stream's colour description (:class:`~s2svr_lightning.data.media.video_writer.VideoColor`).
         has_audio: the file has audio streams.
         size: ``(H, W)``.
         backend: the backend in use for random access.
