@@ -333,7 +333,7 @@ def test_datamodule_callbacks_loggers_and_trainer_are_chosen_from_config(tmp_pat
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
     from lightning.pytorch.loggers import CSVLogger
 
-    from s2svr_lightning.callbacks import PlainProgressBar
+    from s2svr_lightning.lit.callbacks import PlainProgressBar
     from s2svr_lightning.pipeline.build import build_datamodule, build_trainer
     from s2svr_lightning.pipeline.loggers import StageWandbLogger
 

@@ -26,7 +26,7 @@ _EXPORTS = {
     "DatasetError": ".errors",
     "VideoReader": ".media.video_io",
     "VideoWriter": ".media.video_io",
-    "read_frame_folder": ".media.video_io",
+    "read_frame_folder": ".media.image_io",
     "read_image": ".media.image_io",
     "list_frame_files": ".media.image_io",
     "FrameSource": ".media.frames",

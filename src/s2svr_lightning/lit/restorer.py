@@ -378,7 +378,7 @@ class RestorerModule(L.LightningModule):
         self.val_metrics.reset()
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Score a batch; returns what :class:`~s2svr_lightning.evaluation.TestOutputWriter` saves:
+        """Score a batch; returns what :class:`~s2svr_lightning.lit.evaluation.TestOutputWriter` saves:
         ``output`` ``(B, T, 3, H, W)`` (unclamped), ``key`` and the batch's ``frames``, ``score`` and
         ``frame_names`` where it has them."""
         out, keys = self._evaluate(batch, batch_idx, self.test_metrics, "test")

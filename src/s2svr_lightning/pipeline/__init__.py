@@ -51,7 +51,7 @@ from s2svr_lightning.pipeline.build import (
     check_stage_options,
     resolve_strategy,
 )
-from s2svr_lightning.pipeline.common import get, is_global_zero, read_results, say, stage_steps
+from s2svr_lightning.pipeline.common import get, is_global_zero, log_message, read_results, stage_steps
 from s2svr_lightning.pipeline.loggers import logger_nodes
 from s2svr_lightning.pipeline.stages import RUNNERS, check_predict, stage_paths
 from s2svr_lightning.task import Task
@@ -187,7 +187,9 @@ def _optimized_metric(cfg: DictConfig, results: Mapping[str, Any]) -> float | No
     node: Any = results
     for part in str(name).split("."):
         if not isinstance(node, Mapping) or part not in node:
-            say(f"warning: optimized_metric {name!r} is not in results.json; returning None to the sweeper")
+            log_message(
+                f"warning: optimized_metric {name!r} is not in results.json; returning None to the sweeper"
+            )
             return None
         node = node[part]
     return float(node)
@@ -239,10 +241,10 @@ def check_run_folder(cfg: DictConfig, out: Path) -> dict[str, Any]:
             "resume=never: choose another run_name, or resume=auto to continue it"
         )
     if all(v == "finished" for v in states.values()):
-        say(f"the run in {out} finished earlier: reporting its results (nothing is retrained)")
+        log_message(f"the run in {out} finished earlier: reporting its results (nothing is retrained)")
     else:
         done = ", ".join(f"{s} {v}" for s, v in started.items())
-        say(f"resuming the run in {out}: {done}")
+        log_message(f"resuming the run in {out}: {done}")
     return results
 
 

@@ -20,9 +20,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from s2svr_lightning.callbacks import AtomicCheckpointIO, CheckpointOnInterrupt, PlainProgressBar
 from s2svr_lightning.conf import ConfigError
-from s2svr_lightning.pipeline.common import get, say
+from s2svr_lightning.lit.callbacks import AtomicCheckpointIO, CheckpointOnInterrupt, PlainProgressBar
+from s2svr_lightning.pipeline.common import get, log_message
 from s2svr_lightning.pipeline.loggers import build_loggers, logger_nodes
 from s2svr_lightning.utils import to_plain
 
@@ -359,7 +359,7 @@ def resolve_strategy(hw: Any, *, find_unused_parameters: bool = False) -> Any:
 
     name = str(get(hw, "strategy", "auto"))
     if name == "ddp" and _multirun() and _num_processes(hw) > 1:
-        say(
+        log_message(
             "note: under Hydra multirun, strategy=ddp would re-launch the whole sweep in each rank; "
             "using ddp_spawn"
         )

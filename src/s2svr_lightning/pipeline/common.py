@@ -11,7 +11,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["get", "is_global_zero", "say", "read_results", "stage_steps"]
+__all__ = ["get", "is_global_zero", "log_message", "read_results", "stage_steps"]
 
 _log = logging.getLogger("s2svr_lightning")
 
@@ -34,7 +34,7 @@ def is_global_zero() -> bool:
     return int(next((n for n in nodes if n), "0")) == 0
 
 
-def say(message: str) -> None:
+def log_message(message: str) -> None:
     """Rank-zero progress message: logged (console and the Hydra run's log file) or printed."""
     if not is_global_zero():
         return

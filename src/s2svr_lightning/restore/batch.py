@@ -181,7 +181,7 @@ def run_batch(
     return items, 1 if any(i.status == "failed" for i in items) else 0
 
 
-def format_table(items: list[BatchItem], *, scored: bool) -> str:
+def batch_table(items: list[BatchItem], *, scored: bool) -> str:
     """The per-file summary: file, frames, fps (the video's), seconds (wall), PSNR (``scored``), status."""
     head = ["file", "frames", "fps", "seconds", *(["PSNR"] if scored else []), "status"]
     rows = [head]
@@ -202,7 +202,7 @@ def format_table(items: list[BatchItem], *, scored: bool) -> str:
 
 def report(items: list[BatchItem], code: int, *, scored: bool) -> None:
     """Print the table to stdout and, if any failed, one line naming them to stderr."""
-    print(format_table(items, scored=scored))
+    print(batch_table(items, scored=scored))
     failed = [str(i.input) for i in items if i.status == "failed"]
     done = sum(i.status == "done" for i in items)
     skipped = sum(i.status == "skipped" for i in items)

@@ -131,9 +131,10 @@ def restore_video(
     A video output keeps the source video's timestamps (unless ``fps`` retimes it or ``degrade`` makes
     fewer frames), colour description and, with ``audio``, its audio streams (not when ``fps`` retimes).
     """
+    from ..metrics import psnr, ssim
+
     opts = dataclasses.replace(options or RestoreOptions(), **changes)
     max_frames, degrade, fps = opts.max_frames, opts.degrade, opts.fps
-    from ..metrics import psnr, ssim
 
     in_path, out_path = Path(input), Path(output)
     if max_frames is not None and max_frames < 1:

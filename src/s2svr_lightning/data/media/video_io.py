@@ -46,7 +46,6 @@ __all__ = [
     "VideoReader",
     "VideoWriter",
     "VideoStore",
-    "read_frame_folder",
     "list_frame_files",
     "read_image",
     "decord_available",
@@ -70,15 +69,6 @@ def decord_available() -> bool:
     except Exception:  # ImportError, or a broken native library
         return False
     return True
-
-
-def read_frame_folder(folder: str | os.PathLike) -> np.ndarray:
-    """All frames of a folder of images, natural order, as uint8 ``(N, H, W, 3)``."""
-    frames = [read_image(f) for f in list_frame_files(folder)]
-    sizes = {f.shape for f in frames}
-    if len(sizes) > 1:
-        raise DatasetError(f"{folder}: frames of different sizes {sorted(sizes)}")
-    return np.stack(frames)
 
 
 def _av_error(path: Path, what: str, err: Exception) -> DatasetError:

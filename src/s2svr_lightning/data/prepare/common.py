@@ -18,12 +18,7 @@ from pathlib import Path
 from ..errors import DatasetError
 from ..media.image_io import IMAGE_EXTENSIONS, probe_image
 
-__all__ = ["Report", "SequenceCheck", "check_frame_pair", "run_checks", "progress", "say"]
-
-
-def say(message: str) -> None:
-    """A line for the user (stderr, like the progress bars, so stdout stays clean for scripts)."""
-    print(message, file=sys.stderr, flush=True)
+__all__ = ["CheckReport", "SequenceCheck", "check_frame_pair", "run_checks", "progress"]
 
 
 def progress(items: Iterable, *, total: int | None = None, desc: str, unit: str = "seq"):
@@ -40,7 +35,7 @@ class _SplitCount:
 
 
 @dataclass
-class Report:
+class CheckReport:
     """Problems (lines naming the file) and counts per split."""
 
     problems: list[str] = field(default_factory=list)
@@ -78,7 +73,7 @@ class SequenceCheck:
     run: Callable[[], tuple[int, list[str]]]
 
 
-def run_checks(report: Report, checks: Sequence[SequenceCheck], *, desc: str, workers: int = 8) -> None:
+def run_checks(report: CheckReport, checks: Sequence[SequenceCheck], *, desc: str, workers: int = 8) -> None:
     """Run every check (file-system and decoder bound: a few threads) with a progress bar."""
     if not checks:
         return
