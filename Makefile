@@ -54,6 +54,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 # The documentation site into site/ (open site/index.html); warnings are errors (mkdocs.yml: strict).
 # NO_MKDOCS_2_WARNING: Material's notice about MkDocs 2, printed on every build, says nothing about these pages.

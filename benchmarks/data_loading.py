@@ -204,7 +204,7 @@ def write_tree(layout: Layout, root: Path) -> dict:
         }
         layouts.write_gopro(root, {"train": seqs})
     elif layout.dataset == "mfqe":
-        from s2svr_lightning.data.color import rgb_to_yuv420
+        from s2svr_lightning.color import rgb_to_yuv420
 
         videos = {}
         for i, c in enumerate(clips):
@@ -263,14 +263,14 @@ def tree_bytes(root: Path) -> int:
 # checkout is skipped, so an older one is measured too
 STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "decode": (
-        ("s2svr_lightning.data.image_io", "read_image"),
-        ("s2svr_lightning.data.video_io", "VideoReader.get_frames"),
+        ("s2svr_lightning.data.media.image_io", "read_image"),
+        ("s2svr_lightning.data.media.video_io", "VideoReader.get_frames"),
         ("s2svr_lightning.data.datasets.mfqe", "yuv420_to_rgb"),
         ("s2svr_lightning.data.datasets.synthetic", "SyntheticSource.render"),
     ),
     "to_tensor": (
-        ("s2svr_lightning.data.image_io", "frames_to_tensor"),
-        ("s2svr_lightning.data.video_io", "frames_to_tensor"),
+        ("s2svr_lightning.data.media.image_io", "frames_to_tensor"),
+        ("s2svr_lightning.data.media.video_io", "frames_to_tensor"),
         ("s2svr_lightning.data.datasets.clips", "_to_sample"),
     ),
     "degrade": (

@@ -73,7 +73,7 @@ def save_untrained_checkpoint(
 
 def write_clip(path: str | os.PathLike, num_frames: int, size: tuple[int, int], *, fps: int = 25) -> Path:
     """Write a panned-photograph video of ``num_frames`` frames at ``size`` (lossless-ish x264, crf 0)."""
-    from s2svr_lightning.data.video_io import VideoWriter
+    from s2svr_lightning.data.media.video_io import VideoWriter
     from s2svr_lightning.utils import to_uint8_frames
 
     chunk = 50  # render in chunks: the video may be longer than we want to hold in memory here
@@ -153,7 +153,7 @@ def whole_sequence_child(ckpt: str, video: str, output: str, max_frames: int) ->
     import itertools
 
     from s2svr_lightning.checkpoint import load_restorer
-    from s2svr_lightning.data.frames import VideoSink, open_source
+    from s2svr_lightning.data.media.frames import VideoSink, open_source
 
     torch.set_num_threads(1)  # as the streaming run (--threads 1): two threads thrash on a busy machine
     net, _ = load_restorer(ckpt)

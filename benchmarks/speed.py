@@ -206,7 +206,7 @@ def stream_timing(
     Returns ``{"ms": median ms per output frame, "outputs": (T, 3, H, W) float32 restored frames,
     "macs": MACs of one steady-state push, "conv_rates": [MAC/s after each timed push], "layout"}``.
     """
-    from s2svr_lightning.inference import StreamingRestorer
+    from s2svr_lightning.restore.stream import StreamingRestorer
 
     if len(frames) < warmup + 2:
         raise ValueError(f"expected at least warmup + 2 = {warmup + 2} frames, got {len(frames)}")
@@ -291,7 +291,7 @@ def profile_push(net, frames: torch.Tensor, *, precision: str, top: int = 12) ->
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from s2svr_lightning.inference import StreamingRestorer
+    from s2svr_lightning.restore.stream import StreamingRestorer
 
     restorer = StreamingRestorer(net, device="cpu", precision=precision)
     for frame in frames[:-1]:

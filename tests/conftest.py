@@ -37,7 +37,7 @@ def make_video():
 
     ``make_video(path, frames, codec="libx264", fps=Fraction(30000, 1001), options={"bf": "2"})``.
     """
-    from s2svr_lightning.data.video_io import VideoWriter
+    from s2svr_lightning.data.media.video_io import VideoWriter
 
     def make(
         path, frames, *, codec: str = "libx264", fps=Fraction(25), pix_fmt: str = "yuv420p", options=None

@@ -192,7 +192,7 @@ def test_a_trainer_option_typo_fails_before_training():
 def test_multirun_turns_subprocess_ddp_into_spawn(monkeypatch):
     hw = OmegaConf.create({"strategy": "ddp", "devices": 8, "num_nodes": 1})
     assert resolve_strategy(hw)._start_method == "popen"
-    monkeypatch.setattr(pipeline, "_multirun", lambda: True)
+    monkeypatch.setattr(pipeline.build, "_multirun", lambda: True)
     strategy = resolve_strategy(hw, find_unused_parameters=True)
     assert strategy._start_method == "spawn"
     assert strategy._ddp_kwargs["find_unused_parameters"] is True
@@ -333,7 +333,7 @@ def test_datamodule_callbacks_loggers_and_trainer_are_chosen_from_config(tmp_pat
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
     from lightning.pytorch.loggers import CSVLogger
 
-    from s2svr_lightning.callbacks import PlainProgressBar
+    from s2svr_lightning.lit.callbacks import PlainProgressBar
     from s2svr_lightning.pipeline.build import build_datamodule, build_trainer
     from s2svr_lightning.pipeline.loggers import StageWandbLogger
 

@@ -141,7 +141,7 @@ def test_the_terminal_bar_counts_the_stages_steps_across_epochs(capsys):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from s2svr_lightning.callbacks import StageProgressBar
+    from s2svr_lightning.lit.callbacks import StageProgressBar
 
     class Tiny(L.LightningModule):
         def __init__(self) -> None:

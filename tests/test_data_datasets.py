@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from s2svr_lightning.data import DatasetError, VideoRestorationDataModule, rgb_to_y
+from s2svr_lightning.color import rgb_to_y
+from s2svr_lightning.data import DatasetError, VideoRestorationDataModule
 from s2svr_lightning.data.datasets.layouts import (
     save_frames,
     write_clip,

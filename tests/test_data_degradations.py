@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from s2svr_lightning.color import rgb_to_y, rgb_to_ycbcr, rgb_to_yuv420, ycbcr_to_rgb, yuv420_to_rgb
 from s2svr_lightning.data import DatasetError  # noqa: F401  (public API import check)
-from s2svr_lightning.data.color import rgb_to_y, rgb_to_ycbcr, rgb_to_yuv420, ycbcr_to_rgb, yuv420_to_rgb
 from s2svr_lightning.data.degradations import bicubic_downsample, degrade, hevc_compress, temporal_blur
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from s2svr_lightning.data import DatasetError
-from s2svr_lightning.data.image_io import ImageFolderStore, read_image
+from s2svr_lightning.data.media.image_io import ImageFolderStore, read_image
 
 RNG = np.random.default_rng(0)
 H, W = 40, 56
@@ -73,7 +73,7 @@ def test_a_wrong_size_or_a_crop_outside_the_frame_is_refused(tmp_path):
 
 
 def test_a_png_crop_decodes_only_the_rows_down_to_the_crop(tmp_path):
-    from s2svr_lightning.data.image_io import _decode_only_rows
+    from s2svr_lightning.data.media.image_io import _decode_only_rows
 
     frame = RNG.integers(1, 256, (H, W, 3), dtype=np.uint8)  # no zero pixel
     Image.fromarray(frame).save(tmp_path / "f.png")

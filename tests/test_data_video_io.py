@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from s2svr_lightning.data import DatasetError
-from s2svr_lightning.data.video_io import (
-    VideoReader,
-    VideoStore,
-    VideoWriter,
-    decord_available,
-    read_frame_folder,
-)
+from s2svr_lightning.data.media.image_io import read_frame_folder
+from s2svr_lightning.data.media.video_io import VideoReader, VideoStore, VideoWriter, decord_available
 
 NTSC = Fraction(30000, 1001)
 
@@ -35,7 +30,7 @@ FORMATS = [
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from s2svr_lightning.data.video_io import VideoWriter
+    from s2svr_lightning.data.media.video_io import VideoWriter
 
     folder = tmp_path_factory.mktemp("videos")
     rng = np.random.default_rng(0)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from s2svr_lightning.inference import StreamingRestorer
 from s2svr_lightning.lit import StudentFlowModule
 from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.models import FlowInput, build_model
 from s2svr_lightning.models.warp import flow_warp
+from s2svr_lightning.restore.stream import StreamingRestorer
 
 TINY = {"channels": 8, "num_blocks": 1, "num_layers": 1}
 

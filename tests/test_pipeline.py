@@ -17,9 +17,9 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import s2svr_lightning
-from s2svr_lightning.callbacks import AtomicCheckpointIO
 from s2svr_lightning.checkpoint import read_checkpoint, sub_state_dict
 from s2svr_lightning.data import bicubic_downsample
+from s2svr_lightning.lit.callbacks import AtomicCheckpointIO
 from s2svr_lightning.pipeline import read_results, run
 
 CONF = Path(s2svr_lightning.__file__).parent / "conf"

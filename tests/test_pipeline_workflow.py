@@ -129,7 +129,7 @@ def test_best_checkpoints_follow_the_monitored_metric_and_the_test_stage_picks_t
 
 # ------------------------------------------------------------------------------ dashboards, test outputs
 class _RecordingWriter(Callback):
-    """Stands in for ``s2svr_lightning.evaluation.TestOutputWriter``: records how the pipeline made it."""
+    """Stands in for ``s2svr_lightning.lit.evaluation.TestOutputWriter``: records how the pipeline made it."""
 
     made: list = []
 
@@ -167,7 +167,7 @@ def logged_run(tmp_path_factory):
     """restorer + test with logger=many (CSV and wandb, no API key: offline), log_model, save_outputs."""
     root = tmp_path_factory.mktemp("logged")
     out = root / "run"
-    evaluation = types.ModuleType("s2svr_lightning.evaluation")
+    evaluation = types.ModuleType("s2svr_lightning.lit.evaluation")
     evaluation.TestOutputWriter = _RecordingWriter
     _RecordingWriter.made = []
     with pytest.MonkeyPatch.context() as mp:
@@ -175,7 +175,7 @@ def logged_run(tmp_path_factory):
             mp.delenv(var)
         mp.setenv("HOME", str(root))  # no netrc, no API key: mode auto logs offline
         mp.setenv("WANDB_SILENT", "true")
-        mp.setitem(sys.modules, "s2svr_lightning.evaluation", evaluation)
+        mp.setitem(sys.modules, "s2svr_lightning.lit.evaluation", evaluation)
         returned = run(
             _compose(
                 "+task=demo",

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from s2svr_lightning.color import rgb_to_yuv420
 from s2svr_lightning.data import VideoRestorationDataModule, bicubic_downsample, hevc_compress
-from s2svr_lightning.data.color import rgb_to_yuv420
 from s2svr_lightning.prepare import main
 
 

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from s2svr_lightning.data.image_io import read_image
-from s2svr_lightning.data.video_io import VideoReader
-from s2svr_lightning.inference import StreamingRestorer
+from s2svr_lightning.data.media.image_io import read_image
+from s2svr_lightning.data.media.video_io import VideoReader
 from s2svr_lightning.metrics import psnr, quantize_8bit, ssim
 from s2svr_lightning.restore import main, restore_video
+from s2svr_lightning.restore.stream import StreamingRestorer
 
 
 def _hq_frames(n: int = 5) -> np.ndarray:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2svr_lightning.data.image_io import read_image
-from s2svr_lightning.data.video_io import VideoReader
+from s2svr_lightning.data.media.image_io import read_image
+from s2svr_lightning.data.media.video_io import VideoReader
 from s2svr_lightning.restore import main
 
 N_FRAMES = 12

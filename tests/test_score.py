@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from s2svr_lightning.evaluation import TestOutputWriter
+from s2svr_lightning.lit.evaluation import TestOutputWriter
 from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.score import main, metric_conventions
 from s2svr_lightning.temporal import TemporalMetrics, TVL1Flow

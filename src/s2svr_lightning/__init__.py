@@ -38,7 +38,7 @@ _EXPORTS = {
     # the task, checkpoints, inference
     "Task": "s2svr_lightning.task",
     "load_restorer": "s2svr_lightning.checkpoint",
-    "StreamingRestorer": "s2svr_lightning.inference",
+    "StreamingRestorer": "s2svr_lightning.restore.stream",
 }
 
 __all__ = ["__version__", *_EXPORTS]

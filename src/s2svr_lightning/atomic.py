@@ -13,6 +13,8 @@ never a file at the output's path.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import secrets
 import shutil
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["AtomicOutput", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["AtomicOutput", "atomic_write_bytes", "atomic_write_text", "write_json"]
 
 
 class AtomicOutput:
@@ -117,6 +119,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_write_bytes`."""
     data = text.encode("utf-8")
     atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def write_json(path: str | os.PathLike, data: Any, *, finite: bool = True) -> None:
+    """``data`` as indented JSON at ``path``, atomically; numbers JSON has no type for (numpy, tensor
+    scalars) are written as floats.
+
+    With ``finite`` (the default), NaN and infinity become ``null``, as strict JSON readers need (a
+    zero-second run's frames/s, say); ``finite=False`` keeps Python's ``NaN`` / ``Infinity`` tokens, which
+    ``json.loads`` reads back as floats (the pipeline's ``results.json`` and stage metrics).
+    """
+    text = json.dumps(_finite(data) if finite else data, indent=2, default=float) + "\n"
+    atomic_write_text(path, text)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -19,10 +19,13 @@ from typing import Any
 import torch
 
 from .task import Task, default_scale
+from .utils import to_plain
 
 __all__ = [
     "CHECKPOINT_KINDS",
     "check_kind",
+    "flow_metadata",
+    "flownet_options",
     "load_restorer",
     "read_checkpoint",
     "restorer_flow_parts",
@@ -163,3 +166,43 @@ def load_restorer(path: str | os.PathLike, *, map_location: str | torch.device =
     except RuntimeError as err:
         raise ValueError(f"expected weights of the network {hparams['model']} in {path}: {err}") from err
     return net.to(map_location).eval(), task
+
+
+def flownet_options(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every keyword option of the flow network's builder, defaults filled in: what makes two flow nets
+    with the same weights compute the same flow (``{}`` and ``{"min_level_size": 1}`` compare equal)."""
+    import inspect
+
+    from .models import BUILDERS, check_overrides
+
+    check_overrides(name, dict(overrides or {}))
+    params = inspect.signature(BUILDERS[name]).parameters
+    options = {
+        k: p.default
+        for k, p in params.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+    }
+    options.update(to_plain(dict(overrides or {})))
+    return options
+
+
+def flow_metadata(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's flow network is: ``{"flownet", "options", "flow_input", "reads"}``.
+
+    Flow and restorer checkpoints store it under ``s2svr_flow``; an older flow checkpoint without it is
+    described from its hyperparameters (its flow net read its frames at their native size).
+    """
+    from .models.flow_input import FlowInput
+
+    meta = checkpoint.get("s2svr_flow")
+    if meta is not None:
+        return dict(meta)
+    hp = checkpoint.get("hyper_parameters", {}) or {}
+    name = hp.get("flownet", "pwclite")
+    reads = {"teacher": "hq", "student": "lq"}.get(checkpoint.get("s2svr_kind"), "lq")
+    return {
+        "flownet": name,
+        "options": flownet_options(name, hp.get("flownet_overrides")),
+        "flow_input": FlowInput("native").to_dict(),
+        "reads": reads,
+    }

@@ -140,7 +140,7 @@ def _entry(target: str, prog: str) -> Callable[[], None]:
 
 
 train = _entry("s2svr_lightning.__main__:main", "s2svr-train")
-restore = _entry("s2svr_lightning.restore:main", "s2svr-restore")
+restore = _entry("s2svr_lightning.restore.cli:main", "s2svr-restore")
 prepare = _entry("s2svr_lightning.prepare:main", "s2svr-prepare")
 report = _entry("s2svr_lightning.report:main", "s2svr-report")
 score = _entry("s2svr_lightning.score:main", "s2svr-score")

@@ -27,14 +27,15 @@ import torch
 from torch import nn
 
 from .models.convgru import ResConvGRU
+from .utils import say
 
 __all__ = ["CompiledLayers", "compile_restorer"]
 
 PREFIX = "s2svr-lightning: torch.compile"
 
 
-def _say(message: str) -> None:
-    print(f"{PREFIX} {message}; running eagerly", file=sys.stderr, flush=True)
+def _falls_back(message: str) -> None:
+    say(f"{PREFIX} {message}; running eagerly")
 
 
 def _compiler_errors() -> tuple[type[BaseException], ...]:
@@ -94,7 +95,7 @@ class CompiledLayers:
 
     def _fail(self, err: BaseException) -> None:
         self.failed = _one_line(err)
-        _say(f"is not available here ({self.failed})")
+        _falls_back(f"is not available here ({self.failed})")
 
     def __call__(self, layer: ResConvGRU, h_prev: torch.Tensor | None, x: torch.Tensor) -> Any:
         if self.failed is not None or (self.training_only and not layer.training):
@@ -106,7 +107,7 @@ class CompiledLayers:
             # the same call eagerly: if it fails too, the error is the input's and is raised as it is
             out = ResConvGRU.forward(layer, h_prev, x)
             self.failed = _one_line(err)
-            _say(f"failed ({self.failed})")
+            _falls_back(f"failed ({self.failed})")
             return out
 
 
@@ -136,7 +137,7 @@ def compile_restorer(
         return bound
     if not torch._dynamo.is_dynamo_supported():
         where = f"Python {sys.version.split()[0]} on {sys.platform}"
-        _say(f"is not supported with torch {torch.__version__} on {where}")
+        _falls_back(f"is not supported with torch {torch.__version__} on {where}")
         return None
     compiled = CompiledLayers(backend=backend, training_only=training_only)
     if compiled.failed is not None:

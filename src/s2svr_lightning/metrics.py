@@ -28,7 +28,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 # The library's one BT.601 limited-range conversion (Y = 16 + 65.481 R + 128.553 G + 24.966 B on the 0-255
 # scale for RGB in [0, 1], not rounded); not kornia's full-range rgb_to_ycbcr, which scores differently.
-from s2svr_lightning.data.color import rgb_to_y
+from s2svr_lightning.color import rgb_to_y
 from s2svr_lightning.utils import expect_shape, to_uint8_frames
 
 __all__ = [

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from s2svr_lightning.data.errors import DatasetError
-    from s2svr_lightning.data.prepare import CHECKERS, PREPARERS, Report
+    from s2svr_lightning.data.prepare import CHECKERS, PREPARERS, CheckReport
 
     root = Path(os.path.expanduser(args.root))
     options = {
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.dataset != "gopro":  # gopro's preparation is its check
                 print(f"check it with: python -m s2svr_lightning.prepare --check {args.dataset} {root}")
                 return 0
-        report = Report()
+        report = CheckReport()
         CHECKERS[args.dataset](root, report, **options)
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -85,7 +85,7 @@ class Report:
 
 
 def _natural_key(name: str) -> list:
-    from s2svr_lightning.data.image_io import natural_key
+    from s2svr_lightning.data.media.image_io import natural_key
 
     return natural_key(name)
 

@@ -88,14 +88,14 @@ class Clip:
 
 
 def _is_video(path: Path) -> bool:
-    from s2svr_lightning.data.video_io import VIDEO_EXTENSIONS
+    from s2svr_lightning.data.media.video_io import VIDEO_EXTENSIONS
 
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 def _images_in(folder: Path) -> list[Path]:
     from s2svr_lightning.data import list_frame_files
-    from s2svr_lightning.data.image_io import IMAGE_EXTENSIONS
+    from s2svr_lightning.data.media.image_io import IMAGE_EXTENSIONS
 
     if any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir()):
         return list_frame_files(folder)

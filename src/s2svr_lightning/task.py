@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["TASK_KINDS", "Task", "default_scale"]
+from s2svr_lightning.data.degradations import TASK_KINDS, degrade, degrade_stream, degraded_length, frame_span
 
-TASK_KINDS = ("vsr", "deblur", "cve")
+__all__ = ["TASK_KINDS", "Task", "default_scale"]
 
 # keyword arguments of the degradations, per kind (anything else in a degradation mapping is refused)
 _DEGRADATION_KEYS = {"vsr": ("scale",), "deblur": ("blur_frames", "blur_stride"), "cve": ("qp",)}
@@ -141,22 +141,16 @@ class Task:
         self, hq: torch.Tensor, *, return_target: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """LQ frames of a whole clip ``(T, 3, H, W)`` (and the frame-aligned HQ target if asked)."""
-        from s2svr_lightning.data.degradations import degrade
-
         return degrade(self.kind, hq, return_target=return_target, **self.degradation_kwargs)
 
     def degrade_stream(
         self, hq_frames: Iterable[torch.Tensor], *, chunk: int = 32
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(lq, hq_target)`` pairs from HQ frames ``(3, H, W)`` one at a time, in bounded memory."""
-        from s2svr_lightning.data.degradations import degrade_stream
-
         return degrade_stream(self.kind, hq_frames, chunk=chunk, **self.degradation_kwargs)
 
     def degraded_length(self, num_frames: int) -> int:
         """Number of LQ frames the degradation makes from ``num_frames`` HQ frames."""
-        from s2svr_lightning.data.degradations import degraded_length
-
         # only the blur options change the count (a cve task's qp is no option of degraded_length)
         return degraded_length(self.kind, num_frames, **(self.degradation if self.kind == "deblur" else {}))
 
@@ -164,8 +158,6 @@ class Task:
     def frame_span(self) -> tuple[int, int]:
         """``(window, stride)``: LQ frame ``i`` is made from HQ frames ``i * stride`` to
         ``i * stride + window - 1`` (the blur window for deblurring; ``(1, 1)`` otherwise)."""
-        from s2svr_lightning.data.degradations import frame_span
-
         return frame_span(self.kind, **self.degradation) if self.kind == "deblur" else (1, 1)
 
     # ------------------------------------------------------------------ baseline

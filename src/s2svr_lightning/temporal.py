@@ -270,8 +270,7 @@ class NetworkFlow:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> NetworkFlow:
         """The flow net of a teacher, student or restorer checkpoint, run on full-size frames."""
-        from s2svr_lightning.checkpoint import check_kind, read_checkpoint, sub_state_dict
-        from s2svr_lightning.lit.flow import flow_metadata
+        from s2svr_lightning.checkpoint import check_kind, flow_metadata, read_checkpoint, sub_state_dict
         from s2svr_lightning.models import build_model
 
         ckpt = read_checkpoint(path, what="flow checkpoint")

@@ -1,4 +1,5 @@
-"""Small helpers every layer uses: shape guards, 8-bit frame conversion, OmegaConf to plain data.
+"""Small helpers every layer uses: shape guards, 8-bit frame conversion, OmegaConf to plain data, a line
+for the user.
 
 Nothing here imports Lightning or the data stack, so the networks, ``restore`` and the LightningModules
 can all use it.
@@ -6,13 +7,23 @@ can all use it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["expect_shape", "to_float_frames", "to_plain", "to_uint8_frames"]
+__all__ = ["expect_shape", "say", "to_float_frames", "to_plain", "to_uint8_frames"]
+
+
+def say(message: str) -> None:
+    """A line for the user on stderr (like the progress bars, so stdout stays clean for scripts).
+
+    The pipeline's messages go through :func:`s2svr_lightning.pipeline.common.log_message` instead
+    (global rank zero only, and into the run's log file).
+    """
+    print(message, file=sys.stderr, flush=True)
 
 
 def expect_shape(x: Any, shape: str, name: str) -> torch.Tensor:

@@ -2,7 +2,7 @@
 built-in synthetic video with exact flow.
 
 Names are imported lazily (as in :mod:`s2svr_lightning`), so that ``restore`` can read video through
-:mod:`~s2svr_lightning.data.frames` without loading Lightning for the DataModule.
+:mod:`~s2svr_lightning.data.media.frames` without loading Lightning for the DataModule.
 """
 
 from __future__ import annotations
@@ -24,18 +24,15 @@ _EXPORTS = {
     "degrade": ".degradations",
     "degrade_stream": ".degradations",
     "DatasetError": ".errors",
-    "VideoReader": ".video_io",
-    "VideoWriter": ".video_io",
-    "read_frame_folder": ".video_io",
-    "read_image": ".image_io",
-    "list_frame_files": ".image_io",
-    "FrameSource": ".frames",
-    "open_source": ".frames",
-    "FolderSink": ".frames",
-    "VideoSink": ".frames",
-    "rgb_to_y": ".color",
-    "rgb_to_ycbcr": ".color",
-    "ycbcr_to_rgb": ".color",
+    "VideoReader": ".media.video_io",
+    "VideoWriter": ".media.video_io",
+    "read_frame_folder": ".media.image_io",
+    "read_image": ".media.image_io",
+    "list_frame_files": ".media.image_io",
+    "FrameSource": ".media.frames",
+    "open_source": ".media.frames",
+    "FolderSink": ".media.frames",
+    "VideoSink": ".media.frames",
 }
 
 __all__ = list(_EXPORTS)

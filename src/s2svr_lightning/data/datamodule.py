@@ -90,7 +90,7 @@ def worker_context(start: str) -> multiprocessing.context.BaseContext:
     a script that trains must keep its work under ``if __name__ == "__main__":``."""
     context = multiprocessing.get_context(start)
     if start == "forkserver":
-        context.set_forkserver_preload([__name__, "s2svr_lightning.data.video_io", "av"])
+        context.set_forkserver_preload([__name__, "s2svr_lightning.data.media.video_io", "av"])
     return context
 
 

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..task import TASK_KINDS
+from ..color import rgb_to_yuv420, yuv420_to_rgb
 from ..utils import expect_shape
-from .color import rgb_to_yuv420, yuv420_to_rgb
 
 __all__ = [
+    "TASK_KINDS",
     "bicubic_downsample",
     "temporal_blur",
     "hevc_compress",
@@ -42,6 +42,10 @@ __all__ = [
     "degraded_length",
     "frame_span",
 ]
+
+# the degradations this module makes, one per task kind; :class:`~s2svr_lightning.task.Task` takes its kinds
+# from here, so that the task (which degrades through this module) points down at it
+TASK_KINDS = ("vsr", "deblur", "cve")
 
 
 def _check_frames(x: torch.Tensor, name: str, min_dim: int = 3) -> None:

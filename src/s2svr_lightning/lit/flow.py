@@ -14,12 +14,13 @@ import lightning as L
 import torch
 from torch import nn
 
+from s2svr_lightning.checkpoint import flownet_options
 from s2svr_lightning.flow_viz import flow_to_color
 from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import UnsupervisedFlowLoss, photometric_loss
 from s2svr_lightning.metrics import endpoint_error
-from s2svr_lightning.models import BUILDERS, build_model, check_overrides, init_flownet_
+from s2svr_lightning.models import build_model, init_flownet_
 from s2svr_lightning.models.flow_input import FlowInput
 from s2svr_lightning.utils import expect_shape, to_plain
 
@@ -28,50 +29,12 @@ __all__ = [
     "build_flownet",
     "check_flow_compatible",
     "consecutive_pairs",
-    "flow_metadata",
-    "flownet_options",
 ]
 
 
 def build_flownet(name: str, overrides: Mapping[str, Any] | None = None) -> nn.Module:
     """The flow network from plain data (a builder name of ``s2svr_lightning.models`` + overrides)."""
     return build_model(name, **dict(overrides or {}))
-
-
-def flownet_options(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Every keyword option of the flow network's builder, defaults filled in: what makes two flow nets
-    with the same weights compute the same flow (``{}`` and ``{"min_level_size": 1}`` compare equal)."""
-    import inspect
-
-    check_overrides(name, dict(overrides or {}))
-    params = inspect.signature(BUILDERS[name]).parameters
-    options = {
-        k: p.default
-        for k, p in params.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-    }
-    options.update(to_plain(dict(overrides or {})))
-    return options
-
-
-def flow_metadata(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """What a checkpoint's flow network is: ``{"flownet", "options", "flow_input", "reads"}``.
-
-    Flow and restorer checkpoints store it under ``s2svr_flow``; an older flow checkpoint without it is
-    described from its hyperparameters (its flow net read its frames at their native size).
-    """
-    meta = checkpoint.get("s2svr_flow")
-    if meta is not None:
-        return dict(meta)
-    hp = checkpoint.get("hyper_parameters", {}) or {}
-    name = hp.get("flownet", "pwclite")
-    reads = {"teacher": "hq", "student": "lq"}.get(checkpoint.get("s2svr_kind"), "lq")
-    return {
-        "flownet": name,
-        "options": flownet_options(name, hp.get("flownet_overrides")),
-        "flow_input": FlowInput("native").to_dict(),
-        "reads": reads,
-    }
 
 
 def check_flow_compatible(

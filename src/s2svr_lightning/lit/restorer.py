@@ -23,8 +23,15 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from s2svr_lightning.checkpoint import read_checkpoint, restorer_flow_parts, restorer_task, sub_state_dict
-from s2svr_lightning.lit.flow import check_flow_compatible, flow_metadata, flownet_options
+from s2svr_lightning.checkpoint import (
+    flow_metadata,
+    flownet_options,
+    read_checkpoint,
+    restorer_flow_parts,
+    restorer_task,
+    sub_state_dict,
+)
+from s2svr_lightning.lit.flow import check_flow_compatible
 from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import charbonnier_loss
@@ -382,7 +389,7 @@ class RestorerModule(L.LightningModule):
         self.val_metrics.reset()
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Score a batch; returns what :class:`~s2svr_lightning.evaluation.TestOutputWriter` saves:
+        """Score a batch; returns what :class:`~s2svr_lightning.lit.evaluation.TestOutputWriter` saves:
         ``output`` ``(B, T, 3, H, W)`` (unclamped), ``key`` and the batch's ``frames``, ``score`` and
         ``frame_names`` where it has them."""
         out, keys = self._evaluate(batch, batch_idx, self.test_metrics, "test")

@@ -8,15 +8,13 @@ from typing import Any
 
 import torch
 
-from s2svr_lightning.checkpoint import read_checkpoint, sub_state_dict
+from s2svr_lightning.checkpoint import flow_metadata, flownet_options, read_checkpoint, sub_state_dict
 from s2svr_lightning.console import ExpectedEvalModules
 from s2svr_lightning.lit.flow import (
     FlowModuleBase,
     build_flownet,
     check_flow_compatible,
     consecutive_pairs,
-    flow_metadata,
-    flownet_options,
 )
 from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.losses import distillation_loss, forward_backward_occlusion

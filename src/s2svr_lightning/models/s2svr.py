@@ -1,8 +1,8 @@
 """S2SVR: flow-aligned sequence-to-sequence video restoration (paper Sec. 3.1-3.2, Eq. 1-9).
 
 Per time step the network is split into step functions, and ``S2SVR.forward`` is nothing but a loop over
-them; the streaming restorer (``s2svr_lightning.inference``) calls the very same functions, one frame at a
-time, and reproduces ``forward`` to float rounding:
+them; the streaming restorer (``s2svr_lightning.restore.stream``) calls the very same functions, one frame
+at a time, and reproduces ``forward`` to float rounding:
 
 - ``pair_flows(x_t, x_{t-1})``: the flow of a consecutive pair, both directions, computed once (Eq. 8).
 - ``encode_step(x_t, states, flow_t_to_prev)``: one step of the causal encoder ``z_t = F_e(z_{t-1}, x_t)``

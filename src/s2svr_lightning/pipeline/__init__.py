@@ -41,6 +41,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from s2svr_lightning.atomic import write_json
 from s2svr_lightning.conf import TASKS, ConfigError, check_schema
 from s2svr_lightning.console import STAGE_PURPOSE, quiet_third_party
 from s2svr_lightning.models.s2svr import CHECKPOINTING
@@ -49,8 +50,9 @@ from s2svr_lightning.pipeline.build import (
     build_datamodule,
     build_trainer,
     check_stage_options,
+    resolve_strategy,
 )
-from s2svr_lightning.pipeline.common import get, is_global_zero, read_results, say, stage_steps, write_json
+from s2svr_lightning.pipeline.common import get, is_global_zero, log_message, read_results, stage_steps
 from s2svr_lightning.pipeline.loggers import logger_nodes
 from s2svr_lightning.pipeline.stages import RUNNERS, check_predict, stage_paths
 from s2svr_lightning.task import Task
@@ -73,7 +75,6 @@ __all__ = [
 
 STAGES = (*FIT_STAGES, "test", "predict")
 RESUME_MODES = ("auto", "never")
-_DDP_START = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -145,53 +146,6 @@ def _require_tensorboard() -> None:
             ) from None
 
 
-def _multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # not under Hydra
-        return False
-
-
-def _num_processes(hw: Any) -> int:
-    devices = get(hw, "devices", 1)
-    nodes = int(get(hw, "num_nodes", 1))
-    if isinstance(devices, int):
-        n = devices if devices > 0 else 2  # -1: all devices, more than one
-    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        n = len(devices)
-    else:
-        n = 2 if str(devices) not in ("1", "auto") else 1
-    return n * nodes
-
-
-def resolve_strategy(hw: Any, *, find_unused_parameters: bool = False) -> Any:
-    """The Trainer ``strategy`` for ``hardware`` (a DDPStrategy for the ddp family, else the name).
-
-    Hydra multirun and subprocess ``ddp`` do not mix: Lightning re-launches ``sys.argv`` for each rank,
-    which under multirun re-runs the whole sweep in every rank. Under multirun, ``ddp`` becomes
-    ``ddp_spawn``, which starts the workers from inside the job.
-    """
-    from lightning.pytorch.strategies import DDPStrategy
-
-    name = str(get(hw, "strategy", "auto"))
-    if name == "ddp" and _multirun() and _num_processes(hw) > 1:
-        say(
-            "note: under Hydra multirun, strategy=ddp would re-launch the whole sweep in each rank; "
-            "using ddp_spawn"
-        )
-        name = "ddp_spawn"
-    if name in _DDP_START:
-        return DDPStrategy(
-            start_method=_DDP_START[name],
-            find_unused_parameters=find_unused_parameters,
-            process_group_backend=get(hw, "process_group_backend"),
-        )
-    return name
-
-
 # --------------------------------------------------------------------------------------------- summary
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
@@ -234,7 +188,9 @@ def _optimized_metric(cfg: DictConfig, results: Mapping[str, Any]) -> float | No
     node: Any = results
     for part in str(name).split("."):
         if not isinstance(node, Mapping) or part not in node:
-            say(f"warning: optimized_metric {name!r} is not in results.json; returning None to the sweeper")
+            log_message(
+                f"warning: optimized_metric {name!r} is not in results.json; returning None to the sweeper"
+            )
             return None
         node = node[part]
     return float(node)
@@ -286,10 +242,10 @@ def check_run_folder(cfg: DictConfig, out: Path) -> dict[str, Any]:
             "resume=never: choose another run_name, or resume=auto to continue it"
         )
     if all(v == "finished" for v in states.values()):
-        say(f"the run in {out} finished earlier: reporting its results (nothing is retrained)")
+        log_message(f"the run in {out} finished earlier: reporting its results (nothing is retrained)")
     else:
         done = ", ".join(f"{s} {v}" for s, v in started.items())
-        say(f"resuming the run in {out}: {done}")
+        log_message(f"resuming the run in {out}: {done}")
     return results
 
 
@@ -339,6 +295,12 @@ class _ThreadSetting:
 
 
 # --------------------------------------------------------------------------------------------- entry
+def _write_results(out: Path, results: Mapping[str, Any]) -> None:
+    """The run's ``results.json``, on global rank zero only (non-finite scores kept as ``NaN``)."""
+    if is_global_zero():
+        write_json(out / "results.json", results, finite=False)
+
+
 def run(cfg: DictConfig) -> float | None:
     """Run the configured stages; returns ``cfg.optimized_metric`` from ``results.json`` (or None)."""
     cfg = validate_config(cfg)
@@ -361,7 +323,7 @@ def run(cfg: DictConfig) -> float | None:
     results.update({"task": str(cfg.task_name), "kind": str(cfg.kind), "scale": int(cfg.scale)})
     results.setdefault("checkpoints", {})
     results.setdefault("timings", {})
-    write_json(out / "results.json", results)  # marks the folder as this task's run from the start
+    _write_results(out, results)  # marks the folder as this task's run from the start
     stages = list(cfg.stage.run)
     try:
         with quiet_third_party():
@@ -384,7 +346,7 @@ def _run_stages(
     """The stages in order, each announced with what it does; ``results.json`` after each."""
     for number, stage in enumerate(stages, 1):
         count = f"stage {number} of {len(stages)}: " if len(stages) > 1 else ""
-        say(f"[{stage}] {count}{STAGE_PURPOSE.get(stage, stage)}")
+        log_message(f"[{stage}] {count}{STAGE_PURPOSE.get(stage, stage)}")
         # a stage may choose its own (the demo's tiny restorer runs faster on one thread than on two)
         stage_threads = get(cfg, f"{stage}.threads")
         if stage_threads is None:
@@ -401,4 +363,4 @@ def _run_stages(
             results["checkpoints"][stage] = str(stage_paths(out, stage)[1])
         if ran:  # seconds of this invocation (a resumed stage counts only its remaining part)
             results["timings"][stage] = round(elapsed, 1)
-        write_json(out / "results.json", results)
+        _write_results(out, results)

@@ -20,14 +20,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from s2svr_lightning.callbacks import (
+from s2svr_lightning.conf import ConfigError
+from s2svr_lightning.lit.callbacks import (
     AtomicCheckpointIO,
     CheckpointOnInterrupt,
     PlainProgressBar,
     StageProgressBar,
 )
-from s2svr_lightning.conf import ConfigError
-from s2svr_lightning.pipeline.common import get
+from s2svr_lightning.pipeline.common import get, log_message
 from s2svr_lightning.pipeline.loggers import build_loggers, logger_nodes
 from s2svr_lightning.utils import to_plain
 
@@ -41,6 +41,7 @@ __all__ = [
     "check_stage_options",
     "module_class",
     "module_option",
+    "resolve_strategy",
 ]
 
 FIT_STAGES = ("teacher", "student", "restorer")
@@ -234,8 +235,6 @@ def build_trainer(
     A training stage validates every ``val_every_n_steps`` steps, or once at its last step when that is 0
     (the best checkpoint needs a score); ``<stage>.best.save_top_k=0`` with 0 skips validation in training.
     """
-    from s2svr_lightning.pipeline import resolve_strategy
-
     staged = for_stage(cfg, stage, out)
     loggers = build_loggers(staged)
     callbacks, progress = build_callbacks(staged, stage, out, max_steps=max_steps, has_logger=bool(loggers))
@@ -328,3 +327,53 @@ def check_stage_options(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"the {stage} stage's data options do not work: {err} (see data and {stage}.data)"
             ) from err
+
+
+_DDP_START = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+
+
+def _multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # not under Hydra
+        return False
+
+
+def _num_processes(hw: Any) -> int:
+    devices = get(hw, "devices", 1)
+    nodes = int(get(hw, "num_nodes", 1))
+    if isinstance(devices, int):
+        n = devices if devices > 0 else 2  # -1: all devices, more than one
+    elif isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        n = len(devices)
+    else:
+        n = 2 if str(devices) not in ("1", "auto") else 1
+    return n * nodes
+
+
+def resolve_strategy(hw: Any, *, find_unused_parameters: bool = False) -> Any:
+    """The Trainer ``strategy`` for ``hardware`` (a DDPStrategy for the ddp family, else the name).
+
+    Hydra multirun and subprocess ``ddp`` do not mix: Lightning re-launches ``sys.argv`` for each rank,
+    which under multirun re-runs the whole sweep in every rank. Under multirun, ``ddp`` becomes
+    ``ddp_spawn``, which starts the workers from inside the job.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    name = str(get(hw, "strategy", "auto"))
+    if name == "ddp" and _multirun() and _num_processes(hw) > 1:
+        log_message(
+            "note: under Hydra multirun, strategy=ddp would re-launch the whole sweep in each rank; "
+            "using ddp_spawn"
+        )
+        name = "ddp_spawn"
+    if name in _DDP_START:
+        return DDPStrategy(
+            start_method=_DDP_START[name],
+            find_unused_parameters=find_unused_parameters,
+            process_group_backend=get(hw, "process_group_backend"),
+        )
+    return name

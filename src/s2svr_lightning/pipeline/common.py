@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from s2svr_lightning.atomic import atomic_write_bytes
-
-__all__ = ["get", "is_global_zero", "say", "write_json", "read_results", "stage_steps"]
+__all__ = ["get", "is_global_zero", "log_message", "read_results", "stage_steps"]
 
 _log = logging.getLogger("s2svr_lightning")
 
@@ -37,7 +34,7 @@ def is_global_zero() -> bool:
     return int(next((n for n in nodes if n), "0")) == 0
 
 
-def say(message: str) -> None:
+def log_message(message: str) -> None:
     """Rank-zero progress message: logged (console and the Hydra run's log file) or printed."""
     if not is_global_zero():
         return
@@ -45,14 +42,6 @@ def say(message: str) -> None:
         _log.info(message)
     else:
         print(message, flush=True)
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """``data`` as JSON at ``path``, atomically, on global rank zero only."""
-    if not is_global_zero():
-        return
-    text = json.dumps(data, indent=2, sort_keys=False, default=float) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def read_results(output_dir: str | os.PathLike) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
 
 from s2svr_lightning.conf import ConfigError
-from s2svr_lightning.pipeline.common import is_global_zero, say
+from s2svr_lightning.pipeline.common import is_global_zero, log_message
 
 __all__ = ["StageWandbLogger", "build_loggers", "logger_nodes", "log_table", "wandb_offline"]
 
@@ -77,7 +77,7 @@ class StageWandbLogger(WandbLogger):
         offline = wandb_offline(mode)
         if offline and str(out) not in _NOTICE_SHOWN:  # once per job (each job has its own run folder)
             _NOTICE_SHOWN.add(str(out))
-            say(
+            log_message(
                 "wandb: no API key configured (WANDB_API_KEY unset, no `wandb login`): logging offline to "
                 f"{out / 'wandb'}. Upload later with `wandb sync {out / 'wandb'}/offline-run-*`."
             )

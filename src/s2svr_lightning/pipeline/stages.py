@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from s2svr_lightning.atomic import write_json
 from s2svr_lightning.conf import ConfigError
 from s2svr_lightning.pipeline.build import (
     build_datamodule,
@@ -28,7 +29,7 @@ from s2svr_lightning.pipeline.build import (
     module_class,
     module_option,
 )
-from s2svr_lightning.pipeline.common import get, say, stage_steps, write_json
+from s2svr_lightning.pipeline.common import get, is_global_zero, log_message, stage_steps
 from s2svr_lightning.pipeline.loggers import log_table
 from s2svr_lightning.utils import to_plain
 
@@ -122,7 +123,7 @@ def _fit_stage(
     """Fit (or resume, or skip) one training stage: its final validation metrics, and whether it ran."""
     last, final, metrics_file = stage_paths(out, stage)
     if final.is_file() and metrics_file.is_file():
-        say(f"[{stage}] finished earlier: {final} (skipped)")
+        log_message(f"[{stage}] finished earlier: {final} (skipped)")
         return json.loads(metrics_file.read_text()), False
     scfg = cfg[stage]
     max_steps = stage_steps(cfg, stage)
@@ -146,15 +147,15 @@ def _fit_stage(
     resume = str(last) if last.is_file() else None
     if resume:
         step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", "?")
-        say(f"[{stage}] resuming from {last} at step {step} of {max_steps}")
+        log_message(f"[{stage}] resuming from {last} at step {step} of {max_steps}")
     else:
-        say(f"[{stage}] training for {max_steps} steps")
+        log_message(f"[{stage}] training for {max_steps} steps")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     except SIGTERMException:
         # Lightning stops between two steps and CheckpointOnInterrupt has saved last.ckpt; a SystemExit
         # without a code would report success
-        say(
+        log_message(
             f"[{stage}] stopped by SIGTERM at step {trainer.global_step}; "
             "run the same command again to resume"
         )
@@ -172,7 +173,8 @@ def _fit_stage(
     if best is not None:
         metrics["best"] = best
     # metrics first, then the final checkpoint: the checkpoint is the "finished" marker
-    write_json(metrics_file, metrics)
+    if is_global_zero():
+        write_json(metrics_file, metrics, finite=False)
     trainer.save_checkpoint(final, weights_only=False)  # full state: training can go on from it
     return metrics, True
 
@@ -220,7 +222,9 @@ def choose_test_checkpoint(cfg: DictConfig, out: Path) -> tuple[Path, str, float
         for entry in (recorded or {}).get("checkpoints", []):
             if Path(entry["path"]).is_file():
                 return Path(entry["path"]), "best", entry.get("score")
-        say("[test] no best restorer checkpoint was scored (no validation in training): using final.ckpt")
+        log_message(
+            "[test] no best restorer checkpoint was scored (no validation in training): using final.ckpt"
+        )
         choice = "final"
     path = last if choice == "last" else final
     if not path.is_file():
@@ -235,9 +239,9 @@ def _test_output_writer(cfg: DictConfig, out: Path) -> list[Callback]:
     if not bool(cfg.test.save_outputs):
         return []
     try:
-        from s2svr_lightning.evaluation import TestOutputWriter
+        from s2svr_lightning.lit.evaluation import TestOutputWriter
     except ImportError as err:
-        raise ConfigError(f"test.save_outputs=true needs s2svr_lightning.evaluation: {err}") from err
+        raise ConfigError(f"test.save_outputs=true needs s2svr_lightning.lit.evaluation: {err}") from err
     return [TestOutputWriter(output_dir=str(out / "test"), save_images=bool(cfg.test.save_images))]
 
 
@@ -257,7 +261,7 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
         and done.get("checkpoint") == str(ckpt)
         and (done.get("saved_outputs") or not save_outputs)
     ):
-        say(f"[test] finished earlier: {metrics_file} (skipped)")
+        log_message(f"[test] finished earlier: {metrics_file} (skipped)")
         return done, False
     cls = module_class(cfg, "restorer")
     module = cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
@@ -275,14 +279,15 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     if limit is not None:
         trainer.limit_test_batches = limit
     datamodule = build_datamodule(cfg, "test")
-    say(f"[test] scoring {ckpt} ({choice}) on the held-out sequences")
+    log_message(f"[test] scoring {ckpt} ({choice}) on the held-out sequences")
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = _scalar_metrics(results[0] if results else trainer.callback_metrics, "test")
     metrics.update(checkpoint=str(ckpt), checkpoint_choice=choice, checkpoint_score=score)
     metrics["saved_outputs"] = save_outputs
     metrics["per_sequence"] = module.test_per_sequence
     log_table(trainer.loggers, "test/per_sequence", module.test_per_sequence)
-    write_json(metrics_file, metrics)
+    if is_global_zero():
+        write_json(metrics_file, metrics, finite=False)
     return metrics, True
 
 
@@ -312,9 +317,11 @@ def check_predict(cfg: DictConfig) -> tuple[Path, Path | None]:
 
 
 def run_predict(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
-    """Restore ``predict.input`` with ``ckpt.restorer`` through :func:`~s2svr_lightning.restore.restore_video`
-    (the streaming path of the ``restore`` command)."""
-    from s2svr_lightning.restore import restore_video
+    """Restore ``predict.input`` with ``ckpt.restorer`` through
+    :func:`~s2svr_lightning.restore.run.restore_video` (the streaming path of the ``restore`` command), with
+    the :class:`~s2svr_lightning.restore.options.RestoreOptions` that ``predict.*`` sets."""
+    from s2svr_lightning.restore.options import RestoreOptions
+    from s2svr_lightning.restore.run import restore_video
 
     source, target = check_predict(cfg)
     if target is None:
@@ -323,19 +330,17 @@ def run_predict(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
         "cuda" if str(cfg.hardware.accelerator) in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    say(f"[predict] restoring {source} -> {target} with {cfg.ckpt.restorer}")
+    log_message(f"[predict] restoring {source} -> {target} with {cfg.ckpt.restorer}")
+    options = RestoreOptions(
+        device=device,
+        precision=str(cfg.predict.precision),
+        tile=get(cfg, "predict.tile"),
+        overwrite=bool(cfg.predict.overwrite),
+        progress=False,
+        compile=bool(cfg.predict.compile),
+    )
     try:
-        summary = restore_video(
-            cfg.ckpt.restorer,
-            source,
-            target,
-            device=device,
-            precision=str(cfg.predict.precision),
-            tile=get(cfg, "predict.tile"),
-            overwrite=bool(cfg.predict.overwrite),
-            progress=False,
-            compile=bool(cfg.predict.compile),
-        )
+        summary = restore_video(cfg.ckpt.restorer, source, target, options)
     except FileExistsError as err:
         raise ConfigError(f"predict.output: {err} (here: predict.overwrite=true)") from None
     except (ValueError, FileNotFoundError) as err:

@@ -31,11 +31,10 @@ import torch
 from ...metrics import quantize_8bit
 from ...task import TASK_KINDS, Task
 from ..errors import DatasetError
+from ..media.store import Crop, FrameStore
 
 __all__ = [
-    "Crop",
     "DatasetEntry",
-    "FrameStore",
     "SequenceSource",
     "ListedSource",
     "PairedSource",
@@ -45,7 +44,6 @@ __all__ = [
     "require_dir",
 ]
 
-Crop = tuple[int, int, int, int]  # (top, left, height, width) in HQ pixels
 VERIFY_LEVELS = ("none", "header", "full")
 
 
@@ -102,35 +100,6 @@ class DatasetEntry:
 def _check_verify(verify: str) -> None:
     if verify not in VERIFY_LEVELS:
         raise ValueError(f"expected verify in {VERIFY_LEVELS}, got {verify!r}")
-
-
-class FrameStore(abc.ABC):
-    """One sequence of RGB frames on disk (image files, a video file, a YUV file)."""
-
-    #: where the frames live, used in error messages
-    path: str
-    #: how DataLoader workers reading this store must be started (a ``multiprocessing`` start method), or
-    #: None where any start method is safe
-    worker_start: str | None = None
-
-    @abc.abstractmethod
-    def __len__(self) -> int: ...
-
-    @abc.abstractmethod
-    def size(self) -> tuple[int, int]:
-        """``(H, W)`` of every frame."""
-
-    @abc.abstractmethod
-    def read(self, indices: Sequence[int], crop: Crop | None = None) -> torch.Tensor:
-        """Frames ``(n, 3, H, W)`` float32 in [0, 1] (cropped to ``crop`` if given)."""
-
-    @abc.abstractmethod
-    def validate(self, verify: str = "header") -> None:
-        """Raise :class:`DatasetError` if a frame is missing, unreadable, truncated or of another size."""
-
-    def names(self) -> list[str] | None:
-        """The name of each frame (an image file's name without its extension), or None (a video file)."""
-        return None
 
 
 class SequenceSource(abc.ABC):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DatasetError
-from ..image_io import ImageFolderStore, list_frame_files, natural_key
+from ..media.image_io import ImageFolderStore, list_frame_files, natural_key
 from .base import DatasetEntry, PairedSource, layout_error, require_dir
 
 __all__ = ["GoProDataset"]

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ...atomic import AtomicOutput, atomic_write_bytes, atomic_write_text
-from ..prepare.common import write_png
-from ..video_io import VideoWriter, is_video_file
+from ..media.image_io import write_png
+from ..media.video_io import VideoWriter, is_video_file
 from .mfqe import yuv_name
 
 __all__ = ["save_frames", "write_clip", "write_gopro", "write_mfqe", "write_reds", "write_vimeo", "write_yuv"]
@@ -144,8 +144,8 @@ def write_clip(
     options: Mapping[str, str] | None = None,
 ) -> Path:
     """One clip of a ``paired`` or ``video_folder`` tree: a video file if ``path`` has a video extension
-    (encoded by :class:`~s2svr_lightning.data.video_io.VideoWriter` with these options), else a folder of
-    ``0000.png, 0001.png, ...``."""
+    (encoded by :class:`~s2svr_lightning.data.media.video_io.VideoWriter` with these options), else a
+    folder of ``0000.png, 0001.png, ...``."""
     path = Path(path)
     frames = _check_rgb(frames, f"the frames of {path}")
     if not is_video_file(path):

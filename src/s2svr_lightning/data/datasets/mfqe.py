@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..color import yuv420_to_rgb
+from ...color import yuv420_to_rgb
 from ..errors import DatasetError
 from .base import Crop, DatasetEntry, FrameStore, PairedSource, layout_error, require_dir
 

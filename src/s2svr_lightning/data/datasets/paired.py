@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
-from ..image_io import ImageFolderStore, list_frame_files, natural_key
-from ..video_io import VideoStore, is_video_file
+from ..media.image_io import ImageFolderStore, list_frame_files, natural_key
+from ..media.video_io import VideoStore, is_video_file
 from .base import DatasetEntry, FrameStore, PairedSource
 from .video_folder import is_frame_folder
 
@@ -88,7 +88,7 @@ class PairedDataset(DatasetEntry):
         val, test: clip names held out of ``lq``/``hq`` for validation / test (a list, or one string of
             names separated by commas or spaces).
         val_lq, val_hq, test_lq, test_hq: separate held-out folder pairs instead.
-        backend: video reader backend (see :class:`~s2svr_lightning.data.video_io.VideoReader`).
+        backend: video reader backend (see :class:`~s2svr_lightning.data.media.video_io.VideoReader`).
     """
 
     name = "paired"

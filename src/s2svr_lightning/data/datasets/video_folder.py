@@ -16,8 +16,8 @@ import warnings
 from pathlib import Path
 
 from ...task import Task
-from ..image_io import IMAGE_EXTENSIONS, ImageFolderStore, list_frame_files, natural_key
-from ..video_io import VideoStore, is_video_file
+from ..media.image_io import IMAGE_EXTENSIONS, ImageFolderStore, list_frame_files, natural_key
+from ..media.video_io import VideoStore, is_video_file
 from .base import DatasetEntry, DegradedSource, FrameStore, layout_error, require_dir
 
 __all__ = ["VideoFolderDataset", "list_videos", "is_frame_folder"]
@@ -53,7 +53,7 @@ class VideoFolderDataset(DatasetEntry):
         val_root, test_root: held-out folders when ``root`` has no split folders.
         blur_frames, blur_stride: deblurring: frames averaged per blurred frame, and window step.
         qp: compressed video: HEVC QP.
-        backend: video reader backend (see :class:`~s2svr_lightning.data.video_io.VideoReader`).
+        backend: video reader backend (see :class:`~s2svr_lightning.data.media.video_io.VideoReader`).
     """
 
     name = "video_folder"

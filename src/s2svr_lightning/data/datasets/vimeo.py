@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ...task import Task
 from ..errors import DatasetError
-from ..image_io import ImageFolderStore
+from ..media.image_io import ImageFolderStore
 from .base import DatasetEntry, DegradedSource, PairedSource, SequenceSource, layout_error, require_dir
 
 __all__ = ["VimeoDataset"]

@@ -9,13 +9,13 @@ mis-sized file in one pass, with counts per split. The command line is ``s2svr_l
 
 from __future__ import annotations
 
-from .common import Report
+from .common import CheckReport
 from .gopro import check_gopro, prepare_gopro
 from .mfqe import check_mfqe, prepare_mfqe
 from .reds import check_reds, prepare_reds
 from .vimeo import check_vimeo, prepare_vimeo
 
-__all__ = ["PREPARERS", "CHECKERS", "Report"]
+__all__ = ["PREPARERS", "CHECKERS", "CheckReport"]
 
 PREPARERS = {"reds": prepare_reds, "vimeo": prepare_vimeo, "gopro": prepare_gopro, "mfqe": prepare_mfqe}
 CHECKERS = {"reds": check_reds, "vimeo": check_vimeo, "gopro": check_gopro, "mfqe": check_mfqe}

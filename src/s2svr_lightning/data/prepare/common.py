@@ -1,4 +1,4 @@
-"""What every preparer and checker shares: the report, the per-sequence frame check, atomic PNG writes.
+"""What every preparer and checker shares: the report and the per-sequence frame check.
 
 A check collects every problem of a tree in one pass (it never stops at the first), as lines that start
 with the file's path, and counts sequences, files and problems per split.
@@ -6,7 +6,6 @@ with the file's path, and counts sequences, files and problems per split.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import sys
@@ -16,35 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import DatasetError
-from ..image_io import IMAGE_EXTENSIONS, probe_image
+from ..media.image_io import IMAGE_EXTENSIONS, probe_image
 
-__all__ = ["Report", "SequenceCheck", "check_frame_pair", "run_checks", "progress", "write_png", "say"]
-
-
-def say(message: str) -> None:
-    """A line for the user (stderr, like the progress bars, so stdout stays clean for scripts)."""
-    print(message, file=sys.stderr, flush=True)
+__all__ = ["CheckReport", "SequenceCheck", "check_frame_pair", "run_checks", "progress"]
 
 
 def progress(items: Iterable, *, total: int | None = None, desc: str, unit: str = "seq"):
     from tqdm.auto import tqdm
 
     return tqdm(items, total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
-
-
-def write_png(path: Path, frame: np.ndarray) -> None:
-    """Write uint8 ``(H, W, 3)`` as an 8-bit PNG, atomically (a temporary file in the same folder, then a
-    rename), so an interrupted run leaves either no file or the whole file."""
-    from PIL import Image
-
-    from s2svr_lightning.atomic import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(frame)).save(buffer, format="PNG")
-    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
 
 
 @dataclass
@@ -55,7 +35,7 @@ class _SplitCount:
 
 
 @dataclass
-class Report:
+class CheckReport:
     """Problems (lines naming the file) and counts per split."""
 
     problems: list[str] = field(default_factory=list)
@@ -93,7 +73,7 @@ class SequenceCheck:
     run: Callable[[], tuple[int, list[str]]]
 
 
-def run_checks(report: Report, checks: Sequence[SequenceCheck], *, desc: str, workers: int = 8) -> None:
+def run_checks(report: CheckReport, checks: Sequence[SequenceCheck], *, desc: str, workers: int = 8) -> None:
     """Run every check (file-system and decoder bound: a few threads) with a progress bar."""
     if not checks:
         return

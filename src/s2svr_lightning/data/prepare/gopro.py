@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...utils import say
 from ..errors import DatasetError
-from ..image_io import natural_key
-from .common import Report, SequenceCheck, check_frame_pair, run_checks, say
+from ..media.image_io import natural_key
+from .common import CheckReport, SequenceCheck, check_frame_pair, run_checks
 
 __all__ = ["prepare_gopro", "check_gopro"]
 
@@ -44,7 +45,9 @@ def _check_sequence(seq: Path, full: bool) -> tuple[int, list[str]]:
     return files, problems
 
 
-def check_gopro(root: Path, report: Report, *, full: bool = False, workers: int = 8, **_: object) -> None:
+def check_gopro(
+    root: Path, report: CheckReport, *, full: bool = False, workers: int = 8, **_: object
+) -> None:
     base = _base(root)
     checks = []
     for split in SPLITS:

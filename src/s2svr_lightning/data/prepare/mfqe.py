@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...utils import say
 from ..datasets.mfqe import YuvStore
 from ..degradations import hevc_ldp_settings, hevc_ldp_yuv420
 from ..errors import DatasetError
-from .common import Report, SequenceCheck, progress, run_checks, say
+from .common import CheckReport, SequenceCheck, progress, run_checks
 
 __all__ = ["prepare_mfqe", "check_mfqe", "compressed_folder"]
 
@@ -135,7 +136,7 @@ def _check_video(raw_path: Path, out_dir: Path, full: bool) -> tuple[int, list[s
 
 
 def check_mfqe(
-    root: Path, report: Report, *, qp: int = 37, full: bool = False, workers: int = 8, **_: object
+    root: Path, report: CheckReport, *, qp: int = 37, full: bool = False, workers: int = 8, **_: object
 ) -> None:
     """Each split's raw videos (size fits the name) and their compressed versions (present, same size)."""
     checks = []

@@ -13,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...task import default_scale
+from ...utils import say
 from ..datasets.reds import REDS4_CLIPS
 from ..errors import DatasetError
-from ..image_io import natural_key
-from .common import Report, SequenceCheck, atomic_rename, check_frame_pair, progress, run_checks, say
+from ..media.image_io import natural_key
+from .common import CheckReport, SequenceCheck, atomic_rename, check_frame_pair, progress, run_checks
 
 __all__ = ["prepare_reds", "check_reds", "VAL_OFFSET"]
 
@@ -108,7 +109,7 @@ def prepare_reds(root: Path, **_: object) -> None:
     )
 
 
-def check_reds(root: Path, report: Report, *, full: bool = False, workers: int = 8, **_: object) -> None:
+def check_reds(root: Path, report: CheckReport, *, full: bool = False, workers: int = 8, **_: object) -> None:
     """Every clip of ``train_sharp`` against ``train_sharp_bicubic/X4``, split as REDS4 / training."""
     hq_root = root / _FOLDERS["hq"].format(split="train")
     lq_root = root / _FOLDERS["lq"].format(split="train")

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from ...task import default_scale
+from ...utils import say
 from ..degradations import bicubic_downsample
 from ..errors import DatasetError
-from ..image_io import frames_to_tensor, read_image
-from .common import Report, SequenceCheck, check_frame_pair, progress, run_checks, say, write_png
+from ..media.image_io import frames_to_tensor, read_image, write_png
+from .common import CheckReport, SequenceCheck, check_frame_pair, progress, run_checks
 
 __all__ = ["prepare_vimeo", "check_vimeo", "read_lists"]
 
@@ -109,7 +110,7 @@ def prepare_vimeo(
 
 def check_vimeo(
     root: Path,
-    report: Report,
+    report: CheckReport,
     *,
     lq_root: str | Path | None = None,
     full: bool = False,

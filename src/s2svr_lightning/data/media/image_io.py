@@ -4,12 +4,15 @@
 - :func:`probe_image`: its size without decoding the pixels, and a truncation check (the PNG ``IEND`` chunk
   or the JPEG end-of-image marker must end the file), fast enough to check every frame of a dataset when
   it is set up; ``full=True`` decodes it as well.
-- :func:`list_frame_files`: the image files of a folder in natural order (``2.png`` before ``10.png``).
+- :func:`list_frame_files`: the image files of a folder in natural order (``2.png`` before ``10.png``);
+  :func:`read_frame_folder` reads them all.
 - :class:`ImageFolderStore`: a sequence of frames given by a list of image files.
+- :func:`write_png`: one uint8 frame as an 8-bit PNG, written atomically.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -18,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils import to_float_frames
-from .datasets.base import Crop, FrameStore
-from .errors import DatasetError
+from ...atomic import atomic_write_bytes
+from ...utils import to_float_frames
+from ..errors import DatasetError
+from .store import Crop, FrameStore
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -29,6 +33,8 @@ __all__ = [
     "list_frame_files",
     "ImageFolderStore",
     "natural_key",
+    "read_frame_folder",
+    "write_png",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -210,3 +216,22 @@ class ImageFolderStore(FrameStore):
 
     def read(self, indices: Sequence[int], crop: Crop | None = None) -> torch.Tensor:
         return frames_to_tensor([read_image(self.files[i], crop, expected_size=self._size) for i in indices])
+
+
+def read_frame_folder(folder: str | os.PathLike) -> np.ndarray:
+    """All frames of a folder of images, natural order, as uint8 ``(N, H, W, 3)``."""
+    frames = [read_image(f) for f in list_frame_files(folder)]
+    sizes = {f.shape for f in frames}
+    if len(sizes) > 1:
+        raise DatasetError(f"{folder}: frames of different sizes {sorted(sizes)}")
+    return np.stack(frames)
+
+
+def write_png(path: Path, frame: np.ndarray) -> None:
+    """Write uint8 ``(H, W, 3)`` as an 8-bit PNG, atomically (a temporary file in the same folder, then a
+    rename), so an interrupted run leaves either no file or the whole file."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame)).save(buffer, format="PNG")
+    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))

@@ -18,7 +18,7 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 __all__ = ["REENCODE_CODECS", "AudioCarrier"]
 

@@ -15,7 +15,7 @@ Reading (:class:`VideoReader`) uses one of three backends per file (``"auto"``: 
   the only safe choice for AVI files with inter-frame codecs, whose timestamps are garbled: decord returns
   wrong frames there (dmlc/decord#252) and PyAV's seeking fails too.
 
-Writing (:class:`~s2svr_lightning.data.video_writer.VideoWriter`, re-exported here) goes through PyAV
+Writing (:class:`~s2svr_lightning.data.media.video_writer.VideoWriter`, re-exported here) goes through PyAV
 and stores the frame rate exactly (pass the reader's ``fps``, a ``Fraction``), and, given them, the
 reader's ``time_base`` and per-frame timestamps (:meth:`VideoReader.iter_timed_frames`), ``color`` and
 the file's audio. Missing, unreadable, truncated or corrupt files raise
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets.base import Crop, FrameStore
-from .errors import DatasetError
+from ..errors import DatasetError
 from .image_io import frames_to_tensor, list_frame_files, read_image
+from .store import Crop, FrameStore
 from .video_writer import VideoColor, VideoWriter
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
     "VideoReader",
     "VideoWriter",
     "VideoStore",
-    "read_frame_folder",
     "list_frame_files",
     "read_image",
     "decord_available",
@@ -71,15 +70,6 @@ def decord_available() -> bool:
     except Exception:  # ImportError, or a broken native library
         return False
     return True
-
-
-def read_frame_folder(folder: str | os.PathLike) -> np.ndarray:
-    """All frames of a folder of images, natural order, as uint8 ``(N, H, W, 3)``."""
-    frames = [read_image(f) for f in list_frame_files(folder)]
-    sizes = {f.shape for f in frames}
-    if len(sizes) > 1:
-        raise DatasetError(f"{folder}: frames of different sizes {sorted(sizes)}")
-    return np.stack(frames)
 
 
 def _av_error(path: Path, what: str, err: Exception) -> DatasetError:
@@ -150,7 +140,7 @@ class VideoReader:
     Attributes:
         fps: frame rate as a ``Fraction`` (exact, e.g. 30000/1001; the average for variable rates).
         time_base: the video stream's time base (the unit of :meth:`iter_timed_frames`' timestamps).
-        color: the stream's colour description (:class:`~s2svr_lightning.data.video_writer.VideoColor`).
+        color: the stream's colour description (:class:`~s2svr_lightning.data.media.video_writer.VideoColor`).
         has_audio: the file has audio streams.
         size: ``(H, W)``.
         backend: the backend in use for random access.

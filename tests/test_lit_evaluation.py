@@ -13,7 +13,7 @@ from PIL import Image
 
 from s2svr_lightning.data import VideoRestorationDataModule
 from s2svr_lightning.data.datasets.clips import EvalSequenceDataset
-from s2svr_lightning.evaluation import TestOutputWriter
+from s2svr_lightning.lit.evaluation import TestOutputWriter
 from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.metrics import VideoMetrics, psnr, ssim
 

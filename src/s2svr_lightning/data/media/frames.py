@@ -2,8 +2,8 @@
 
 What ``restore`` streams through: a :class:`FrameSource` decodes float ``(3, H, W)`` frames in [0, 1]
 lazily, a sink encodes them as they come, so memory does not grow with the video's length. Reading and
-writing themselves are :mod:`~s2svr_lightning.data.video_io` (PyAV / decord) and
-:mod:`~s2svr_lightning.data.image_io` (Pillow); this module only adapts them to one frame at a time.
+writing themselves are :mod:`~s2svr_lightning.data.media.video_io` (PyAV / decord) and
+:mod:`~s2svr_lightning.data.media.image_io` (Pillow); this module only adapts them to one frame at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils import expect_shape, to_float_frames, to_uint8_frames
+from ...utils import expect_shape, to_float_frames, to_uint8_frames
 
 __all__ = ["FolderSink", "FrameSource", "VideoSink", "open_source"]
 
@@ -110,8 +110,8 @@ class VideoSink:
     Args:
         path: the output file (its extension picks the container).
         fps: the frame rate.
-        codec, crf, pix_fmt, preset: as :class:`~s2svr_lightning.data.video_writer.VideoWriter`; odd frame
-            sizes switch the default 4:2:0 to ``yuv444p`` (4:2:0 chroma needs even sizes).
+        codec, crf, pix_fmt, preset: as :class:`~s2svr_lightning.data.media.video_writer.VideoWriter`;
+            odd frame sizes switch the default 4:2:0 to ``yuv444p`` (4:2:0 chroma needs even sizes).
         source: the :class:`FrameSource` the frames come from: a video source's timestamps (when opened
             ``timed``), colour description and, with ``audio``, its audio streams are kept.
         audio: carry the source's audio (copied where the container allows, else re-encoded).

@@ -9,7 +9,7 @@ should keep of its source:
   converted back to YUV with the matrix and range the decoder used to make them, and tagged as the
   source was, so the numbers and their meaning both match the source;
 - sound: every audio stream of ``audio_from`` (copied, or re-encoded where the container refuses the
-  codec; :class:`~s2svr_lightning.data.audio.AudioCarrier`), interleaved with the frames.
+  codec; :class:`~s2svr_lightning.data.media.audio.AudioCarrier`), interleaved with the frames.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils import expect_shape, to_uint8_frames
+from ...utils import expect_shape, to_uint8_frames
 
 __all__ = ["CODEC_PIX_FMT", "VideoColor", "VideoWriter"]
 

@@ -32,8 +32,8 @@ from contextlib import nullcontext
 
 import torch
 
-from .models.s2svr import S2SVR
-from .utils import to_float_frames
+from ..models.s2svr import S2SVR
+from ..utils import to_float_frames
 
 __all__ = ["LatentWindow", "StreamingRestorer", "reuse_freed_memory"]
 
@@ -73,8 +73,8 @@ class LatentWindow:
     Per frame ``j`` it keeps the latent ``z_j``, ``to_prev[j]`` (= ``o_j``, the flow j -> j-1),
     ``to_next[j]`` (the flow j -> j+1) and, if given, the frame itself; :meth:`forget` drops what no later
     window reads, so it holds about ``2r + 1`` frames' worth whatever the video's length. Both the
-    streaming restorer and the host loop of an exported step (:mod:`s2svr_lightning.export`) keep their
-    window here.
+    streaming restorer and the host loop of an exported step (:mod:`s2svr_lightning.restore.export`) keep
+    their window here.
     """
 
     def __init__(self, radius: int) -> None:
@@ -311,7 +311,7 @@ class StreamingRestorer:
         # the weights and the frames are converted once and every op of the net keeps the layout
         self.net = net.to(self.device, memory_format=torch.channels_last).eval()
         if compile:
-            from .compilation import compile_restorer
+            from ..compilation import compile_restorer
 
             compile_restorer(self.net)
         self.precision = precision

@@ -2,7 +2,7 @@
 
 ``s2svr-restore --ckpt CKPT in1.mp4 in2.mkv vids/ -o OUTDIR`` (or ``s2svr-restore --ckpt CKPT vids/
 OUTDIR`` for one folder of videos). The checkpoint is loaded once; each input is restored with
-:func:`~s2svr_lightning.restore.restore_video` into ``OUTDIR/<name>.<ext>`` (a frame folder
+:func:`~s2svr_lightning.restore.run.restore_video` into ``OUTDIR/<name>.<ext>`` (a frame folder
 ``OUTDIR/<name>/`` with ``--format png``). An output that exists is complete (outputs are written
 atomically), so it is skipped unless ``--overwrite``: a rerun resumes an interrupted batch. A bad input
 is reported and the others go on; the run ends with a table (file, frames, fps, seconds, status and
@@ -11,23 +11,26 @@ PSNR with ``--reference``) and exits 1 naming the inputs that failed.
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_restorer
-from .data.errors import DatasetError
-from .restore import restore_video, write_json
+from ..atomic import write_json
+from ..checkpoint import load_restorer
+from ..data.errors import DatasetError
+from ..data.media.image_io import IMAGE_EXTENSIONS
+from ..data.media.video_io import is_video_file
+from .options import RestoreOptions
+from .run import restore_video
 
 __all__ = [
     "BatchItem",
-    "batch_form",
     "collect_inputs",
     "is_video_folder",
-    "main_batch",
     "output_for",
+    "restore_batch",
     "run_batch",
 ]
 
@@ -52,16 +55,12 @@ class BatchItem:
 
 
 def _video_files(folder: Path) -> list[Path]:
-    from .data.video_io import is_video_file
-
     return sorted(
         p for p in folder.iterdir() if p.is_file() and is_video_file(p) and not p.name.startswith(".")
     )
 
 
 def _is_frame_folder(folder: Path) -> bool:
-    from .data.image_io import IMAGE_EXTENSIONS
-
     return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir() if p.is_file())
 
 
@@ -117,50 +116,39 @@ def _reference_for(item: BatchItem, reference: Path) -> Path:
     return candidates[0]
 
 
-def batch_form(args: argparse.Namespace) -> tuple[list[str], Path] | None:
-    """``(inputs, OUTDIR)`` when the command is a batch, ``None`` for ``INPUT OUTPUT``; raises on neither."""
-    if args.output_dir is not None:
-        if args.export is not None:
-            raise ValueError("expected --export with INPUT OUTPUT, got -o/--output-dir")
-        return list(args.paths), Path(args.output_dir)
-    if len(args.paths) != 2:
-        raise ValueError(
-            f"expected INPUT OUTPUT, or inputs with -o OUTDIR, got {len(args.paths)} paths "
-            f"({' '.join(args.paths)}); add -o OUTDIR to restore them all into one folder"
-        )
-    args.input, args.output = args.paths
-    if args.export is None and is_video_folder(args.input):
-        return [args.input], Path(args.output)
-    if args.format is not None:
-        raise ValueError(
-            "expected --format with a batch (-o OUTDIR), got INPUT OUTPUT: OUTPUT's extension is the format"
-        )
-    return None
-
-
 def run_batch(
-    args: argparse.Namespace, inputs: list[str], outdir: Path, restore_kwargs: dict[str, Any], net_and_task
+    ckpt: str | os.PathLike,
+    inputs: list[str],
+    outdir: Path,
+    options: RestoreOptions,
+    *,
+    reference: str | os.PathLike | None = None,
+    net_and_task: tuple[Any, Any] | None = None,
 ) -> tuple[list[BatchItem], int]:
     """Restore every input into ``outdir``; returns the items and the exit code (0, or 1 if any failed).
 
-    ``restore_kwargs`` go to :func:`~s2svr_lightning.restore.restore_video` for every input.
-    ``KeyboardInterrupt`` stops the batch (the current output's partial is removed; finished ones stay).
+    Every input is restored with the same ``options`` (:func:`~s2svr_lightning.restore.run.restore_video`);
+    ``reference`` is a folder of references named as the inputs; ``net_and_task`` is the loaded checkpoint
+    (read from ``ckpt`` once if not given). ``KeyboardInterrupt`` stops the batch (the current output's
+    partial is removed; finished ones stay).
     """
     if not outdir.exists():
         outdir.mkdir(parents=True)
     elif not outdir.is_dir():
         raise ValueError(f"expected -o/--output-dir a folder, got the file {outdir}")
-    reference = Path(args.reference) if args.reference is not None else None
+    reference = Path(reference) if reference is not None else None
     if reference is not None and not reference.is_dir():
         raise ValueError(
             f"expected --reference a folder of references (named as the inputs), got {reference}"
         )
+    if net_and_task is None:
+        net_and_task = load_restorer(ckpt)
     items = collect_inputs(inputs)
     seen: dict[Path, Path] = {}
     for item in items:
         if item.status == "failed":
             continue
-        item.output = output_for(item.input, outdir, args.format, args.codec)
+        item.output = output_for(item.input, outdir, options.format, options.codec)
         if item.output in seen:
             item.status = "failed"
             item.error = f"its output {item.output} is also that of {seen[item.output]}; rename one"
@@ -170,13 +158,13 @@ def run_batch(
             item.status = "failed"
             item.error = f"its output would replace it in {outdir}; choose another -o/--output-dir"
             continue
-        if item.output.exists() and not args.overwrite:
+        if item.output.exists() and not options.overwrite:
             item.status = "skipped"
             continue
         try:
             ref = _reference_for(item, reference) if reference is not None else None
             summary = restore_video(
-                args.ckpt, item.input, item.output, reference=ref, net_and_task=net_and_task, **restore_kwargs
+                ckpt, item.input, item.output, options, reference=ref, net_and_task=net_and_task
             )
         except (KeyboardInterrupt, MemoryError):
             raise
@@ -193,7 +181,7 @@ def run_batch(
     return items, 1 if any(i.status == "failed" for i in items) else 0
 
 
-def format_table(items: list[BatchItem], *, scored: bool) -> str:
+def batch_table(items: list[BatchItem], *, scored: bool) -> str:
     """The per-file summary: file, frames, fps (the video's), seconds (wall), PSNR (``scored``), status."""
     head = ["file", "frames", "fps", "seconds", *(["PSNR"] if scored else []), "status"]
     rows = [head]
@@ -214,7 +202,7 @@ def format_table(items: list[BatchItem], *, scored: bool) -> str:
 
 def report(items: list[BatchItem], code: int, *, scored: bool) -> None:
     """Print the table to stdout and, if any failed, one line naming them to stderr."""
-    print(format_table(items, scored=scored))
+    print(batch_table(items, scored=scored))
     failed = [str(i.input) for i in items if i.status == "failed"]
     done = sum(i.status == "done" for i in items)
     skipped = sum(i.status == "skipped" for i in items)
@@ -226,18 +214,24 @@ def report(items: list[BatchItem], code: int, *, scored: bool) -> None:
         )
 
 
-def main_batch(
-    args: argparse.Namespace, inputs: list[str], outdir: Path, restore_kwargs: dict[str, Any]
+def restore_batch(
+    ckpt: str | os.PathLike,
+    inputs: list[str],
+    outdir: Path,
+    options: RestoreOptions,
+    *,
+    reference: str | os.PathLike | None = None,
+    metrics_json: str | os.PathLike | None = None,
 ) -> int:
     """The command line's batch form: the checkpoint is read once, a bad input does not stop the others;
-    prints the table (and writes ``--metrics-json`` as ``{input: metrics}``); returns the exit code."""
-    net_and_task = load_restorer(args.ckpt)  # a bad checkpoint fails every input: refuse it at once
-    items, code = run_batch(args, inputs, outdir, restore_kwargs, net_and_task)
-    report(items, code, scored=args.reference is not None or args.degrade)
-    if args.metrics_json is not None:
+    prints the table (and writes ``metrics_json`` as ``{input: metrics}``); returns the exit code."""
+    net_and_task = load_restorer(ckpt)  # a bad checkpoint fails every input: refuse it at once
+    items, code = run_batch(ckpt, inputs, outdir, options, reference=reference, net_and_task=net_and_task)
+    report(items, code, scored=reference is not None or options.degrade)
+    if metrics_json is not None:
         payload = {
             str(i.input): i.metrics if i.metrics is not None else {"status": i.status, "error": i.error}
             for i in items
         }
-        write_json(Path(args.metrics_json), payload)
+        write_json(Path(metrics_json), payload)
     return code

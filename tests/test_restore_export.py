@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import TINY_RESTORER
 
-from s2svr_lightning.export import StreamingStep, run_exported_step
-from s2svr_lightning.inference import StreamingRestorer
 from s2svr_lightning.restore import main
+from s2svr_lightning.restore.export import StreamingStep, run_exported_step
+from s2svr_lightning.restore.stream import StreamingRestorer
 
 
 def test_exported_step_reproduces_streaming(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..utils import expect_shape
+from .utils import expect_shape
 
 __all__ = [
     "rgb_to_ycbcr",

@@ -1,10 +1,10 @@
 """Export one streaming step of a restorer for deployment (TorchScript or ONNX), and its host loop.
 
-:class:`StreamingStep` is one call of the streaming loop of :mod:`s2svr_lightning.inference` as a pure
+:class:`StreamingStep` is one call of the streaming loop of :mod:`s2svr_lightning.restore.stream` as a pure
 function of tensors, so that a traced graph with fixed shapes serves every frame of a video;
 :func:`export_step` traces it at one LQ frame size; :func:`run_exported_step` is the reference host loop
 that carries the states and keeps the attention window (the same
-:class:`~s2svr_lightning.inference.LatentWindow` the streaming restorer keeps). Its outputs equal the
+:class:`~s2svr_lightning.restore.stream.LatentWindow` the streaming restorer keeps). Its outputs equal the
 streaming restorer's to float rounding.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .inference import LatentWindow
+from .stream import LatentWindow
 
 __all__ = ["StreamingStep", "export_step", "run_exported_step"]
 

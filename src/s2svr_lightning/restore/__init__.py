@@ -1,0 +1,44 @@
+"""Restoring videos with a trained restorer: the streaming restorer, one input, a batch, export, the CLI.
+
+- :mod:`~s2svr_lightning.restore.stream`: :class:`StreamingRestorer` (carried states, bounded memory,
+  spatial tiles);
+- :mod:`~s2svr_lightning.restore.run`: :func:`restore_video`, one input into one output;
+- :mod:`~s2svr_lightning.restore.batch`: many inputs into one folder;
+- :mod:`~s2svr_lightning.restore.export`: one streaming step as TorchScript / ONNX;
+- :mod:`~s2svr_lightning.restore.options`: :class:`RestoreOptions`, built once by the command line
+  (:mod:`~s2svr_lightning.restore.cli`, ``s2svr-restore`` / ``python -m s2svr_lightning.restore``) or by
+  ``stage=predict``.
+
+Names are imported lazily (as in :mod:`s2svr_lightning`): importing one module of the package does not
+load the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "StreamingRestorer": ".stream",
+    "RestoreOptions": ".options",
+    "RestoreSummary": ".run",
+    "restore_video": ".run",
+    "export_step": ".export",
+    "build_parser": ".cli",
+    "main": ".cli",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
