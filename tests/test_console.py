@@ -74,17 +74,34 @@ SOURCES = (
 )
 
 
-def test_quiet_third_party_drops_lightnings_noise_and_keeps_the_rest(caplog):
-    caplog.set_level(logging.INFO)
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_quiet_third_party_drops_lightnings_noise_and_keeps_the_rest(monkeypatch):
+    # a handler on Lightning's logger itself: earlier tests in the same process (Hydra runs) may have
+    # stopped it from propagating to the root logger that caplog listens on
+    logger = logging.getLogger(LIGHTNING_LOGGERS[0])
+    records = _Records()
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(records)
     filters_before = list(warnings.filters)
-    with quiet_third_party():
-        _lightning_says("💡 Tip: For seamless cloud logging, try installing a product")
-        _lightning_says("GPU available: False, used: False")
-        _lightning_says("TPU available: False, using: 0 TPU cores")
-        _lightning_says("`Trainer.fit` stopped: `max_steps=5` reached.")
-        _lightning_says("`Trainer.fit` stopped: `max_time=00:01:00` reached.")  # not the expected end
-        _lightning_says("Restoring states from the checkpoint path at last.ckpt")
-    assert [r.getMessage() for r in caplog.records] == [
+    try:
+        with quiet_third_party():
+            _lightning_says("💡 Tip: For seamless cloud logging, try installing a product")
+            _lightning_says("GPU available: False, used: False")
+            _lightning_says("TPU available: False, using: 0 TPU cores")
+            _lightning_says("`Trainer.fit` stopped: `max_steps=5` reached.")
+            _lightning_says("`Trainer.fit` stopped: `max_time=00:01:00` reached.")  # not the expected end
+            _lightning_says("Restoring states from the checkpoint path at last.ckpt")
+    finally:
+        logger.removeHandler(records)
+    assert [r.getMessage() for r in records.records] == [
         "`Trainer.fit` stopped: `max_time=00:01:00` reached.",
         "Restoring states from the checkpoint path at last.ckpt",
     ]
@@ -93,9 +110,13 @@ def test_quiet_third_party_drops_lightnings_noise_and_keeps_the_rest(caplog):
     # everything is put back
     assert warnings.filters == filters_before
     assert all(not lg.filters for lg in map(logging.getLogger, LIGHTNING_LOGGERS))
-    caplog.clear()
-    _lightning_says("GPU available: False, used: False")
-    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+    logger.addHandler(records)
+    records.records.clear()
+    try:
+        _lightning_says("GPU available: False, used: False")
+    finally:
+        logger.removeHandler(records)
+    assert [r.getMessage() for r in records.records] == ["GPU available: False, used: False"]
     assert len(_warned(_warnings_from(*SOURCES))) == 4
 
 
