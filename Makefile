@@ -39,7 +39,9 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --upgrade pip
 	$(LATEST)/bin/python -m pip install "$(TORCH_SPEC)"
-	$(LATEST)/bin/python -m pip install --upgrade --upgrade-strategy eager -e ".[dev]"
+	# torch stays the TORCH_SPEC build (an eager upgrade would pull the multi-GB CUDA build on a CPU machine)
+	$(LATEST)/bin/python -m pip freeze | grep -i '^torch==' > $(LATEST)/torch.txt
+	$(LATEST)/bin/python -m pip install --upgrade --upgrade-strategy eager -e ".[dev]" -c $(LATEST)/torch.txt
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
