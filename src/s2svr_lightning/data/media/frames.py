@@ -113,7 +113,8 @@ class VideoSink:
         codec, crf, pix_fmt, preset: as :class:`~s2svr_lightning.data.media.video_writer.VideoWriter`;
             odd frame sizes switch the default 4:2:0 to ``yuv444p`` (4:2:0 chroma needs even sizes).
         source: the :class:`FrameSource` the frames come from: a video source's timestamps (when opened
-            ``timed``), colour description and, with ``audio``, its audio streams are kept.
+            ``timed``), colour description, display matrix (rotation), sample aspect ratio, language and
+            title tags and, with ``audio``, its audio streams are kept.
         audio: carry the source's audio (copied where the container allows, else re-encoded).
         audio_codec: re-encode the audio with this codec.
         trim_audio: cut the audio at the last frame's end (the frames were cut short).
@@ -151,6 +152,9 @@ class VideoSink:
             if self.source.pts is not None:
                 kwargs["time_base"] = video.time_base
             kwargs["color"] = video.color
+            from .video_io import read_metadata
+
+            kwargs["metadata"] = read_metadata(video.path)  # rotation, aspect ratio, tags
             if self.audio and video.has_audio:
                 kwargs.update(audio_from=video.path, audio_codec=self.audio_codec, trim_audio=self.trim_audio)
         writer = VideoWriter(self.path, self.fps, **kwargs)

@@ -39,7 +39,7 @@ import torch
 from ..errors import DatasetError
 from .image_io import frames_to_tensor, list_frame_files, read_image
 from .store import Crop, FrameStore
-from .video_writer import VideoColor, VideoWriter
+from .video_writer import CONTAINER_TAGS, STREAM_TAGS, SourceMetadata, VideoColor, VideoWriter
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -50,6 +50,7 @@ __all__ = [
     "list_frame_files",
     "read_image",
     "decord_available",
+    "read_metadata",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
@@ -125,6 +126,37 @@ def _unfreeze_in_parent() -> None:
 os.register_at_fork(
     before=_freeze_before_fork, after_in_parent=_unfreeze_in_parent, after_in_child=_drop_inherited_decoders
 )
+
+
+def read_metadata(path: str | os.PathLike) -> SourceMetadata:
+    """The :class:`~s2svr_lightning.data.media.video_writer.SourceMetadata` of a video file's first video
+    stream: its display matrix (from the first frame's side data, where FFmpeg puts the container's
+    matrix and an old-style ``rotate`` tag alike), sample aspect ratio and tags. One frame is decoded."""
+    import av
+
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise _av_error(path, "cannot open video", err) from None
+    try:
+        stream = container.streams.video[0]
+        matrix = None
+        for frame in container.decode(stream):
+            side = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+            if side is not None:
+                matrix = tuple(int(v) for v in np.frombuffer(bytes(side), dtype="<i4"))
+            break
+        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        stream_meta, container_meta = dict(stream.metadata), dict(container.metadata)
+    finally:
+        container.close()
+    return SourceMetadata(
+        display_matrix=matrix,
+        sample_aspect_ratio=Fraction(sar) if sar and Fraction(sar) != 1 else None,
+        stream_tags=tuple((k, stream_meta[k]) for k in STREAM_TAGS if stream_meta.get(k)),
+        container_tags=tuple((k, container_meta[k]) for k in CONTAINER_TAGS if container_meta.get(k)),
+    )
 
 
 class VideoReader:

@@ -9,7 +9,10 @@ should keep of its source:
   converted back to YUV with the matrix and range the decoder used to make them, and tagged as the
   source was, so the numbers and their meaning both match the source;
 - sound: every audio stream of ``audio_from`` (copied, or re-encoded where the container refuses the
-  codec; :class:`~s2svr_lightning.data.media.audio.AudioCarrier`), interleaved with the frames.
+  codec; :class:`~s2svr_lightning.data.media.audio.AudioCarrier`), interleaved with the frames;
+- how to show it and what it is (:class:`SourceMetadata`): the display matrix (a phone video's
+  rotation: its frames are stored sideways and the player turns them), the sample aspect ratio, and the
+  language and title tags.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ import torch
 
 from ...utils import expect_shape, to_uint8_frames
 
-__all__ = ["CODEC_PIX_FMT", "VideoColor", "VideoWriter"]
+__all__ = ["CODEC_PIX_FMT", "SourceMetadata", "VideoColor", "VideoWriter"]
+
+# the tags a restored copy keeps: what the video is, not how the source was encoded (encoder, brands)
+STREAM_TAGS = ("language", "title", "handler_name")
+CONTAINER_TAGS = ("title", "comment", "language", "creation_time", "location")
 
 # default pixel format per codec: 4:2:0 for delivery codecs; FFV1 stores RGB, bit-exact
 CODEC_PIX_FMT = {"ffv1": "bgr0"}
@@ -65,6 +72,34 @@ class VideoColor:
                 setattr(target, name, getattr(self, name))
 
 
+@dataclass(frozen=True)
+class SourceMetadata:
+    """What a source video carries besides its pixels, timing and colour, for the restored copy.
+
+    display_matrix: FFmpeg's 3x3 display matrix (9 ints, ``AV_PKT_DATA_DISPLAYMATRIX``): rotation and
+        flips a player applies; phones store portrait video as landscape frames with a 90 degree matrix.
+        The frames are decoded as stored, so writing the same matrix shows the output as the source.
+    sample_aspect_ratio: the pixels' shape (anamorphic video); unchanged by an integer upscale.
+    stream_tags, container_tags: ``(key, value)`` pairs of :data:`STREAM_TAGS` / :data:`CONTAINER_TAGS`.
+    """
+
+    display_matrix: tuple[int, ...] | None = None
+    sample_aspect_ratio: Fraction | None = None
+    stream_tags: tuple[tuple[str, str], ...] = ()
+    container_tags: tuple[tuple[str, str], ...] = ()
+
+    def apply(self, container, stream) -> None:
+        """Set it on an output container and its video stream, before the first frame is encoded."""
+        if self.display_matrix is not None:
+            stream.set_display_matrix(list(self.display_matrix))
+        if self.sample_aspect_ratio is not None:
+            stream.codec_context.sample_aspect_ratio = self.sample_aspect_ratio
+        for key, value in self.stream_tags:
+            stream.metadata[key] = value
+        for key, value in self.container_tags:
+            container.metadata[key] = value
+
+
 class VideoWriter:
     """Encode uint8 RGB frames into a video file with PyAV (a context manager).
 
@@ -81,6 +116,7 @@ class VideoWriter:
         options: extra encoder options.
         time_base: time base of the ``pts`` given to :meth:`write` (a source's); default ``1 / fps``.
         color: colour description to convert with and tag (a source's); default untagged (BT.601 matrix).
+        metadata: display matrix, sample aspect ratio and tags to write (a source's).
         audio_from: a file whose audio streams are carried into the output.
         audio_codec: re-encode the audio with this codec instead of copying it.
         trim_audio: cut the audio at the end of the last frame (for a video cut short).
@@ -101,6 +137,7 @@ class VideoWriter:
         options: dict[str, str] | None = None,
         time_base: Fraction | None = None,
         color: VideoColor | None = None,
+        metadata: SourceMetadata | None = None,
         audio_from: str | os.PathLike | None = None,
         audio_codec: str | None = None,
         trim_audio: bool = False,
@@ -124,6 +161,7 @@ class VideoWriter:
         self.options = dict(options or {})
         self.time_base = Fraction(time_base) if time_base is not None else 1 / fps
         self.color = color or VideoColor()
+        self.metadata = metadata
         # an RGB stream is tagged RGB (matrix 0, no range); primaries and transfer still describe it
         rgb = self.pix_fmt in _RGB_FORMATS
         self._tags = replace(self.color, colorspace=0, color_range=0) if rgb else self.color
@@ -152,6 +190,8 @@ class VideoWriter:
             stream.width, stream.height, stream.pix_fmt = width, height, self.pix_fmt
             stream.time_base = stream.codec_context.time_base = self.time_base
             self._tags.tag(stream.codec_context)
+            if self.metadata is not None:
+                self.metadata.apply(self._container, stream)
         except Exception as err:
             self._abort()
             raise ValueError(
