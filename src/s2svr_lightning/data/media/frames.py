@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ...utils import expect_shape, to_float_frames, to_uint8_frames
@@ -47,7 +48,12 @@ class FrameSource:
 
 
 def _rgb(frame) -> torch.Tensor:
-    """uint8 ``(H, W, 3)`` -> float ``(3, H, W)`` in [0, 1]."""
+    """uint8 ``(H, W, 3)`` (or uint16, a source above 8 bits) -> float ``(3, H, W)`` in [0, 1]."""
+    if isinstance(frame, np.ndarray) and frame.dtype == np.uint16:
+        frame = expect_shape(
+            torch.from_numpy(frame.astype(np.float32) / 65535.0), "(H, W, 3)", "an RGB frame"
+        )
+        return frame.permute(2, 0, 1)
     frame = expect_shape(torch.as_tensor(frame), "(H, W, 3)", "an RGB frame")
     return to_float_frames(frame, channels_last=True)
 
@@ -74,7 +80,7 @@ def open_source(path: str | os.PathLike, *, timed: bool = False) -> FrameSource:
     pts: deque | None = deque() if timed else None
 
     def frames() -> Iterator[torch.Tensor]:
-        for frame, stamp in reader.iter_timed_frames():
+        for frame, stamp in reader.iter_timed_frames(deep=True):  # 10-bit sources keep their precision
             if pts is not None:
                 pts.append(stamp)
             yield _rgb(frame)
@@ -145,9 +151,11 @@ class VideoSink:
         from .video_writer import VideoWriter
 
         kwargs = {k: v for k, v in self.kwargs.items() if v is not None}
+        video = self.source.video if self.source is not None else None
         if "pix_fmt" not in kwargs and kwargs.get("codec", "libx264") in ("libx264", "libx265"):
             kwargs["pix_fmt"] = "yuv444p" if height % 2 or width % 2 else "yuv420p"
-        video = self.source.video if self.source is not None else None
+            if video is not None and getattr(video, "bit_depth", 8) > 8:  # a 10-bit source stays 10-bit
+                kwargs["pix_fmt"] += "10le"
         if video is not None:
             if self.source.pts is not None:
                 kwargs["time_base"] = video.time_base
@@ -166,9 +174,9 @@ class VideoSink:
         if self.writer is None:
             self.writer = self._open(*frame.shape[-2:])
         pts = self.source.pts if self.source is not None else None
-        self.writer.write(
-            to_uint8_frames(frame, channels_last=True).cpu().numpy(), pts=pts.popleft() if pts else None
-        )
+        if not self.writer.deep:
+            frame = to_uint8_frames(frame, channels_last=True).cpu().numpy()
+        self.writer.write(frame, pts=pts.popleft() if pts else None)  # deep: float in, 16-bit RGB on
         self.count += 1
 
     def close(self) -> None:

@@ -39,7 +39,7 @@ import torch
 from ..errors import DatasetError
 from .image_io import frames_to_tensor, list_frame_files, read_image
 from .store import Crop, FrameStore
-from .video_writer import CONTAINER_TAGS, STREAM_TAGS, SourceMetadata, VideoColor, VideoWriter
+from .video_writer import CONTAINER_TAGS, STREAM_TAGS, SourceMetadata, VideoColor, VideoWriter, bit_depth
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -51,6 +51,7 @@ __all__ = [
     "read_image",
     "decord_available",
     "read_metadata",
+    "bit_depth",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
@@ -199,17 +200,19 @@ class VideoReader:
         _READERS.add(self)
         self._probe()
 
-    def _rgb(self, frame) -> np.ndarray:
-        """A decoded frame as uint8 RGB ``(H, W, 3)``, through this reader's own scaler: one per reader,
-        on one thread, never PyAV's per-thread cache, so no scaler with slice threads crosses a fork."""
+    def _rgb(self, frame, deep: bool = False) -> np.ndarray:
+        """A decoded frame as uint8 RGB ``(H, W, 3)`` (``deep``: uint16, for sources above 8 bits), through
+        this reader's own scaler: one per reader, on one thread, never PyAV's per-thread cache, so no
+        scaler with slice threads crosses a fork."""
         if self._scaler is None:
             from av.video.reformatter import VideoReformatter
 
             self._scaler = VideoReformatter()
+        fmt = "rgb48le" if deep else "rgb24"
         try:
-            rgb = self._scaler.reformat(frame, format="rgb24", threads=1)
+            rgb = self._scaler.reformat(frame, format=fmt, threads=1)
         except TypeError:  # PyAV before `threads` (< 14): its scalers have no slice threads
-            rgb = self._scaler.reformat(frame, format="rgb24")
+            rgb = self._scaler.reformat(frame, format=fmt)
         return rgb.to_ndarray()
 
     # -- probing -------------------------------------------------------------------------------------
@@ -244,6 +247,7 @@ class VideoReader:
             self.codec = ctx.codec.name
             self.time_base = Fraction(stream.time_base) if stream.time_base else 1 / self.fps
             self.color = VideoColor.from_stream(stream)
+            self.bit_depth = bit_depth(ctx.pix_fmt)
             self.has_audio = bool(container.streams.audio)
             self.intra_only = bool(getattr(ctx.codec, "intra_only", False))
             self.container_format = container.format.name
@@ -372,15 +376,17 @@ class VideoReader:
         for frame, _ in self.iter_timed_frames():
             yield frame
 
-    def iter_timed_frames(self) -> Iterator[tuple[np.ndarray, int | None]]:
+    def iter_timed_frames(self, *, deep: bool = False) -> Iterator[tuple[np.ndarray, int | None]]:
         """Every frame in order with its presentation timestamp in :attr:`time_base` units (``None`` where
-        the file has none), decoded sequentially."""
+        the file has none), decoded sequentially. ``deep``: a source above 8 bits (:attr:`bit_depth`)
+        comes as uint16 RGB, so its extra precision survives (8-bit sources stay uint8)."""
         container = self._open()
         count = 0
+        deep = deep and self.bit_depth > 8
         try:
             for frame in container.decode(video=0):
                 count += 1
-                yield self._rgb(frame), frame.pts
+                yield self._rgb(frame, deep), frame.pts
         except Exception as err:
             raise _av_error(self.path, f"cannot decode frame {count}", err) from None
         finally:

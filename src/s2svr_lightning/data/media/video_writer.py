@@ -27,7 +27,7 @@ import torch
 
 from ...utils import expect_shape, to_uint8_frames
 
-__all__ = ["CODEC_PIX_FMT", "SourceMetadata", "VideoColor", "VideoWriter"]
+__all__ = ["CODEC_PIX_FMT", "SourceMetadata", "VideoColor", "VideoWriter", "bit_depth"]
 
 # the tags a restored copy keeps: what the video is, not how the source was encoded (encoder, brands)
 STREAM_TAGS = ("language", "title", "handler_name")
@@ -100,6 +100,16 @@ class SourceMetadata:
             container.metadata[key] = value
 
 
+def bit_depth(pix_fmt: str | None) -> int:
+    """Bits per sample of a pixel format (``yuv420p10le``: 10; unknown: 8)."""
+    import av
+
+    try:
+        return max(int(c.bits) for c in av.VideoFormat(pix_fmt).components)
+    except (TypeError, ValueError, AttributeError):
+        return 8
+
+
 class VideoWriter:
     """Encode uint8 RGB frames into a video file with PyAV (a context manager).
 
@@ -164,6 +174,8 @@ class VideoWriter:
         self.metadata = metadata
         # an RGB stream is tagged RGB (matrix 0, no range); primaries and transfer still describe it
         rgb = self.pix_fmt in _RGB_FORMATS
+        # above 8 bits (yuv420p10le, ...): frames go in as 16-bit RGB, so a float frame keeps its precision
+        self.deep = not rgb and bit_depth(self.pix_fmt) > 8
         self._tags = replace(self.color, colorspace=0, color_range=0) if rgb else self.color
         self.audio_from = Path(audio_from) if audio_from is not None else None
         self.audio_codec = audio_codec
@@ -214,7 +226,8 @@ class VideoWriter:
         self._stream = stream
 
     def write(self, frame: np.ndarray | torch.Tensor, *, pts: int | None = None) -> None:
-        """Append one frame: uint8 ``(H, W, 3)`` (numpy or torch) or float ``(3, H, W)`` in [0, 1].
+        """Append one frame: uint8 ``(H, W, 3)`` (numpy or torch) or float ``(3, H, W)`` in [0, 1]; for a
+        pix_fmt above 8 bits, also uint16 ``(H, W, 3)`` (a float frame is then rounded to 16 bits, not 8).
 
         ``pts``: its presentation time in ``time_base`` units (default: one frame after the previous; a
         missing or non-increasing one is replaced so too, as the muxer needs increasing timestamps).
@@ -224,11 +237,20 @@ class VideoWriter:
         if isinstance(frame, torch.Tensor):
             if frame.is_floating_point():
                 expect_shape(frame, "(3, H, W)", "a float frame")
-                frame = to_uint8_frames(frame, channels_last=True)
-            frame = frame.detach().cpu().numpy()
+                if self.deep:
+                    frame = frame.detach().float().clamp(0, 1).mul(65535).round().to(torch.int32)
+                    frame = frame.permute(1, 2, 0).cpu().numpy().astype(np.uint16)
+                else:
+                    frame = to_uint8_frames(frame, channels_last=True)
+            if isinstance(frame, torch.Tensor):
+                frame = frame.detach().cpu().numpy()
         frame = np.asarray(frame)
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"expected a uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
+        dtypes = (np.uint8, np.uint16) if self.deep else (np.uint8,)
+        if frame.dtype not in dtypes or frame.ndim != 3 or frame.shape[2] != 3:
+            kinds = "a uint8 or uint16" if self.deep else "a uint8"
+            raise ValueError(f"expected {kinds} frame (H, W, 3), got {frame.dtype} {frame.shape}")
+        if self.deep and frame.dtype == np.uint8:
+            frame = frame.astype(np.uint16) * 257  # 255 -> 65535
         if self._stream is None:
             self._start(*frame.shape[:2])
         if frame.shape[:2] != (self._stream.height, self._stream.width):
@@ -238,7 +260,8 @@ class VideoWriter:
             )
         if pts is None or (self._last_pts is not None and pts <= self._last_pts):
             pts = 0 if self._last_pts is None else self._last_pts + self._step
-        video_frame = self._convert(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
+        fmt = "rgb48le" if frame.dtype == np.uint16 else "rgb24"
+        video_frame = self._convert(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=fmt))
         video_frame.pts = pts
         video_frame.time_base = self.time_base
         self._container.mux(self._stream.encode(video_frame))
