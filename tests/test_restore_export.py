@@ -53,3 +53,39 @@ def test_onnx_export_without_the_onnx_package_says_what_to_install(
     )
     assert "pip install onnx" in capsys.readouterr().err
     assert not (tmp_path / "step.onnx").exists()
+
+
+def test_torch_export_step_reproduces_streaming_and_leaves_eager_runs_alone(
+    tmp_path, restorer_ckpt, restorer_net, moving_photo, write_frames
+):
+    lq = moving_photo(3, 16, 24)
+    frames = torch.from_numpy(lq).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        before = torch.stack(list(StreamingRestorer(restorer_net).restore(frames)))
+    src = write_frames(tmp_path / "lq", lq)
+    path = tmp_path / "step.pt2"
+    assert main(["--ckpt", str(restorer_ckpt), str(src), str(path), "--export", "pt2"]) == 0
+    step = torch.export.load(str(path)).module()
+    layers, radius = len(restorer_net.encoder), restorer_net.radius
+    with torch.inference_mode():
+        got = torch.stack(
+            list(run_exported_step(step, list(frames), layers=layers, radius=radius, channels=8, scale=4))
+        )
+        after = torch.stack(list(StreamingRestorer(restorer_net).restore(frames)))
+    assert torch.allclose(got, before, atol=1e-5)
+    # tracing must not leave fake tensors in flow_warp's grid cache for later eager runs
+    assert type(after) is torch.Tensor and torch.equal(after, before)
+
+
+def test_onnx_step_under_onnx_runtime_equals_the_eager_step(tmp_path, restorer_net):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from s2svr_lightning.restore.export import OnnxStep, export_step
+
+    path = export_step(restorer_net, tmp_path / "step.onnx", size=(16, 24), fmt="onnx")
+    frames = torch.rand(3, 3, 16, 24, generator=torch.Generator().manual_seed(0))
+    layers, radius = len(restorer_net.encoder), restorer_net.radius
+    with torch.inference_mode():
+        want = torch.stack(list(StreamingRestorer(restorer_net).restore(frames)))
+    got = run_exported_step(OnnxStep(path), list(frames), layers=layers, radius=radius, channels=8, scale=4)
+    assert torch.allclose(torch.stack(list(got)), want, atol=1e-4)

@@ -2,7 +2,7 @@
 
 ``s2svr-restore --ckpt CKPT [options] INPUT OUTPUT`` restores one video or frame folder
 (:mod:`~s2svr_lightning.restore.run`); ``... IN1 IN2 VIDEOS/ -o OUTDIR`` (or ``VIDEOS/ OUTDIR``) restores
-many (:mod:`~s2svr_lightning.restore.batch`); ``--export onnx|torchscript`` writes one streaming step of
+many (:mod:`~s2svr_lightning.restore.batch`); ``--export pt2|onnx|torchscript`` writes one streaming step of
 the network instead (:mod:`~s2svr_lightning.restore.export`). The options are parsed here, once, into a
 :class:`~s2svr_lightning.restore.options.RestoreOptions`; nothing below this module sees ``argparse``.
 ``--metrics-json`` writes the scores (batch: one entry per input); ``--threads`` sets torch's CPU threads.
@@ -177,10 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--export",
-        choices=("onnx", "torchscript"),
+        choices=("pt2", "onnx", "torchscript"),
         default=None,
         help="instead of restoring, write one streaming step of the network to OUTPUT for deployment "
-        "(INPUT gives the frame size)",
+        "(INPUT gives the frame size): pt2 (torch.export), onnx (the onnx extra), torchscript",
     )
     return p
 
