@@ -10,10 +10,11 @@ streaming restorer's to float rounding.
 
 Formats: ``"pt2"`` is ``torch.export`` (``torch.export.load(path).module()`` runs it; the graph that
 PyTorch's current compilers and exporters start from); ``"onnx"`` goes through PyTorch's current ONNX
-exporter (``dynamo=True``, which needs ``onnxscript``) where it is installed, else the TorchScript-based
-one that older setups have; ``"torchscript"`` is a traced module. :class:`OnnxStep` runs an ONNX step with
-ONNX Runtime (the ``onnx`` extra: ``pip install 's2svr-lightning[onnx]'``) behind the same call as the
-others, so :func:`run_exported_step` drives any of them.
+exporter (``dynamo=True``, which needs ``onnx`` and ``onnxscript``: the TorchScript-based exporter used
+before cannot export PWC-Lite's adaptive average pooling, so it never wrote a file for these networks);
+``"torchscript"`` is a traced module. :class:`OnnxStep` runs an ONNX step with ONNX Runtime (the ``onnx``
+extra: ``pip install 's2svr-lightning[onnx]'``) behind the same call as the others, so
+:func:`run_exported_step` drives any of them.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def export_step(net, path: str | os.PathLike, *, size: tuple[int, int], fmt: str
     """Write :class:`StreamingStep` of ``net`` for frames of ``size = (h, w)`` (LQ) to ``path``.
 
     ``fmt`` is ``"pt2"`` (``torch.export``; ``torch.export.load``), ``"torchscript"`` (a traced module,
-    ``torch.jit.load``) or ``"onnx"`` (opset 18 through ``dynamo=True`` with ``onnxscript``, else opset 17
-    through the TorchScript-based exporter; either needs the ``onnx`` package). The graph is traced at
+    ``torch.jit.load``) or ``"onnx"`` (opset 18, ``torch.onnx.export(dynamo=True)``: needs ``onnx`` and
+    ``onnxscript``). The graph is traced at
     this frame size; export again for another size.
     """
     if fmt not in FORMATS:
@@ -157,10 +158,12 @@ def export_step(net, path: str | os.PathLike, *, size: tuple[int, int], fmt: str
             traced = torch.jit.trace(step, example, check_trace=False)
             torch.jit.save(traced, str(path))
         elif fmt == "onnx":
-            try:
-                import onnx  # noqa: F401 -- torch's exporter needs it
-            except ImportError as err:
-                raise ValueError("expected the 'onnx' package for --export onnx: pip install onnx") from err
+            missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+            if missing:  # the TorchScript-based exporter cannot export PWC-Lite's adaptive pooling
+                raise ValueError(
+                    f"expected {' and '.join(missing)} for --export onnx (torch.onnx.export(dynamo=True)): "
+                    "pip install 's2svr-lightning[onnx]'"
+                )
             L, r = len(net.encoder), net.radius
             names = [
                 "x_t",
@@ -182,21 +185,10 @@ def export_step(net, path: str | os.PathLike, *, size: tuple[int, int], fmt: str
                 *[f"new_enc_state_{k}" for k in range(L)],
             ]
             outs += ["y_i", *[f"new_dec_state_{k}" for k in range(L)]]
-            if importlib.util.find_spec("onnxscript") is not None:  # the current exporter
-                program = torch.onnx.export(
-                    step, example, input_names=names, output_names=outs, opset_version=18, dynamo=True
-                )
-                program.save(str(path))
-            else:
-                torch.onnx.export(
-                    step,
-                    example,
-                    str(path),
-                    input_names=names,
-                    output_names=outs,
-                    opset_version=17,
-                    dynamo=False,
-                )
+            program = torch.onnx.export(
+                step, example, input_names=names, output_names=outs, opset_version=18, dynamo=True
+            )
+            program.save(str(path))
     return path
 
 
