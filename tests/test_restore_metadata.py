@@ -154,3 +154,28 @@ def test_float_frames_round_trip_at_10_bits_closer_than_8_bits_can(tmp_path):
     error = (back - frames).abs().mean().item()
     eight_bit = (frames * 255).round().div(255).sub(frames).abs().mean().item()  # rounding to 8 bits alone
     assert error < eight_bit / 2
+
+
+def test_16_bit_png_frames_stay_16_bits(tmp_path, restorer_ckpt, monkeypatch):
+    from PIL import Image
+
+    from s2svr_lightning.data.media.frames import open_source
+    from s2svr_lightning.data.media.image_io import png_bit_depth, read_image16, write_png16
+    from s2svr_lightning.restore import options
+
+    monkeypatch.setattr(options, "detect_hardware", lambda: options.Hardware())
+    ramp = np.linspace(0.2, 0.8, 16 * 24 * 3).reshape(16, 24, 3)
+    src = tmp_path / "lq"
+    src.mkdir()
+    for t in range(3):
+        write_png16(src / f"{t:04d}.png", np.round((ramp + 0.01 * t) * 65535).astype(np.uint16))
+    assert png_bit_depth(src / "0000.png") == 16 and Image.open(src / "0000.png").size == (24, 16)
+    frames = list(open_source(src).frames)
+    assert _off_8bit_grid(frames[0]) > 0.2
+    assert torch.allclose(frames[0], torch.from_numpy(ramp).permute(2, 0, 1).float(), atol=1e-5)
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(restorer_ckpt), str(src), str(out), "--no-progress"]) == 0
+    files = sorted(out.iterdir())
+    assert len(files) == 3 and all(png_bit_depth(f) == 16 for f in files)
+    restored = read_image16(files[0])
+    assert restored.shape == (64, 96, 3) and _off_8bit_grid(torch.from_numpy(restored / 65535.0)) > 0.2

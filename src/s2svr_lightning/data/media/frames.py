@@ -45,6 +45,7 @@ class FrameSource:
     name: str
     video: object | None = None
     pts: deque | None = field(default=None, repr=False)
+    bit_depth: int = 8  # above 8 (10-bit video, 16-bit PNGs): frames carry the extra precision
 
 
 def _rgb(frame) -> torch.Tensor:
@@ -66,15 +67,21 @@ def open_source(path: str | os.PathLike, *, timed: bool = False) -> FrameSource:
     written in order (not when the frames are degraded into fewer).
     """
     from . import video_io
-    from .image_io import list_frame_files, read_image
+    from .image_io import list_frame_files, png_bit_depth, read_image, read_image16
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
     if path.is_dir():
         files = list_frame_files(path)
+        deep = bool(files) and png_bit_depth(files[0]) == 16  # 16-bit PNGs stay 16-bit
+        read = read_image16 if deep else read_image
         return FrameSource(
-            frames=(_rgb(read_image(f)) for f in files), fps=None, length=len(files), name=str(path)
+            frames=(_rgb(read(f)) for f in files),
+            fps=None,
+            length=len(files),
+            name=str(path),
+            bit_depth=16 if deep else 8,
         )
     reader = video_io.VideoReader(path)
     pts: deque | None = deque() if timed else None
@@ -86,21 +93,36 @@ def open_source(path: str | os.PathLike, *, timed: bool = False) -> FrameSource:
             yield _rgb(frame)
 
     return FrameSource(
-        frames=frames(), fps=reader.fps, length=len(reader), name=str(path), video=reader, pts=pts
+        frames=frames(),
+        fps=reader.fps,
+        length=len(reader),
+        name=str(path),
+        video=reader,
+        pts=pts,
+        bit_depth=reader.bit_depth,
     )
 
 
 class FolderSink:
-    """Write frames as ``00000000.png``, ``00000001.png``, ... into a folder."""
+    """Write frames as ``00000000.png``, ``00000001.png``, ... into a folder (16-bit PNGs with
+    ``bit_depth`` above 8: a 16-bit or 10-bit source's restored frames keep their precision)."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, *, bit_depth: int = 8) -> None:
         self.folder = Path(folder)
+        self.deep = bit_depth > 8
         self.count = 0
 
     def write(self, frame: torch.Tensor) -> None:
-        """Write a float ``(3, H, W)`` frame in [0, 1] (rounded to 8 bits as the metrics round)."""
+        """Write a float ``(3, H, W)`` frame in [0, 1] (rounded to 8 bits as the metrics round, or to 16)."""
         from PIL import Image
 
+        if self.deep:
+            from .image_io import write_png16
+
+            deep = frame.detach().float().clamp(0, 1).mul(65535).round().to(torch.int32).permute(1, 2, 0)
+            write_png16(self.folder / f"{self.count:08d}.png", deep.cpu().numpy().astype(np.uint16))
+            self.count += 1
+            return
         Image.fromarray(to_uint8_frames(frame, channels_last=True).cpu().numpy()).save(
             self.folder / f"{self.count:08d}.png"
         )
