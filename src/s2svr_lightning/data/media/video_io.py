@@ -132,7 +132,7 @@ os.register_at_fork(
 def read_metadata(path: str | os.PathLike) -> SourceMetadata:
     """The :class:`~s2svr_lightning.data.media.video_writer.SourceMetadata` of a video file's first video
     stream: its display matrix (from the first frame's side data, where FFmpeg puts the container's
-    matrix and an old-style ``rotate`` tag alike), sample aspect ratio and tags. One frame is decoded."""
+    matrix, e.g. an mp4 track's), sample aspect ratio and tags. One frame is decoded."""
     import av
 
     path = Path(path)
