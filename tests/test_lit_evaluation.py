@@ -15,7 +15,7 @@ from s2svr_lightning.data import VideoRestorationDataModule
 from s2svr_lightning.data.datasets.clips import EvalSequenceDataset
 from s2svr_lightning.lit.evaluation import TestOutputWriter
 from s2svr_lightning.lit.restorer import RestorerModule
-from s2svr_lightning.metrics import VideoMetrics, psnr, ssim
+from s2svr_lightning.metrics import PSNR_MAX, VideoMetrics, psnr, ssim
 
 TINY = {"channels": 8, "num_blocks": 1, "num_layers": 1}
 
@@ -187,7 +187,7 @@ def test_per_frame_keeps_the_first_score_of_a_frame_and_sorts_rows():
     metrics.update(hq[:, :1], hq[:, :1], "a", frame_index=torch.tensor([5]))
     rows = metrics.per_frame()
     assert [(r["sequence"], r["frame"]) for r in rows] == [("a", 5), ("b", 0), ("b", 1), ("b", 2)]
-    assert rows[0]["psnr"] == float("inf")
+    assert rows[0]["psnr"] == PSNR_MAX  # identical frames: the documented cap, not inf
     expected = psnr(noisy[0], hq[0])
     assert [r["psnr"] for r in rows[1:]] == pytest.approx(expected.tolist(), abs=1e-12)
     assert "baseline_psnr" not in rows[0]

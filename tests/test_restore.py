@@ -26,6 +26,15 @@ from s2svr_lightning.restore import main, restore_video
 from s2svr_lightning.restore.stream import StreamingRestorer
 
 
+@pytest.fixture(autouse=True)
+def _hardware_without_bf16(monkeypatch):
+    """``--precision auto`` picks bf16 on CPUs with bf16 units: these tests compare with fp32 streaming,
+    so they run as on a CPU without them (tests of the choice itself give their own Hardware)."""
+    from s2svr_lightning.restore import options
+
+    monkeypatch.setattr(options, "detect_hardware", lambda: options.Hardware())
+
+
 def _hq_frames(n: int = 5) -> np.ndarray:
     """A real photograph panned by a few pixels per frame, uint8 (n, 64, 96, 3)."""
     from skimage import data

@@ -16,6 +16,16 @@ from s2svr_lightning.data.media.image_io import read_image
 from s2svr_lightning.data.media.video_io import VideoReader
 from s2svr_lightning.restore import main
 
+
+@pytest.fixture(autouse=True)
+def _hardware_without_bf16(monkeypatch):
+    """``--precision auto`` picks bf16 on CPUs with bf16 units: these tests compare with fp32 streaming,
+    so they run as on a CPU without them (tests of the choice itself give their own Hardware)."""
+    from s2svr_lightning.restore import options
+
+    monkeypatch.setattr(options, "detect_hardware", lambda: options.Hardware())
+
+
 N_FRAMES = 12
 RATE = 44100
 

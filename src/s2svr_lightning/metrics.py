@@ -6,7 +6,7 @@ saved as 8-bit images before the benchmarks score them), optional BT.601 limited
 border crop, float64. On top of it:
 
 - :func:`psnr`: per-frame ``10 log10(1 / MSE)`` on the [0, 1] scale (= BasicSR's ``255^2 / MSE`` on 0-255),
-  in float64;
+  in float64, capped at :data:`PSNR_MAX` (below);
 - :func:`ssim`: per-frame SSIM with an 11x11 Gaussian window (sigma 1.5), ``C1 = 0.01^2``, ``C2 = 0.03^2``
   on the [0, 1] scale, averaged over the *valid* region only (5 px dropped from each side of the SSIM map),
   as the reference MATLAB code and BasicSR do, per channel then averaged;
@@ -15,6 +15,19 @@ border crop, float64. On top of it:
   ``compute()``, with optional baseline scores (bicubic upsampling or the degraded input) and their deltas
   (the paper's Table 3 reports delta PSNR / delta SSIM against the compressed input);
 - :func:`endpoint_error` for optical flow.
+
+Identical frames (the rule for every PSNR the library reports): a frame whose prediction equals the
+reference has MSE 0 and an infinite PSNR, and one such frame turns a clip's mean into ``inf`` (JSON has no
+``inf``: it became ``null``). That is common, not a corner case: a clip that fades in from black has
+frames where bicubic upsampling (or the compressed input) equals the reference exactly. So :func:`psnr`
+caps every frame's PSNR at ``PSNR_MAX = 60`` dB. Why 60 and why a cap: the scores are taken on 8-bit
+frames, and 8-bit rounding alone leaves an error of variance ``(1/255)^2 / 12``, which is 58.9 dB; a frame
+above 60 dB is as close to its reference as 8 bits can tell, so all such frames are scored alike. Real
+restorations score far below it (the benchmarks: 25-40 dB), so the cap changes no benchmark number, and
+each frame's score stays a per-frame score (a clip's pooled MSE would be another convention, not the
+benchmarks' mean of per-frame PSNRs). libvmaf caps 8-bit PSNR at the same 60 dB. The cap is applied here
+only: the test stage (:class:`VideoMetrics`), ``s2svr-restore --reference/--degrade``, ``s2svr-score`` and
+every JSON written from them read it from :func:`psnr`.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ from s2svr_lightning.color import rgb_to_y
 from s2svr_lightning.utils import expect_shape, to_uint8_frames
 
 __all__ = [
+    "PSNR_MAX",
     "VideoMetrics",
     "crop_border",
     "endpoint_error",
@@ -41,6 +55,9 @@ __all__ = [
     "rgb_to_y",
     "ssim",
 ]
+
+PSNR_MAX = 60.0
+"""dB: the PSNR of identical frames, and the most any frame scores (the module's docstring says why)."""
 
 _SSIM_KERNEL = 11
 _SSIM_SIGMA = 1.5
@@ -120,7 +137,8 @@ def psnr(
     border: int = 0,
     quantize: bool = True,
 ) -> torch.Tensor:
-    """Per-frame PSNR in dB, float64 ``(N,)`` for ``N`` frames (``inf`` where the frames are identical).
+    """Per-frame PSNR in dB, float64 ``(N,)`` for ``N`` frames, at most :data:`PSNR_MAX` (identical
+    frames score ``PSNR_MAX``, never ``inf``: the module's docstring says why).
 
     Args:
         pred, target: ``(B, T, 3, H, W)``, ``(N, 3, H, W)`` or ``(3, H, W)`` float RGB in [0, 1].
@@ -132,7 +150,7 @@ def psnr(
     # One MSE per frame (a pooled MSE over the batch is a different, wrong number for video benchmarks).
     # Written out rather than torchmetrics' functional, whose float32 log(10) factor costs ~3e-6 dB.
     mse = (p - t).square().mean(dim=(1, 2, 3))
-    return 10.0 * torch.log10(1.0 / mse)
+    return (10.0 * torch.log10(1.0 / mse)).clamp(max=PSNR_MAX)  # MSE 0: inf -> PSNR_MAX
 
 
 def ssim(

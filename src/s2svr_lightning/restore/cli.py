@@ -2,7 +2,7 @@
 
 ``s2svr-restore --ckpt CKPT [options] INPUT OUTPUT`` restores one video or frame folder
 (:mod:`~s2svr_lightning.restore.run`); ``... IN1 IN2 VIDEOS/ -o OUTDIR`` (or ``VIDEOS/ OUTDIR``) restores
-many (:mod:`~s2svr_lightning.restore.batch`); ``--export onnx|torchscript`` writes one streaming step of
+many (:mod:`~s2svr_lightning.restore.batch`); ``--export pt2|onnx|torchscript`` writes one streaming step of
 the network instead (:mod:`~s2svr_lightning.restore.export`). The options are parsed here, once, into a
 :class:`~s2svr_lightning.restore.options.RestoreOptions`; nothing below this module sees ``argparse``.
 ``--metrics-json`` writes the scores (batch: one entry per input); ``--threads`` sets torch's CPU threads.
@@ -25,12 +25,24 @@ from ..commands import add_version_argument
 from .batch import is_video_folder, restore_batch
 from .options import RestoreOptions
 from .run import export_to, restore_video
+from .stream import OutOfMemory
 
 __all__ = ["build_parser", "main", "options_from_args"]
 
 
 class RestoreInterrupted(KeyboardInterrupt):
     """SIGTERM turned into an interrupt, so that the partial output is cleaned up as for Ctrl-C."""
+
+
+def _tile(value: str) -> int | str | None:
+    if value in ("auto", "off"):
+        return None if value == "off" else value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto, off or a number of LQ pixels, got {value!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,15 +79,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch: output container, or png for frame folders (default: the source's mp4/mkv/mov, "
         "else mkv; mkv for --codec ffv1; mp4 for frame-folder inputs)",
     )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (default: CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:1, mps",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="autocast precision; auto (default): bf16 where the hardware has bf16 units (CUDA since Ampere, "
+        "CPUs with AMX or AVX-512 BF16), fp16 on older CUDA, fp32 elsewhere",
+    )
     p.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the network's recurrent layers (the first frames wait minutes for the compiler; "
         "falls back to eager, with one line saying why, where it cannot compile)",
     )
-    p.add_argument("--tile", type=int, default=None, help="process in spatial tiles of this many LQ pixels")
+    p.add_argument(
+        "--tile",
+        type=_tile,
+        default="auto",
+        help="spatial tiles of this many LQ pixels; auto (default): whole frames where they fit the free "
+        "memory, else the largest tile that does, smaller tiles after an out-of-memory error; off: whole "
+        "frames always",
+    )
     p.add_argument("--tile-overlap", type=int, default=None, help="overlap between tiles, LQ pixels")
     p.add_argument(
         "--tile-flow",
@@ -148,10 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--export",
-        choices=("onnx", "torchscript"),
+        choices=("pt2", "onnx", "torchscript"),
         default=None,
         help="instead of restoring, write one streaming step of the network to OUTPUT for deployment "
-        "(INPUT gives the frame size)",
+        "(INPUT gives the frame size): pt2 (torch.export), onnx (the onnx extra), torchscript",
     )
     return p
 
@@ -221,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = options_from_args(args)
         batch = _batch_form(args)
+        if args.export is None:  # before any heavy work: a missing device fails here, with the fix
+            options, chosen = options.resolved()
+            print(chosen, file=sys.stderr)
         if batch is not None:
             inputs, outdir = batch
             return restore_batch(
@@ -238,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"s2svr-restore: error: {err}", file=sys.stderr)
         return 2
+    except OutOfMemory as err:
+        print(f"s2svr-restore: error: {err}", file=sys.stderr)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -1,4 +1,5 @@
-"""Export one streaming step of a restorer for deployment (TorchScript or ONNX), and its host loop.
+"""Export one streaming step of a restorer for deployment (torch.export, TorchScript, ONNX), and its
+host loop.
 
 :class:`StreamingStep` is one call of the streaming loop of :mod:`s2svr_lightning.restore.stream` as a pure
 function of tensors, so that a traced graph with fixed shapes serves every frame of a video;
@@ -6,10 +7,20 @@ function of tensors, so that a traced graph with fixed shapes serves every frame
 that carries the states and keeps the attention window (the same
 :class:`~s2svr_lightning.restore.stream.LatentWindow` the streaming restorer keeps). Its outputs equal the
 streaming restorer's to float rounding.
+
+Formats: ``"pt2"`` is ``torch.export`` (``torch.export.load(path).module()`` runs it; the graph that
+PyTorch's current compilers and exporters start from); ``"onnx"`` goes through PyTorch's current ONNX
+exporter (``dynamo=True``, which needs ``onnx`` and ``onnxscript``: the TorchScript-based exporter used
+before cannot export PWC-Lite's adaptive average pooling, so it never wrote a file for these networks);
+``"torchscript"`` is a traced module. :class:`OnnxStep` runs an ONNX step with ONNX Runtime (the ``onnx``
+extra: ``pip install 's2svr-lightning[onnx]'``) behind the same call as the others, so
+:func:`run_exported_step` drives any of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -17,9 +28,26 @@ from pathlib import Path
 
 import torch
 
+from ..models import warp
 from .stream import LatentWindow
 
-__all__ = ["StreamingStep", "export_step", "run_exported_step"]
+__all__ = ["FORMATS", "OnnxStep", "StreamingStep", "export_step", "run_exported_step"]
+
+FORMATS = ("pt2", "onnx", "torchscript")
+
+
+@contextlib.contextmanager
+def _own_grid_cache() -> Iterator[None]:
+    """``flow_warp`` caches its pixel grid per size in a module-level dict; tracing for torch.export would
+    leave a fake tensor there that later eager calls pick up. Trace with an empty cache, then put the
+    eager one back."""
+    saved = dict(warp._grid_cache)
+    warp._grid_cache.clear()
+    try:
+        yield
+    finally:
+        warp._grid_cache.clear()
+        warp._grid_cache.update(saved)
 
 
 class StreamingStep(torch.nn.Module):
@@ -107,13 +135,22 @@ def _example_step_inputs(net, h: int, w: int) -> tuple[torch.Tensor, ...]:
 def export_step(net, path: str | os.PathLike, *, size: tuple[int, int], fmt: str = "torchscript") -> Path:
     """Write :class:`StreamingStep` of ``net`` for frames of ``size = (h, w)`` (LQ) to ``path``.
 
-    ``fmt`` is ``"torchscript"`` (a traced module, ``torch.jit.load``) or ``"onnx"`` (opset 17; needs the
-    ``onnx`` package). The graph is traced at this frame size; export again for another size.
+    ``fmt`` is ``"pt2"`` (``torch.export``; ``torch.export.load``), ``"torchscript"`` (a traced module,
+    ``torch.jit.load``) or ``"onnx"`` (opset 18, ``torch.onnx.export(dynamo=True)``: needs ``onnx`` and
+    ``onnxscript``). The graph is traced at
+    this frame size; export again for another size.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"expected fmt in {FORMATS}, got {fmt!r}")
     step = StreamingStep(net.float().eval())
     example = _example_step_inputs(net, *size)
     path = Path(path)
-    with torch.no_grad(), warnings.catch_warnings():
+    if fmt == "pt2":
+        with torch.no_grad(), _own_grid_cache():
+            exported = torch.export.export(step, example, strict=False)
+        torch.export.save(exported, str(path))
+        return path
+    with torch.no_grad(), warnings.catch_warnings(), _own_grid_cache():
         # the size checks in the models become constants of the trace: that is what "traced at this
         # frame size" means, so the tracer's warnings about them say nothing new
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -121,10 +158,12 @@ def export_step(net, path: str | os.PathLike, *, size: tuple[int, int], fmt: str
             traced = torch.jit.trace(step, example, check_trace=False)
             torch.jit.save(traced, str(path))
         elif fmt == "onnx":
-            try:
-                import onnx  # noqa: F401 -- torch's exporter needs it
-            except ImportError as err:
-                raise ValueError("expected the 'onnx' package for --export onnx: pip install onnx") from err
+            missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+            if missing:  # the TorchScript-based exporter cannot export PWC-Lite's adaptive pooling
+                raise ValueError(
+                    f"expected {' and '.join(missing)} for --export onnx (torch.onnx.export(dynamo=True)): "
+                    "pip install 's2svr-lightning[onnx]'"
+                )
             L, r = len(net.encoder), net.radius
             names = [
                 "x_t",
@@ -146,12 +185,34 @@ def export_step(net, path: str | os.PathLike, *, size: tuple[int, int], fmt: str
                 *[f"new_enc_state_{k}" for k in range(L)],
             ]
             outs += ["y_i", *[f"new_dec_state_{k}" for k in range(L)]]
-            torch.onnx.export(
-                step, example, str(path), input_names=names, output_names=outs, opset_version=17, dynamo=False
+            program = torch.onnx.export(
+                step, example, input_names=names, output_names=outs, opset_version=18, dynamo=True
             )
-        else:
-            raise ValueError(f"expected fmt 'torchscript' or 'onnx', got {fmt!r}")
+            program.save(str(path))
     return path
+
+
+class OnnxStep:
+    """An exported ONNX step run by ONNX Runtime, called as :class:`StreamingStep` is (tensors in, a tuple
+    of tensors out), so :func:`run_exported_step` drives it. CPU unless ``providers`` says otherwise."""
+
+    def __init__(
+        self, path: str | os.PathLike, *, providers: Sequence[str] = ("CPUExecutionProvider",)
+    ) -> None:
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise ValueError(
+                "expected onnxruntime to run an ONNX step: pip install 's2svr-lightning[onnx]'"
+            ) from err
+        self.session = onnxruntime.InferenceSession(str(path), providers=list(providers))
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if len(tensors) != len(self.inputs):
+            raise ValueError(f"expected {len(self.inputs)} input tensors, got {len(tensors)}")
+        feed = {name: t.detach().cpu().float().numpy() for name, t in zip(self.inputs, tensors)}
+        return tuple(torch.from_numpy(out) for out in self.session.run(None, feed))
 
 
 def run_exported_step(

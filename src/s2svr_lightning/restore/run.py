@@ -200,7 +200,7 @@ def restore_video(
     start = time.perf_counter()
     with out as tmp:
         sink = (
-            FolderSink(tmp)
+            FolderSink(tmp, bit_depth=source.bit_depth)
             if out.is_dir
             else VideoSink(
                 tmp,

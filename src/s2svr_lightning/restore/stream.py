@@ -22,24 +22,78 @@ decays with distance; the recurrence lets it travel a little further every frame
 principle, and ``tile_overlap`` keeps it away from the kept interiors (the tests measure it below 1e-5
 at 16 px). ``tile_flow="tile"`` runs the flow net on each tile instead (less memory, but flows that
 differ from the whole-frame ones everywhere, not only near seams).
+
+``tile="auto"`` picks the tile when the first frame's size is known: whole frames where
+:func:`memory_estimate` says they fit the free memory (:func:`~s2svr_lightning.restore.options.free_memory`,
+with a safety margin), else the largest tile that does. Whatever the tile, an out-of-memory error
+(``torch.OutOfMemoryError`` or a RuntimeError saying "out of memory" / "can't allocate memory") during a
+frame rolls every tile stream back to its state before that frame, cuts the frame into smaller tiles and
+redoes it: no frame is lost or emitted twice. The recurrent states (encoder and decoder states, the
+window's latents, flows and frames, the fed-back output) are all images at LQ or output size, so they are
+carried across the change of tiles: each is stitched from the old tiles' kept interiors into a whole
+frame, exactly as outputs are, and cropped for the new tiles. The new tiles then start from the states an
+untiled run would have had up to the old seams' error, and the output stays within tiling's error of an
+untiled run (the tests bound it as they bound tiling's). With a fixed ``tile`` (or None) the error is
+raised instead, as :class:`OutOfMemory`, with the fix in its message.
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 
 from ..models.s2svr import S2SVR
 from ..utils import to_float_frames
+from .options import free_memory, resolve_hardware
 
-__all__ = ["LatentWindow", "StreamingRestorer", "reuse_freed_memory"]
+__all__ = [
+    "LatentWindow",
+    "OutOfMemory",
+    "StreamingRestorer",
+    "is_out_of_memory",
+    "memory_estimate",
+    "reuse_freed_memory",
+]
 
 Tensor = torch.Tensor
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Peak bytes per LQ pixel of a causal streaming step in fp32, ``a + b * channels`` per scale. Measured on
+# the CPU (docs/restoring.md): peak RSS of 4 frames pushed and flushed at 128x256 LQ minus that at 64x128,
+# over the 24,576 extra pixels, for the presets and their 8-channel test variants. x4 SR is dominated by
+# output-sized tensors, not by the width (8 channels: 33.1 kB, 64: 31.8 kB); same-size nets grow with it
+# (8: 2.1 kB, 48: 8.8 kB). PWC-Lite's whole-frame flow is included.
+_PIXEL_BYTES = {4: (33_100.0, 0.0), 1: (775.0, 167.5)}
+_MEMORY_MARGIN = 0.7  # of the free memory: allocator slack, fragmentation, the model's error
+_MIN_TILE = 32  # LQ pixels; below, the overlaps would be most of each tile
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory and the tile cannot (or may not) shrink; the message says what to try."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure: CUDA's ``torch.OutOfMemoryError``, MPS's and others'
+    RuntimeError "out of memory", the CPU allocator's "can't allocate memory"."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def memory_estimate(net: S2SVR, pixels: int) -> float:
+    """Estimated peak bytes of a streaming step on ``pixels`` LQ pixels (one tile, or a whole frame), fp32:
+    ``pixels * (a + b * channels)`` with ``a, b`` measured per scale (the net's weights not counted;
+    other scales are taken as x4's per output pixel)."""
+    a, b = _PIXEL_BYTES.get(net.scale, (_PIXEL_BYTES[4][0] * net.scale**2 / 16, 0.0))
+    return float(pixels) * (a + b * net.channels)
+
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -158,6 +212,26 @@ class _CausalStream:
             outputs.append(self._decode(last=t))
         return outputs
 
+    def state(self) -> dict[str, Any]:
+        """Everything a step changes, as a tree of tensors (for a rollback, or to re-tile it): the step
+        functions make new tensors rather than write into these, so shallow copies are snapshots."""
+        w = self.window
+        return {
+            "count": self.count,
+            "next_out": self.next_out,
+            "encoder_states": None if self.encoder_states is None else list(self.encoder_states),
+            "decoder_states": None if self.decoder_states is None else list(self.decoder_states),
+            "y_prev": self.y_prev,
+            "window": {k: dict(getattr(w, k)) for k in ("frames", "latents", "to_prev", "to_next")},
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.count, self.next_out = state["count"], state["next_out"]
+        self.encoder_states, self.decoder_states = state["encoder_states"], state["decoder_states"]
+        self.y_prev = state["y_prev"]
+        for key, store in state["window"].items():
+            setattr(self.window, key, dict(store))
+
     def flush(self) -> list[Tensor]:
         outputs = []
         while self.next_out < self.count:
@@ -204,6 +278,19 @@ class _ChunkedStream:
         to_next = torch.stack([f[1] for f in given], dim=1)
         return self.net(clip, flows=(to_prev, to_next))
 
+    def state(self) -> dict[str, Any]:
+        """As :meth:`_CausalStream.state`: the buffered frames, their flows and the last chunk's tail."""
+        return {
+            "buffer": list(self.buffer),
+            "flows": list(self.flows),
+            "tail": list(self.tail),
+            "counters": (self.start, self.emitted, self.fresh),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.buffer, self.flows, self.tail = list(state["buffer"]), list(state["flows"]), list(state["tail"])
+        self.start, self.emitted, self.fresh = state["counters"]
+
     def push(self, x_t: Tensor, flows: tuple[Tensor, Tensor] | None = None) -> list[Tensor]:
         self.buffer.append(x_t)
         self.flows.append(flows)
@@ -247,15 +334,64 @@ def _tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int, int,
     return spans
 
 
+def _merge(trees: list[Any], fn: Callable[[list[Tensor]], Tensor]) -> Any:
+    """One tree from per-tile trees of the same shape (dicts, lists, tuples): ``fn`` on each tensor's
+    per-tile values; other leaves (counters, None) are the same on every tile and taken from the first."""
+    first = trees[0]
+    if isinstance(first, Tensor):
+        return fn(trees)
+    if isinstance(first, dict):
+        return {key: _merge([tree[key] for tree in trees], fn) for key in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_merge([tree[k] for tree in trees], fn) for k in range(len(first)))
+    return first
+
+
+def _map(tree: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    return _merge([tree], lambda parts: fn(parts[0]))
+
+
+def _state_scale(t: Tensor, rows: int, cols: int) -> int:
+    """The state's size over the tile's (1 for LQ-sized states, the net's scale for outputs)."""
+    s, rem = divmod(t.shape[-1], cols)
+    if rem or s < 1 or t.shape[-2] != s * rows:
+        raise AssertionError(f"a stream state of shape {tuple(t.shape)} on a {rows}x{cols} tile")
+    return s
+
+
+def _stitch_state(parts: list[Tensor], tiles: list, h: int, w: int) -> Tensor:
+    """A whole-frame state from the tiles' states: each tile's kept interior, as outputs are stitched."""
+    (ys, xs), first = tiles[0], parts[0]
+    s = _state_scale(first, ys[1] - ys[0], xs[1] - xs[0])
+    out = first.new_empty(*first.shape[:-2], s * h, s * w)
+    for ((y0, _, ky0, ky1), (x0, _, kx0, kx1)), part in zip(tiles, parts):
+        out[..., s * ky0 : s * ky1, s * kx0 : s * kx1] = part[
+            ..., s * (ky0 - y0) : s * (ky1 - y0), s * (kx0 - x0) : s * (kx1 - x0)
+        ]
+    return out
+
+
+def _crop_state(whole: Tensor, ys: tuple[int, ...], xs: tuple[int, ...], h: int, w: int) -> Tensor:
+    s = whole.shape[-1] // w
+    crop = whole[..., s * ys[0] : s * ys[1], s * xs[0] : s * xs[1]]
+    return crop.contiguous(memory_format=torch.channels_last) if crop.dim() == 4 else crop.contiguous()
+
+
 class StreamingRestorer:
     """Restore a video one frame at a time with an :class:`~s2svr_lightning.models.S2SVR` network.
 
     Args:
         net: the restoration network; it is moved to ``device``, converted to channels_last (its conv
             weights) and put in eval mode.
-        device: where to run (default: the net's device).
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast on ``device``; CPU supports both).
-        tile: optional tile size in LQ pixels (>= 16); None restores whole frames.
+        device: where to run (default: the net's device; ``"auto"``: CUDA, else MPS, else CPU).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast on ``device``; CPU supports both), or
+            ``"auto"``: bf16 where the hardware has bf16 units, fp16 on older CUDA, else fp32
+            (:func:`~s2svr_lightning.restore.options.resolve_hardware`).
+        tile: optional tile size in LQ pixels (>= 16); None restores whole frames; ``"auto"`` picks it
+            from the free memory and shrinks it on an out-of-memory error (the module's docstring).
+        memory: bytes free on a device (default
+            :func:`~s2svr_lightning.restore.options.free_memory`; tests give their own).
+        log: where the one-line notes go (a tile chosen or shrunk); default: standard error.
         tile_overlap: LQ pixels of context on each side of an inner tile seam (``tile > 2 * overlap``).
         tile_flow: ``"frame"`` (flow on the whole frame, cropped per tile) or ``"tile"`` (per tile).
         chunk: frames per chunk for bidirectional nets (ignored for causal nets).
@@ -279,19 +415,25 @@ class StreamingRestorer:
         *,
         device: torch.device | str | None = None,
         precision: str = "fp32",
-        tile: int | None = None,
+        tile: int | str | None = None,
         tile_overlap: int = 16,
         tile_flow: str = "frame",
         chunk: int = 25,
         chunk_overlap: int = 5,
         reuse_memory: bool = True,
         compile: bool = False,
+        memory: Callable[[torch.device], int | None] = free_memory,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         if not isinstance(net, S2SVR):
             raise ValueError(f"expected an S2SVR network, got {type(net).__name__}")
-        if precision not in _PRECISIONS:
-            raise ValueError(f"expected precision in {sorted(_PRECISIONS)}, got {precision!r}")
-        if tile is not None and (tile < 16 or tile <= 2 * tile_overlap or tile_overlap < 0):
+        if precision != "auto" and precision not in _PRECISIONS:
+            raise ValueError(f"expected precision in {sorted(_PRECISIONS)} or 'auto', got {precision!r}")
+        if isinstance(tile, str) and tile != "auto":
+            raise ValueError(f"expected tile an int, None or 'auto', got {tile!r}")
+        if tile == "auto" and tile_overlap < 0:
+            raise ValueError(f"expected tile_overlap >= 0, got {tile_overlap}")
+        if tile not in (None, "auto") and (tile < 16 or tile <= 2 * tile_overlap or tile_overlap < 0):
             raise ValueError(
                 f"expected tile >= 16 and tile > 2 * tile_overlap >= 0, got tile={tile}, "
                 f"tile_overlap={tile_overlap}"
@@ -304,6 +446,8 @@ class StreamingRestorer:
             )
         if device is None:
             device = next(net.parameters()).device
+        if str(device) == "auto" or precision == "auto":
+            device, precision, _ = resolve_hardware(device, precision)
         self.device = torch.device(device)
         if reuse_memory and self.device.type == "cpu":
             reuse_freed_memory()
@@ -315,8 +459,11 @@ class StreamingRestorer:
 
             compile_restorer(self.net)
         self.precision = precision
-        self.tile = tile
+        self.auto_tile = tile == "auto"
+        self.tile: int | None = None if self.auto_tile else tile  # auto: chosen per video in _start
         self.tile_overlap = tile_overlap
+        self.memory = memory
+        self.log = log or (lambda line: print(line, file=sys.stderr))
         self.tile_flow = tile_flow
         self.chunk = chunk
         self.chunk_overlap = chunk_overlap
@@ -338,16 +485,42 @@ class StreamingRestorer:
             return _ChunkedStream(self.net, chunk=self.chunk, overlap=self.chunk_overlap)
         return _CausalStream(self.net)
 
+    def _layout(self, h: int, w: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+        if self.tile is None:
+            return [((0, h, 0, h), (0, w, 0, w))]
+        return [
+            (ys, xs)
+            for ys in _tile_spans(h, self.tile, self.tile_overlap)
+            for xs in _tile_spans(w, self.tile, self.tile_overlap)
+        ]
+
+    @property
+    def min_tile(self) -> int:
+        """The smallest tile ``tile="auto"`` goes down to (LQ pixels)."""
+        return max(_MIN_TILE, 2 * self.tile_overlap + 16)
+
+    def choose_tile(self, h: int, w: int) -> int | None:
+        """``tile="auto"``'s tile for ``h x w`` frames: None (whole frames) where :func:`memory_estimate`
+        fits the free memory with a margin, else the largest multiple of 8 that fits (at least
+        :attr:`min_tile`); None where the free memory is unknown."""
+        free = self.memory(self.device)
+        if free is None:
+            return None
+        budget = _MEMORY_MARGIN * free
+        if memory_estimate(self.net, h * w) <= budget:
+            return None
+        tile = max(h, w) // 8 * 8
+        while tile > self.min_tile and memory_estimate(self.net, tile * tile) > budget:
+            tile -= 8
+        return max(tile, self.min_tile)
+
     def _start(self, h: int, w: int) -> None:
         self._size = (h, w)
-        if self.tile is None:
-            self._tiles = [((0, h, 0, h), (0, w, 0, w))]
-        else:
-            self._tiles = [
-                (ys, xs)
-                for ys in _tile_spans(h, self.tile, self.tile_overlap)
-                for xs in _tile_spans(w, self.tile, self.tile_overlap)
-            ]
+        if self.auto_tile:
+            self.tile = self.choose_tile(h, w)
+            if self.tile is not None:
+                self.log(f"tile {self.tile} for {w}x{h} frames: whole frames do not fit the free memory")
+        self._tiles = self._layout(h, w)
         self._streams = [self._new_stream() for _ in self._tiles]
 
     def _prepare(self, frame: Tensor) -> Tensor:
@@ -395,30 +568,86 @@ class StreamingRestorer:
             frames.append(out.cpu())
         return frames
 
-    @torch.inference_mode()
-    def push(self, frame: Tensor) -> list[Tensor]:
-        """Feed the next LQ frame; returns the output frames completed by it (possibly none)."""
-        x = self._prepare(frame)
+    def _push(self, x: Tensor) -> list[Tensor]:
         with self._autocast():
             flows = None
-            if len(self._tiles) > 1 and self.tile_flow == "frame":
-                if self._prev is not None:
-                    flows = self.net.pair_flows(x, self._prev)
-                self._prev = x
+            if len(self._tiles) > 1 and self.tile_flow == "frame" and self._prev is not None:
+                flows = self.net.pair_flows(x, self._prev)
             per_tile = []
             for ((y0, y1, _, _), (x0, x1, _, _)), stream in zip(self._tiles, self._streams):
                 crop = None if flows is None else tuple(f[..., y0:y1, x0:x1] for f in flows)
                 per_tile.append(stream.push(x[..., y0:y1, x0:x1], crop))
+        frames = self._stitch(per_tile)
+        # kept whatever the tiling (a reference, no copy): whole-frame flows after a switch to tiles
+        self._prev = x
+        return frames
+
+    def _flush(self) -> list[Tensor]:
+        with self._autocast():
+            per_tile = [stream.flush() for stream in self._streams]
         return self._stitch(per_tile)
+
+    def _retrying(self, step: Callable[[], list[Tensor]], what: str) -> list[Tensor]:
+        """Run ``step``; on an out-of-memory error, roll the streams back, shrink the tile and redo it."""
+        while True:
+            saved = [stream.state() for stream in self._streams]
+            failure = None
+            try:
+                return step()
+            except RuntimeError as err:  # torch.OutOfMemoryError is one
+                if not is_out_of_memory(err):
+                    raise
+                failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            # here, outside the except block, the traceback (and the activations it holds) is released
+            for stream, state in zip(self._streams, saved):
+                stream.load(state)
+            del saved
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self._shrink(failure, what)
+
+    def _shrink(self, failure: str, what: str) -> None:
+        h, w = self._size
+        current = self.tile if self.tile is not None else max(h, w)
+        smaller = max(current * 3 // 4 // 8 * 8, self.min_tile)
+        if not self.auto_tile or smaller >= current:
+            hint = (
+                "use --tile auto (the default) to shrink the tile and retry"
+                if not self.auto_tile
+                else "try --tile-flow tile (no whole-frame flow), --precision bf16/fp16, or another device"
+            )
+            tile = "whole frames" if self.tile is None else f"tile {self.tile}"
+            raise OutOfMemory(
+                f"out of memory on {self.device} at {tile} of {w}x{h} frames ({failure}); {hint}"
+            )
+        was = "whole frames" if self.tile is None else f"tile {self.tile}"
+        self.log(f"out of memory at {was}: {what} again in tiles of {smaller}")
+        self._retile(smaller)
+
+    def _retile(self, tile: int) -> None:
+        """Cut the streams into tiles of ``tile``, carrying their states (the module's docstring)."""
+        h, w = self._size
+        old_tiles, old_states = self._tiles, [stream.state() for stream in self._streams]
+        self.tile = tile
+        self._tiles = self._layout(h, w)
+        self._streams = [self._new_stream() for _ in self._tiles]
+        whole = _merge(old_states, lambda parts: _stitch_state(parts, old_tiles, h, w))
+        del old_states
+        for (ys, xs), stream in zip(self._tiles, self._streams):
+            stream.load(_map(whole, lambda t, ys=ys, xs=xs: _crop_state(t, ys, xs, h, w)))
+
+    @torch.inference_mode()
+    def push(self, frame: Tensor) -> list[Tensor]:
+        """Feed the next LQ frame; returns the output frames completed by it (possibly none)."""
+        x = self._prepare(frame)
+        return self._retrying(lambda: self._push(x), "the frame")
 
     @torch.inference_mode()
     def flush(self) -> list[Tensor]:
         """End the video: returns the frames still pending, then resets for a new video."""
         if self._size is None:
             return []
-        with self._autocast():
-            per_tile = [stream.flush() for stream in self._streams]
-        frames = self._stitch(per_tile)
+        frames = self._retrying(self._flush, "the last frames")
         self._reset()
         return frames
 

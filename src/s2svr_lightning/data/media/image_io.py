@@ -35,6 +35,9 @@ __all__ = [
     "natural_key",
     "read_frame_folder",
     "write_png",
+    "png_bit_depth",
+    "read_image16",
+    "write_png16",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -235,3 +238,38 @@ def write_png(path: Path, frame: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(frame)).save(buffer, format="PNG")
     atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
+
+
+def png_bit_depth(path: str | os.PathLike) -> int:
+    """Bits per sample of a PNG, from its header (8 for anything that is not a PNG)."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    return head[24] if len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n" else 8
+
+
+def read_image16(path: str | os.PathLike) -> np.ndarray:
+    """A 16-bit PNG as uint16 RGB ``(H, W, 3)``, every bit kept (Pillow reads 16-bit RGB as 8-bit);
+    decoded by FFmpeg through PyAV. Grey is replicated."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+            return frame.reformat(format="rgb48le").to_ndarray()
+    except (av.error.FFmpegError, StopIteration) as err:
+        raise DatasetError(f"{path}: cannot decode image ({err})") from None
+
+
+def write_png16(path: str | os.PathLike, frame: np.ndarray) -> None:
+    """Write uint16 RGB ``(H, W, 3)`` as a 16-bit PNG (FFmpeg's encoder through PyAV), atomically."""
+    import av
+
+    if frame.dtype != np.uint16 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"expected a uint16 frame (H, W, 3), got {frame.dtype} {frame.shape}")
+    ctx = av.CodecContext.create("png", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = frame.shape[1], frame.shape[0], "rgb48be"
+    image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb48le").reformat(
+        format="rgb48be"
+    )
+    data = b"".join(bytes(packet) for packet in [*ctx.encode(image), *ctx.encode(None)])
+    atomic_write_bytes(Path(path), lambda f: f.write(data))

@@ -39,7 +39,7 @@ import torch
 from ..errors import DatasetError
 from .image_io import frames_to_tensor, list_frame_files, read_image
 from .store import Crop, FrameStore
-from .video_writer import VideoColor, VideoWriter
+from .video_writer import CONTAINER_TAGS, STREAM_TAGS, SourceMetadata, VideoColor, VideoWriter, bit_depth
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -50,6 +50,8 @@ __all__ = [
     "list_frame_files",
     "read_image",
     "decord_available",
+    "read_metadata",
+    "bit_depth",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv")
@@ -127,6 +129,37 @@ os.register_at_fork(
 )
 
 
+def read_metadata(path: str | os.PathLike) -> SourceMetadata:
+    """The :class:`~s2svr_lightning.data.media.video_writer.SourceMetadata` of a video file's first video
+    stream: its display matrix (from the first frame's side data, where FFmpeg puts the container's
+    matrix, e.g. an mp4 track's), sample aspect ratio and tags. One frame is decoded."""
+    import av
+
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise _av_error(path, "cannot open video", err) from None
+    try:
+        stream = container.streams.video[0]
+        matrix = None
+        for frame in container.decode(stream):
+            side = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+            if side is not None:
+                matrix = tuple(int(v) for v in np.frombuffer(bytes(side), dtype="<i4"))
+            break
+        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        stream_meta, container_meta = dict(stream.metadata), dict(container.metadata)
+    finally:
+        container.close()
+    return SourceMetadata(
+        display_matrix=matrix,
+        sample_aspect_ratio=Fraction(sar) if sar and Fraction(sar) != 1 else None,
+        stream_tags=tuple((k, stream_meta[k]) for k in STREAM_TAGS if stream_meta.get(k)),
+        container_tags=tuple((k, container_meta[k]) for k in CONTAINER_TAGS if container_meta.get(k)),
+    )
+
+
 class VideoReader:
     """Frames of a video file as uint8 RGB ``(H, W, 3)``, by index or in a stream.
 
@@ -167,17 +200,19 @@ class VideoReader:
         _READERS.add(self)
         self._probe()
 
-    def _rgb(self, frame) -> np.ndarray:
-        """A decoded frame as uint8 RGB ``(H, W, 3)``, through this reader's own scaler: one per reader,
-        on one thread, never PyAV's per-thread cache, so no scaler with slice threads crosses a fork."""
+    def _rgb(self, frame, deep: bool = False) -> np.ndarray:
+        """A decoded frame as uint8 RGB ``(H, W, 3)`` (``deep``: uint16, for sources above 8 bits), through
+        this reader's own scaler: one per reader, on one thread, never PyAV's per-thread cache, so no
+        scaler with slice threads crosses a fork."""
         if self._scaler is None:
             from av.video.reformatter import VideoReformatter
 
             self._scaler = VideoReformatter()
+        fmt = "rgb48le" if deep else "rgb24"
         try:
-            rgb = self._scaler.reformat(frame, format="rgb24", threads=1)
+            rgb = self._scaler.reformat(frame, format=fmt, threads=1)
         except TypeError:  # PyAV before `threads` (< 14): its scalers have no slice threads
-            rgb = self._scaler.reformat(frame, format="rgb24")
+            rgb = self._scaler.reformat(frame, format=fmt)
         return rgb.to_ndarray()
 
     # -- probing -------------------------------------------------------------------------------------
@@ -212,6 +247,7 @@ class VideoReader:
             self.codec = ctx.codec.name
             self.time_base = Fraction(stream.time_base) if stream.time_base else 1 / self.fps
             self.color = VideoColor.from_stream(stream)
+            self.bit_depth = bit_depth(ctx.pix_fmt)
             self.has_audio = bool(container.streams.audio)
             self.intra_only = bool(getattr(ctx.codec, "intra_only", False))
             self.container_format = container.format.name
@@ -340,15 +376,17 @@ class VideoReader:
         for frame, _ in self.iter_timed_frames():
             yield frame
 
-    def iter_timed_frames(self) -> Iterator[tuple[np.ndarray, int | None]]:
+    def iter_timed_frames(self, *, deep: bool = False) -> Iterator[tuple[np.ndarray, int | None]]:
         """Every frame in order with its presentation timestamp in :attr:`time_base` units (``None`` where
-        the file has none), decoded sequentially."""
+        the file has none), decoded sequentially. ``deep``: a source above 8 bits (:attr:`bit_depth`)
+        comes as uint16 RGB, so its extra precision survives (8-bit sources stay uint8)."""
         container = self._open()
         count = 0
+        deep = deep and self.bit_depth > 8
         try:
             for frame in container.decode(video=0):
                 count += 1
-                yield self._rgb(frame), frame.pts
+                yield self._rgb(frame, deep), frame.pts
         except Exception as err:
             raise _av_error(self.path, f"cannot decode frame {count}", err) from None
         finally:

@@ -9,7 +9,10 @@ should keep of its source:
   converted back to YUV with the matrix and range the decoder used to make them, and tagged as the
   source was, so the numbers and their meaning both match the source;
 - sound: every audio stream of ``audio_from`` (copied, or re-encoded where the container refuses the
-  codec; :class:`~s2svr_lightning.data.media.audio.AudioCarrier`), interleaved with the frames.
+  codec; :class:`~s2svr_lightning.data.media.audio.AudioCarrier`), interleaved with the frames;
+- how to show it and what it is (:class:`SourceMetadata`): the display matrix (a phone video's
+  rotation: its frames are stored sideways and the player turns them), the sample aspect ratio, and the
+  language and title tags.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ import torch
 
 from ...utils import expect_shape, to_uint8_frames
 
-__all__ = ["CODEC_PIX_FMT", "VideoColor", "VideoWriter"]
+__all__ = ["CODEC_PIX_FMT", "SourceMetadata", "VideoColor", "VideoWriter", "bit_depth"]
+
+# the tags a restored copy keeps: what the video is, not how the source was encoded (encoder, brands)
+STREAM_TAGS = ("language", "title", "handler_name")
+CONTAINER_TAGS = ("title", "comment", "language", "creation_time", "location")
 
 # default pixel format per codec: 4:2:0 for delivery codecs; FFV1 stores RGB, bit-exact
 CODEC_PIX_FMT = {"ffv1": "bgr0"}
@@ -65,6 +72,44 @@ class VideoColor:
                 setattr(target, name, getattr(self, name))
 
 
+@dataclass(frozen=True)
+class SourceMetadata:
+    """What a source video carries besides its pixels, timing and colour, for the restored copy.
+
+    display_matrix: FFmpeg's 3x3 display matrix (9 ints, ``AV_PKT_DATA_DISPLAYMATRIX``): rotation and
+        flips a player applies; phones store portrait video as landscape frames with a 90 degree matrix.
+        The frames are decoded as stored, so writing the same matrix shows the output as the source.
+    sample_aspect_ratio: the pixels' shape (anamorphic video); unchanged by an integer upscale.
+    stream_tags, container_tags: ``(key, value)`` pairs of :data:`STREAM_TAGS` / :data:`CONTAINER_TAGS`.
+    """
+
+    display_matrix: tuple[int, ...] | None = None
+    sample_aspect_ratio: Fraction | None = None
+    stream_tags: tuple[tuple[str, str], ...] = ()
+    container_tags: tuple[tuple[str, str], ...] = ()
+
+    def apply(self, container, stream) -> None:
+        """Set it on an output container and its video stream, before the first frame is encoded."""
+        if self.display_matrix is not None:
+            stream.set_display_matrix(list(self.display_matrix))
+        if self.sample_aspect_ratio is not None:
+            stream.codec_context.sample_aspect_ratio = self.sample_aspect_ratio
+        for key, value in self.stream_tags:
+            stream.metadata[key] = value
+        for key, value in self.container_tags:
+            container.metadata[key] = value
+
+
+def bit_depth(pix_fmt: str | None) -> int:
+    """Bits per sample of a pixel format (``yuv420p10le``: 10; unknown: 8)."""
+    import av
+
+    try:
+        return max(int(c.bits) for c in av.VideoFormat(pix_fmt).components)
+    except (TypeError, ValueError, AttributeError):
+        return 8
+
+
 class VideoWriter:
     """Encode uint8 RGB frames into a video file with PyAV (a context manager).
 
@@ -81,6 +126,7 @@ class VideoWriter:
         options: extra encoder options.
         time_base: time base of the ``pts`` given to :meth:`write` (a source's); default ``1 / fps``.
         color: colour description to convert with and tag (a source's); default untagged (BT.601 matrix).
+        metadata: display matrix, sample aspect ratio and tags to write (a source's).
         audio_from: a file whose audio streams are carried into the output.
         audio_codec: re-encode the audio with this codec instead of copying it.
         trim_audio: cut the audio at the end of the last frame (for a video cut short).
@@ -101,6 +147,7 @@ class VideoWriter:
         options: dict[str, str] | None = None,
         time_base: Fraction | None = None,
         color: VideoColor | None = None,
+        metadata: SourceMetadata | None = None,
         audio_from: str | os.PathLike | None = None,
         audio_codec: str | None = None,
         trim_audio: bool = False,
@@ -124,8 +171,11 @@ class VideoWriter:
         self.options = dict(options or {})
         self.time_base = Fraction(time_base) if time_base is not None else 1 / fps
         self.color = color or VideoColor()
+        self.metadata = metadata
         # an RGB stream is tagged RGB (matrix 0, no range); primaries and transfer still describe it
         rgb = self.pix_fmt in _RGB_FORMATS
+        # above 8 bits (yuv420p10le, ...): frames go in as 16-bit RGB, so a float frame keeps its precision
+        self.deep = not rgb and bit_depth(self.pix_fmt) > 8
         self._tags = replace(self.color, colorspace=0, color_range=0) if rgb else self.color
         self.audio_from = Path(audio_from) if audio_from is not None else None
         self.audio_codec = audio_codec
@@ -152,6 +202,8 @@ class VideoWriter:
             stream.width, stream.height, stream.pix_fmt = width, height, self.pix_fmt
             stream.time_base = stream.codec_context.time_base = self.time_base
             self._tags.tag(stream.codec_context)
+            if self.metadata is not None:
+                self.metadata.apply(self._container, stream)
         except Exception as err:
             self._abort()
             raise ValueError(
@@ -174,7 +226,8 @@ class VideoWriter:
         self._stream = stream
 
     def write(self, frame: np.ndarray | torch.Tensor, *, pts: int | None = None) -> None:
-        """Append one frame: uint8 ``(H, W, 3)`` (numpy or torch) or float ``(3, H, W)`` in [0, 1].
+        """Append one frame: uint8 ``(H, W, 3)`` (numpy or torch) or float ``(3, H, W)`` in [0, 1]; for a
+        pix_fmt above 8 bits, also uint16 ``(H, W, 3)`` (a float frame is then rounded to 16 bits, not 8).
 
         ``pts``: its presentation time in ``time_base`` units (default: one frame after the previous; a
         missing or non-increasing one is replaced so too, as the muxer needs increasing timestamps).
@@ -184,11 +237,20 @@ class VideoWriter:
         if isinstance(frame, torch.Tensor):
             if frame.is_floating_point():
                 expect_shape(frame, "(3, H, W)", "a float frame")
-                frame = to_uint8_frames(frame, channels_last=True)
-            frame = frame.detach().cpu().numpy()
+                if self.deep:
+                    frame = frame.detach().float().clamp(0, 1).mul(65535).round().to(torch.int32)
+                    frame = frame.permute(1, 2, 0).cpu().numpy().astype(np.uint16)
+                else:
+                    frame = to_uint8_frames(frame, channels_last=True)
+            if isinstance(frame, torch.Tensor):
+                frame = frame.detach().cpu().numpy()
         frame = np.asarray(frame)
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"expected a uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
+        dtypes = (np.uint8, np.uint16) if self.deep else (np.uint8,)
+        if frame.dtype not in dtypes or frame.ndim != 3 or frame.shape[2] != 3:
+            kinds = "a uint8 or uint16" if self.deep else "a uint8"
+            raise ValueError(f"expected {kinds} frame (H, W, 3), got {frame.dtype} {frame.shape}")
+        if self.deep and frame.dtype == np.uint8:
+            frame = frame.astype(np.uint16) * 257  # 255 -> 65535
         if self._stream is None:
             self._start(*frame.shape[:2])
         if frame.shape[:2] != (self._stream.height, self._stream.width):
@@ -198,7 +260,8 @@ class VideoWriter:
             )
         if pts is None or (self._last_pts is not None and pts <= self._last_pts):
             pts = 0 if self._last_pts is None else self._last_pts + self._step
-        video_frame = self._convert(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
+        fmt = "rgb48le" if frame.dtype == np.uint16 else "rgb24"
+        video_frame = self._convert(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=fmt))
         video_frame.pts = pts
         video_frame.time_base = self.time_base
         self._container.mux(self._stream.encode(video_frame))
