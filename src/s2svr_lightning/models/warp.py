@@ -28,9 +28,13 @@ def pixel_grid(height: int, width: int, *, device: torch.device, dtype: torch.dt
             indexing="ij",
         )
         grid = torch.stack((xs, ys), dim=0).unsqueeze(0)
-        if len(_grid_cache) > 64:  # sizes vary during multi-scale training; keep the cache small
-            _grid_cache.clear()
-        _grid_cache[key] = grid
+        # only plain tensors made eagerly are kept: a grid made while tracing (torch.export, ONNX,
+        # torch.compile, TorchScript) is a fake or traced tensor that later calls must not pick up
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        if type(grid) is torch.Tensor and not tracing:
+            if len(_grid_cache) > 64:  # sizes vary during multi-scale training; keep the cache small
+                _grid_cache.clear()
+            _grid_cache[key] = grid
     return grid
 
 

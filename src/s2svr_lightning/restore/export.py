@@ -19,7 +19,6 @@ extra: ``pip install 's2svr-lightning[onnx]'``) behind the same call as the othe
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import warnings
@@ -28,26 +27,11 @@ from pathlib import Path
 
 import torch
 
-from ..models import warp
 from .stream import LatentWindow
 
 __all__ = ["FORMATS", "OnnxStep", "StreamingStep", "export_step", "run_exported_step"]
 
 FORMATS = ("pt2", "onnx", "torchscript")
-
-
-@contextlib.contextmanager
-def _own_grid_cache() -> Iterator[None]:
-    """``flow_warp`` caches its pixel grid per size in a module-level dict; tracing for torch.export would
-    leave a fake tensor there that later eager calls pick up. Trace with an empty cache, then put the
-    eager one back."""
-    saved = dict(warp._grid_cache)
-    warp._grid_cache.clear()
-    try:
-        yield
-    finally:
-        warp._grid_cache.clear()
-        warp._grid_cache.update(saved)
 
 
 class StreamingStep(torch.nn.Module):
@@ -146,11 +130,11 @@ def export_step(net, path: str | os.PathLike, *, size: tuple[int, int], fmt: str
     example = _example_step_inputs(net, *size)
     path = Path(path)
     if fmt == "pt2":
-        with torch.no_grad(), _own_grid_cache():
+        with torch.no_grad():
             exported = torch.export.export(step, example, strict=False)
         torch.export.save(exported, str(path))
         return path
-    with torch.no_grad(), warnings.catch_warnings(), _own_grid_cache():
+    with torch.no_grad(), warnings.catch_warnings():
         # the size checks in the models become constants of the trace: that is what "traced at this
         # frame size" means, so the tracer's warnings about them say nothing new
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
