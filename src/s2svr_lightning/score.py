@@ -23,9 +23,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import math
 import os
 import sys
@@ -269,14 +266,15 @@ def score(
         pred, gt: a clip each (video or frame folder) or folders of clips matched by name.
         y_channel, border, reduction: the metric conventions (:func:`metric_conventions`).
         temporal: ``"full"`` (warping error and tOF), ``"warp"`` or ``"off"``.
-        flow: the flow estimator (:func:`~s2svr_lightning.temporal.flow_estimator`): ``"tvl1"`` or a
+        flow: the flow estimator (:func:`~s2svr_lightning.flow_estimators.flow_estimator`): ``"tvl1"`` or a
             checkpoint path.
         match: ``"name"`` or ``"order"``: how frames of two frame folders are paired.
         device: where flow networks run.
         chunk: frames held in memory at a time.
     """
+    from s2svr_lightning.flow_estimators import flow_estimator
     from s2svr_lightning.metrics import VideoMetrics
-    from s2svr_lightning.temporal import TemporalMetrics, flow_estimator, merge_rows
+    from s2svr_lightning.temporal import TemporalMetrics, merge_rows
 
     if temporal not in ("full", "warp", "off"):
         raise ValueError(f"expected --temporal full, warp or off, got {temporal!r}")
@@ -341,17 +339,6 @@ def score(
 # --------------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------------
-def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as CSV, the columns present in any row; floats in full precision (``repr``)."""
-    present = [c for c in columns if any(c in r for r in rows)]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(present)
-    for row in rows:
-        writer.writerow([repr(v) if isinstance(v, float) else v for v in (row.get(c, "") for c in present)])
-    return buf.getvalue()
-
-
 def _fmt(value: Any, spec: str, width: int) -> str:
     """``value`` as ``spec``, right-aligned in ``width``; ``-`` if missing, ``inf`` for identical frames."""
     if value is None:
@@ -394,13 +381,15 @@ def summary_table(result: ScoreResult) -> str:
 
 def write_outputs(result: ScoreResult, out_dir: str | os.PathLike, *, plots: bool = True) -> Path:
     """Write ``per_frame.csv``, ``per_sequence.csv``, ``summary.json`` and ``plots/<sequence>.png``."""
-    from s2svr_lightning.atomic import atomic_write_text
+    from s2svr_lightning.atomic import write_csv, write_json
 
     out = Path(out_dir)
-    atomic_write_text(out / "per_frame.csv", csv_text(result.per_frame, _FRAME_COLUMNS))
-    atomic_write_text(out / "per_sequence.csv", csv_text(result.per_sequence, _SEQUENCE_COLUMNS))
-    data = {**result.summary, "per_sequence": {r["sequence"]: r for r in result.per_sequence}}
-    atomic_write_text(out / "summary.json", json.dumps(_finite(data), indent=2) + "\n")
+    write_csv(out / "per_frame.csv", result.per_frame, _FRAME_COLUMNS)
+    write_csv(out / "per_sequence.csv", result.per_sequence, _SEQUENCE_COLUMNS)
+    write_json(
+        out / "summary.json",
+        {**result.summary, "per_sequence": {r["sequence"]: r for r in result.per_sequence}},
+    )
     if plots:
         from s2svr_lightning.temporal import plot_sequence
 
@@ -410,16 +399,6 @@ def write_outputs(result: ScoreResult, out_dir: str | os.PathLike, *, plots: boo
         for key, rows in groups.items():
             plot_sequence(out / "plots" / f"{key}.png", rows, title=key)
     return out
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------------------------------

@@ -268,7 +268,7 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     # score with this run's benchmark conventions (a checkpoint may come from another task's run)
     module.test_metrics = type(module.test_metrics)(**to_plain(cfg.metrics))
     try:  # warping error / tOF (s2svr_lightning.temporal): test.temporal, test.flow
-        from s2svr_lightning.temporal import temporal_metrics
+        from s2svr_lightning.flow_estimators import temporal_metrics
 
         module.test_temporal = temporal_metrics(to_plain(cfg.metrics), str(cfg.test.temporal), cfg.test.flow)
     except (ValueError, OSError) as err:
