@@ -6,10 +6,8 @@ stack load only when a name that needs them is first used).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from s2svr_lightning import commands as _commands
+from s2svr_lightning.lazy import lazy_exports
 
 # Importing the library changes nothing process-wide. The commands set up their own process
 # (s2svr_lightning.commands.apply_process_settings): the console scripts in their entry points, and
@@ -44,14 +42,4 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 's2svr_lightning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
