@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .commands import add_version_argument
+from .commands import command_parser
 
 __all__ = ["Clip", "ScoreResult", "build_parser", "find_clips", "main", "metric_conventions", "score"]
 
@@ -405,12 +405,11 @@ def write_outputs(result: ScoreResult, out_dir: str | os.PathLike, *, plots: boo
 # Command line
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = command_parser(
         prog="s2svr-score",
         description="Score restored video (PRED) against ground truth (GT): PSNR / SSIM with a benchmark's "
         "conventions, the test stage's numbers, and temporal consistency (warping error, tOF).",
     )
-    add_version_argument(p)
     p.add_argument("pred", metavar="PRED", help="restored video, frame folder, or folder of clips")
     p.add_argument("gt", metavar="GT", help="ground truth, as PRED (clips matched by name)")
     p.add_argument(

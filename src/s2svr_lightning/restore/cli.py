@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_json
-from ..commands import add_version_argument
+from ..commands import command_parser
 from .batch import is_video_folder, restore_batch
 from .options import RestoreOptions
 from .run import export_to, restore_video
@@ -34,14 +34,13 @@ class RestoreInterrupted(KeyboardInterrupt):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = command_parser(
         prog="s2svr-restore",
         usage="%(prog)s --ckpt CKPT [options] INPUT OUTPUT\n"
         "       %(prog)s --ckpt CKPT [options] INPUT [INPUT ...] -o OUTDIR",
         description="Restore a video (or a folder of frames) with an S2SVR restorer checkpoint, streaming: "
         "memory does not grow with the video's length and the output equals a whole-sequence pass.",
     )
-    add_version_argument(p)
     p.add_argument(
         "--ckpt", required=True, help="restorer checkpoint (<run>/restorer/checkpoints/final.ckpt)"
     )
