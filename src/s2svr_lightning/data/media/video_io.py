@@ -25,10 +25,7 @@ the file's audio. Missing, unreadable, truncated or corrupt files raise
 from __future__ import annotations
 
 import bisect
-import gc
 import os
-import sys
-import weakref
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -37,6 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
+from .decoder_fork import DECODER_HANDLES, open_readers
 from .image_io import frames_to_tensor, list_frame_files, read_image
 from .store import Crop, FrameStore
 from .video_writer import VideoColor, VideoWriter
@@ -80,53 +78,6 @@ class _SeekFailed(Exception):
     pass
 
 
-_HANDLES = ("_container", "_decord", "_iter", "_seek_iter", "_seq_container", "_scaler")
-_READERS: weakref.WeakSet[VideoReader] = weakref.WeakSet()
-_INHERITED: list[tuple] = []
-
-
-def _drop_inherited_decoders() -> None:
-    """In a forked child (a DataLoader worker): take every reader's open decoders and scaler out of its
-    reach, so that it makes its own; the copies stay referenced here until the process exits (freeing
-    them there is what hangs). PyAV's own per-thread scaler (``VideoFrame.reformat`` / ``to_ndarray``
-    keep one since PyAV 18.1.1) is set aside the same way, for frames converted by code other than ours."""
-    for reader in list(_READERS):
-        _INHERITED.append(tuple(getattr(reader, name, None) for name in _HANDLES))
-        for name in _HANDLES:
-            setattr(reader, name, None)
-    frame_module = sys.modules.get("av.video.frame")
-    cache = getattr(frame_module, "_thread_local", None)
-    inherited = getattr(cache, "reformatter", None)
-    if inherited is not None:
-        _INHERITED.append((inherited,))
-        cache.reformatter = None
-
-
-_FROZE = [False]
-
-
-def _freeze_before_fork() -> None:
-    # a freeze of the caller's own (gc.freeze before forking workers) is left as it is
-    _FROZE[0] = gc.get_freeze_count() == 0
-    if _FROZE[0]:
-        gc.freeze()
-
-
-def _unfreeze_in_parent() -> None:
-    if _FROZE[0]:
-        gc.unfreeze()
-
-
-# Freeing, in a forked child, a decoder or a scaler copied from the parent (whose threads stayed there)
-# hangs PyAV in pthread_cond_destroy and crashes decord. Live readers drop theirs as above; the parent's
-# garbage (closed containers not yet collected) is frozen at the fork, so the child's garbage collector
-# never frees it. Our readers also scale with one thread (no slice threads to inherit), and the DataModule
-# starts the workers of datasets that decode video with forkserver, where nothing is inherited at all.
-os.register_at_fork(
-    before=_freeze_before_fork, after_in_parent=_unfreeze_in_parent, after_in_child=_drop_inherited_decoders
-)
-
-
 class VideoReader:
     """Frames of a video file as uint8 RGB ``(H, W, 3)``, by index or in a stream.
 
@@ -164,7 +115,7 @@ class VideoReader:
         self._index: tuple[list[int] | None, list[int] | None, int] | None = None
         self._seq_container = None
         self._scaler = None
-        _READERS.add(self)
+        open_readers.add(self)
         self._probe()
 
     def _rgb(self, frame) -> np.ndarray:
@@ -481,13 +432,13 @@ class VideoReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in _HANDLES:
+        for name in DECODER_HANDLES:
             state[name] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        _READERS.add(self)
+        open_readers.add(self)
 
 
 class VideoStore(FrameStore):
