@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["lazy_exports"]
 
 
 def lazy_exports(
-    package: str, exports: Mapping[str, str]
+    package: str, exports: Mapping[str, Sequence[str]]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """The module-level ``__getattr__`` and ``__dir__`` of ``package`` for ``{name: module}`` (absolute,
-    or relative to ``package``): ``__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)``."""
+    """The module-level ``__getattr__`` and ``__dir__`` of ``package`` for ``{module: names}`` (modules
+    absolute, or relative to ``package``): ``__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)``."""
+    where = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
-        module = exports.get(name)
+        module = where.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(module, package), name)
@@ -26,6 +27,6 @@ def lazy_exports(
         return value
 
     def __dir__() -> list[str]:
-        return sorted(getattr(sys.modules[package], "__all__", exports))
+        return sorted(getattr(sys.modules[package], "__all__", where))
 
     return __getattr__, __dir__

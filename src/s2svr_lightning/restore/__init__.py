@@ -17,17 +17,15 @@ from __future__ import annotations
 
 from ..lazy import lazy_exports
 
-_EXPORTS = {
-    "StreamingRestorer": ".stream",
-    "RestoreOptions": ".options",
-    "RestoreSummary": ".run",
-    "restore_video": ".run",
-    "export_step": ".export",
-    "build_parser": ".cli",
-    "main": ".cli",
+_EXPORTS = {  # module: the names it exports
+    ".stream": ("StreamingRestorer",),
+    ".options": ("RestoreOptions",),
+    ".run": ("RestoreSummary", "restore_video"),
+    ".export": ("export_step",),
+    ".cli": ("build_parser", "main"),
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
