@@ -67,20 +67,18 @@ class NetworkFlow:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> NetworkFlow:
         """The flow net of a teacher, student or restorer checkpoint, run on full-size frames."""
-        from s2svr_lightning.checkpoint import check_kind, flow_metadata, read_checkpoint, sub_state_dict
-        from s2svr_lightning.models import build_model
+        from s2svr_lightning.checkpoint import check_kind, read_checkpoint, sub_state_dict
+        from s2svr_lightning.models import FlowSpec
 
         ckpt = read_checkpoint(path, what="flow checkpoint")
         kind = check_kind(ckpt, ("teacher", "student", "restorer"), path)
-        meta = flow_metadata(ckpt)
-        net = build_model(str(meta["flownet"]), **dict(meta.get("options") or {}))
+        spec = FlowSpec.from_checkpoint(ckpt)
+        net = spec.build()
         prefix = "net.flownet." if kind == "restorer" else "flownet."
         try:
             net.load_state_dict(sub_state_dict(ckpt, prefix, path=path), strict=True)
         except RuntimeError as err:
-            raise ValueError(
-                f"expected the weights of a {meta['flownet']} flow net in {path}: {err}"
-            ) from err
+            raise ValueError(f"expected the weights of a {spec.flownet} flow net in {path}: {err}") from err
         return cls(net, name=str(path))
 
     @torch.no_grad()

@@ -23,19 +23,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from s2svr_lightning.checkpoint import (
-    flow_metadata,
-    flownet_options,
-    read_checkpoint,
-    restorer_flow_parts,
-    restorer_task,
-    sub_state_dict,
-)
+from s2svr_lightning.checkpoint import read_checkpoint, restorer_task, sub_state_dict
 from s2svr_lightning.lit.flow import check_flow_compatible
 from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import charbonnier_loss
 from s2svr_lightning.metrics import VideoMetrics
+from s2svr_lightning.models.flow_spec import CHECKPOINT_KEY, FlowSpec
 from s2svr_lightning.task import Task
 from s2svr_lightning.temporal import TemporalMetrics
 from s2svr_lightning.utils import to_float_frames, to_plain
@@ -69,14 +63,14 @@ def restorer_flow_options(
     """
     theirs = None
     if flow_init is not None and Path(flow_init).is_file() and (flownet is None or flow_input is None):
-        theirs = flow_metadata(read_checkpoint(flow_init))
+        theirs = FlowSpec.from_checkpoint(read_checkpoint(flow_init))
     if flownet is None:
-        flownet = theirs["flownet"] if theirs else "pwclite"
+        flownet = theirs.flownet if theirs else "pwclite"
         if flownet_overrides is None and theirs:
-            flownet_overrides = theirs["options"]
+            flownet_overrides = dict(theirs.options)
     if flow_input is None:
         # a teacher read HQ frames natively: its rule says nothing about LQ; the default applies
-        flow_input = theirs["flow_input"] if theirs and theirs.get("reads") == "lq" else "hq"
+        flow_input = theirs.flow_input.to_dict() if theirs and theirs.reads == "lq" else "hq"
     if not isinstance(flow_input, (str, Mapping)):
         flow_input = [int(v) for v in flow_input]  # (H, W) as a plain list
     return {
@@ -247,8 +241,8 @@ class RestorerModule(L.LightningModule):
         ckpt = read_checkpoint(path, kind=("student", "teacher"), what="flow checkpoint")
         state = sub_state_dict(ckpt, "flownet.", path=path)
         check_flow_compatible(
-            flow_metadata(ckpt),
-            self.flow_metadata(),
+            FlowSpec.from_checkpoint(ckpt),
+            self.flow_spec(),
             source=str(path),
             check_rule=ckpt.get("s2svr_kind") == "student" and not self.hparams.flow_input_override,
             fix=(
@@ -260,16 +254,16 @@ class RestorerModule(L.LightningModule):
 
     def _flow_parts(self) -> dict[str, Any]:
         """The flow net and its input rule from the hyperparameters (also on ``load_from_checkpoint``)."""
-        return restorer_flow_parts(self.hparams)
+        hp = self.hparams
+        spec = FlowSpec.create(
+            hp.flownet, hp.flownet_overrides, flow_input=hp.flow_input, scale=self.task.scale
+        )
+        return {"flownet": spec.build(), "flow_input": spec.flow_input}
 
-    def flow_metadata(self) -> dict[str, Any]:
-        """What the restorer's flow net is (stored in its checkpoints as ``s2svr_flow``)."""
-        return {
-            "flownet": self.hparams.flownet,
-            "options": flownet_options(self.hparams.flownet, self.hparams.flownet_overrides),
-            "flow_input": self.net.flow_input.to_dict(),
-            "reads": "lq",
-        }
+    def flow_spec(self) -> FlowSpec:
+        """What the restorer's flow net is (stored in its checkpoints)."""
+        hp = self.hparams
+        return FlowSpec.create(hp.flownet, hp.flownet_overrides, flow_input=self.net.flow_input)
 
     def setup(self, stage: str) -> None:
         # Only a fresh fit takes the student's flow net; a resumed fit restores its own weights afterwards
@@ -426,12 +420,14 @@ class RestorerModule(L.LightningModule):
         self.test_temporal.reset()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "s2svr_flow" not in checkpoint:
-            # made before the flow-input rule: a default PWC-Lite that read LQ natively, whatever the student
-            self.hparams.update(flownet="pwclite", flownet_overrides={}, flow_input="native")
-            for name, part in restorer_flow_parts(self.hparams, legacy=True).items():
-                setattr(self.net, name, part)
+        if CHECKPOINT_KEY not in checkpoint:  # made before the flow-input rule travelled with the weights
+            spec = FlowSpec.from_checkpoint(checkpoint)
+            flow_input = spec.flow_input.to_dict()
+            self.hparams.update(
+                flownet=spec.flownet, flownet_overrides=dict(spec.options), flow_input=flow_input
+            )
+            self.net.flownet, self.net.flow_input = spec.build(), spec.flow_input
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["s2svr_kind"] = "restorer"
-        checkpoint["s2svr_flow"] = self.flow_metadata()
+        self.flow_spec().write(checkpoint)

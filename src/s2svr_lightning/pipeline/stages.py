@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from s2svr_lightning.atomic import write_json
+from s2svr_lightning.checkpoint import peek
 from s2svr_lightning.conf import ConfigError
 from s2svr_lightning.pipeline.build import (
     build_datamodule,
@@ -86,7 +87,7 @@ def _scalar_metrics(metrics: Any, prefix: str) -> dict[str, float]:
 
 def _saved_score(path: Path, monitor: str) -> float | None:
     """The ``monitor`` score that a ModelCheckpoint saved ``path`` for (its state in the file)."""
-    states = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    states = peek(path).get("callbacks", {})
     for key, state in states.items():
         if str(key).startswith("ModelCheckpoint") and state.get("monitor") == monitor:
             score = state.get("current_score")
@@ -146,7 +147,7 @@ def _fit_stage(
     datamodule = build_datamodule(cfg, stage)
     resume = str(last) if last.is_file() else None
     if resume:
-        step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", "?")
+        step = peek(last).get("global_step", "?")
         log_message(f"[{stage}] resuming from {last} at step {step} of {max_steps}")
     else:
         log_message(f"[{stage}] training for {max_steps} steps")
@@ -298,8 +299,8 @@ def check_predict(cfg: DictConfig) -> tuple[Path, Path | None]:
     ckpt = Path(cfg.ckpt.restorer)
     if not ckpt.is_file():
         raise ConfigError(f"ckpt.restorer={ckpt}: no such file")
-    try:  # memory-mapped: only the kind marker is read
-        kind = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("s2svr_kind")
+    try:  # only the kind marker is read
+        kind = peek(ckpt).get("s2svr_kind")
     except Exception as err:  # torch raises several types for a file that is not a checkpoint
         raise ConfigError(f"ckpt.restorer={ckpt}: not a readable checkpoint ({type(err).__name__})") from None
     if kind != "restorer":
