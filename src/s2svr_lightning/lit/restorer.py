@@ -133,6 +133,9 @@ class RestorerModule(L.LightningModule):
             True (inductor) or a backend name (``"aot_eager"``). A run-time choice like the precision,
             not stored in the checkpoint. Where it cannot compile, one line says so and training runs
             eagerly.
+        test_temporal: the test stage's warping error / tOF accumulator
+            (:func:`~s2svr_lightning.flow_estimators.temporal_metrics` of ``test.temporal`` /
+            ``test.flow``); default: mode ``auto`` with the task's conventions. Not stored either.
 
     Activation checkpointing is the network's option (``model_overrides={"checkpointing": "step"}``,
     :class:`~s2svr_lightning.models.S2SVR`); mixed precision is the Trainer's (``precision="bf16-mixed"``),
@@ -164,6 +167,7 @@ class RestorerModule(L.LightningModule):
         flow_input_override: bool = False,
         eval_protocol: str = "single",
         compile: bool | str = False,
+        test_temporal: TemporalMetrics | None = None,
     ) -> None:
         super().__init__()
         from s2svr_lightning.models import build_model
@@ -218,8 +222,10 @@ class RestorerModule(L.LightningModule):
         self.val_metrics = VideoMetrics(**task.metric_options)
         self.test_metrics = VideoMetrics(**task.metric_options)
         # warping error / tOF of the test stage (s2svr_lightning.temporal); "auto": only where the test
-        # data has exact flow (cheap); the pipeline sets it from test.temporal / test.flow
-        self.test_temporal = TemporalMetrics(**task.metric_options, mode="auto")
+        # data has exact flow (cheap); the pipeline passes one built from test.temporal / test.flow
+        if test_temporal is None:
+            test_temporal = TemporalMetrics(**task.metric_options, mode="auto")
+        self.test_temporal = test_temporal
         self.test_per_sequence: dict[str, dict[str, float]] = {}
         self._flow_trainable: bool | None = None
 
@@ -235,6 +241,12 @@ class RestorerModule(L.LightningModule):
     @property
     def scale(self) -> int:
         return self.task.scale
+
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """Whether DDP must tolerate parameters without a gradient: the flow net gets none while it is
+        frozen (the first ``flow_freeze_steps``)."""
+        return int(self.hparams.flow_freeze_steps) > 0
 
     def load_flownet(self, path: str | Path) -> None:
         """Copy a flow stage checkpoint's ``flownet.*`` weights into ``self.net.flownet``."""
