@@ -11,6 +11,7 @@ the network instead (:mod:`~s2svr_lightning.restore.export`). The options are pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import signal
 import sys
@@ -156,30 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> RestoreOptions:
-    """The :class:`RestoreOptions` the command line sets (the same for every input of a batch)."""
-    return RestoreOptions(
-        device=args.device,
-        precision=args.precision,
-        compile=args.compile,
-        tile=args.tile,
-        tile_overlap=args.tile_overlap,
-        tile_flow=args.tile_flow,
-        codec=args.codec,
-        crf=args.crf,
-        pix_fmt=args.pix_fmt,
-        preset=args.preset,
-        audio=not args.no_audio,
-        audio_codec=args.audio_codec,
-        fps=args.fps,
-        format=args.format,
-        max_frames=args.max_frames,
-        degrade=args.degrade,
-        degrade_chunk=args.degrade_chunk,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        temporal=args.temporal,
-        flow=args.flow,
-    )
+    """The :class:`RestoreOptions` the command line sets (the same for every input of a batch): each field
+    is the option of its name, but ``audio`` and ``progress``, which ``--no-audio`` / ``--no-progress``
+    turn off."""
+    flags = {"audio": not args.no_audio, "progress": not args.no_progress}
+    named = {f.name: getattr(args, f.name) for f in dataclasses.fields(RestoreOptions) if f.name not in flags}
+    return RestoreOptions(**named, **flags)
 
 
 def _batch_form(args: argparse.Namespace) -> tuple[list[str], Path] | None:
