@@ -16,7 +16,8 @@ from s2svr_lightning.metrics import PSNR_MAX, VideoMetrics, psnr
 from s2svr_lightning.models import s2svr_deblur, s2svr_vsr
 from s2svr_lightning.restore import main, options
 from s2svr_lightning.restore.options import Hardware, RestoreOptions, resolve_hardware
-from s2svr_lightning.restore.stream import OutOfMemory, StreamingRestorer, is_out_of_memory, memory_estimate
+from s2svr_lightning.restore.stream import StreamingRestorer
+from s2svr_lightning.restore.tiles import OutOfMemory, is_out_of_memory, memory_estimate
 
 TINY = dict(channels=8, num_blocks=1)
 GIB = 2**30

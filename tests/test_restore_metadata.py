@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from s2svr_lightning.data.media.video_io import read_metadata
+from s2svr_lightning.data.media.metadata import read_metadata
 from s2svr_lightning.restore import main
 
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from s2svr_lightning.models import build_model, s2svr_deblur
-from s2svr_lightning.restore.stream import StreamingRestorer, reuse_freed_memory
+from s2svr_lightning.restore.stream import StreamingRestorer
+from s2svr_lightning.restore.tiles import reuse_freed_memory
 
 TINY = dict(channels=8, num_blocks=1)
 

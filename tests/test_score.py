@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from s2svr_lightning.flow_estimators import TVL1Flow
 from s2svr_lightning.lit.evaluation import TestOutputWriter
 from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.score import main, metric_conventions
-from s2svr_lightning.temporal import TemporalMetrics, TVL1Flow
+from s2svr_lightning.temporal import TemporalMetrics
 
 TINY = {"channels": 8, "num_blocks": 1, "num_layers": 1}
 

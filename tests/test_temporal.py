@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from s2svr_lightning.data.datasets.synthetic import SyntheticConfig, SyntheticSource
+from s2svr_lightning.flow_estimators import TVL1Flow, temporal_metrics
 from s2svr_lightning.temporal import (
     PairStream,
     TemporalMetrics,
-    TVL1Flow,
     consistency_mask,
     flow_difference,
     pair_scores,
-    temporal_metrics,
     warping_error,
 )
 
@@ -163,7 +162,7 @@ def test_the_restorer_test_stage_reports_the_warping_error_per_sequence(syntheti
 
 
 def test_a_checkpoint_flow_net_is_an_estimator(restorer_ckpt):
-    from s2svr_lightning.temporal import NetworkFlow, flow_estimator
+    from s2svr_lightning.flow_estimators import NetworkFlow, flow_estimator
 
     estimator = flow_estimator(restorer_ckpt)
     assert isinstance(estimator, NetworkFlow)

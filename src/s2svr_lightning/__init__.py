@@ -6,10 +6,8 @@ stack load only when a name that needs them is first used).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from s2svr_lightning import commands as _commands
+from s2svr_lightning.lazy import lazy_exports
 
 # Importing the library changes nothing process-wide. The commands set up their own process
 # (s2svr_lightning.commands.apply_process_settings): the console scripts in their entry points, and
@@ -20,38 +18,25 @@ if _commands.started_as_module_command():
 
 __version__ = _commands.package_version()
 
-_EXPORTS = {
-    # networks
-    "pwclite": "s2svr_lightning.models",
-    "s2svr_vsr": "s2svr_lightning.models",
-    "s2svr_deblur": "s2svr_lightning.models",
-    "s2svr_cve": "s2svr_lightning.models",
-    "build_model": "s2svr_lightning.models",
-    "PWCLite": "s2svr_lightning.models",
-    "S2SVR": "s2svr_lightning.models",
-    "flow_warp": "s2svr_lightning.models",
-    # training
-    "TeacherFlowModule": "s2svr_lightning.lit",
-    "StudentFlowModule": "s2svr_lightning.lit",
-    "RestorerModule": "s2svr_lightning.lit",
-    "VideoRestorationDataModule": "s2svr_lightning.data",
-    # the task, checkpoints, inference
-    "Task": "s2svr_lightning.task",
-    "load_restorer": "s2svr_lightning.checkpoint",
-    "StreamingRestorer": "s2svr_lightning.restore.stream",
+_EXPORTS = {  # module: the names it exports
+    "s2svr_lightning.models": (
+        "pwclite",
+        "s2svr_vsr",
+        "s2svr_deblur",
+        "s2svr_cve",
+        "build_model",
+        "PWCLite",
+        "S2SVR",
+        "flow_warp",
+    ),
+    "s2svr_lightning.lit": ("TeacherFlowModule", "StudentFlowModule", "RestorerModule"),
+    "s2svr_lightning.data": ("VideoRestorationDataModule",),
+    "s2svr_lightning.task": ("Task",),
+    "s2svr_lightning.checkpoint": ("load_restorer",),
+    "s2svr_lightning.restore.stream": ("StreamingRestorer",),
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *(name for names in _EXPORTS.values() for name in names)]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 's2svr_lightning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

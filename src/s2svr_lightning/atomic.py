@@ -13,16 +13,18 @@ never a file at the output's path.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import math
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["AtomicOutput", "atomic_write_bytes", "atomic_write_text", "write_json"]
+__all__ = ["AtomicOutput", "atomic_write_bytes", "atomic_write_text", "csv_text", "write_csv", "write_json"]
 
 
 class AtomicOutput:
@@ -131,6 +133,24 @@ def write_json(path: str | os.PathLike, data: Any, *, finite: bool = True) -> No
     """
     text = json.dumps(_finite(data) if finite else data, indent=2, default=float) + "\n"
     atomic_write_text(path, text)
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as CSV, the ``columns`` present in any row (absent cells empty); floats in full precision
+    (``repr``) so that scores read back exactly. The one CSV writer of score files (the test stage's and
+    ``s2svr-score``'s ``per_frame.csv`` / ``per_sequence.csv``)."""
+    present = [c for c in columns if any(c in r for r in rows)]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(present)
+    for row in rows:
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in (row.get(c, "") for c in present)])
+    return buf.getvalue()
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """:func:`csv_text` of ``rows`` at ``path``, atomically."""
+    atomic_write_text(path, csv_text(rows, columns))
 
 
 def _finite(value: Any) -> Any:

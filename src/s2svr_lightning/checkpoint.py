@@ -18,17 +18,14 @@ from typing import Any
 
 import torch
 
-from .task import Task, default_scale
-from .utils import to_plain
+from .task import Task
 
 __all__ = [
     "CHECKPOINT_KINDS",
     "check_kind",
-    "flow_metadata",
-    "flownet_options",
     "load_restorer",
+    "peek",
     "read_checkpoint",
-    "restorer_flow_parts",
     "restorer_task",
     "sub_state_dict",
 ]
@@ -72,6 +69,13 @@ def read_checkpoint(
     if kind is not None:
         check_kind(ckpt, kind, path)
     return ckpt
+
+
+def peek(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint at ``path``, memory-mapped: reading its small entries (``s2svr_kind``,
+    ``global_step``, the callbacks' states) does not read the weights. Any error is :func:`torch.load`'s
+    (use :func:`read_checkpoint` for one-line messages and the kind check)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def check_kind(ckpt: Mapping[str, Any], kind: str | tuple[str, ...], path: str | os.PathLike) -> str:
@@ -123,22 +127,6 @@ def restorer_task(hparams: Mapping[str, Any], *, path: str | os.PathLike | None 
         raise ValueError(f"{err}{where}") from None
 
 
-def restorer_flow_parts(hparams: Mapping[str, Any], *, legacy: bool = False) -> dict[str, Any]:
-    """The flow net and flow-input rule a restorer's hyperparameters describe, as ``build_model`` keyword
-    arguments (``flownet``, ``flow_input``). ``legacy``: a checkpoint made before the rule travelled with
-    it (no ``s2svr_flow``), whose flow net was a default PWC-Lite reading the LQ pair natively."""
-    from .models import build_model
-    from .models.flow_input import FlowInput
-
-    if legacy or "flownet" not in hparams:
-        return {"flownet": build_model("pwclite"), "flow_input": FlowInput("native")}
-    scale = int(hparams.get("scale") or default_scale(str(hparams.get("kind"))))
-    return {
-        "flownet": build_model(str(hparams["flownet"]), **dict(hparams.get("flownet_overrides") or {})),
-        "flow_input": FlowInput.create(hparams.get("flow_input", "hq"), scale=scale),
-    }
-
-
 def load_restorer(path: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
     """Build the restoration network of a restorer checkpoint, with its task (no Lightning import).
 
@@ -150,15 +138,20 @@ def load_restorer(path: str | os.PathLike, *, map_location: str | torch.device =
         ValueError: not a checkpoint, not a restorer's (a teacher or student flow checkpoint), or weights
             that do not fit the network its hyperparameters describe.
     """
-    from .models import build_model
+    from .models import FlowSpec, build_model
 
     ckpt = read_checkpoint(path, kind="restorer")
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, Mapping) or "model" not in hparams:
         raise ValueError(f"expected the restorer's hyper_parameters (model, kind, ...) in {path}, got none")
     task = restorer_task(hparams, path=path)
-    flow = restorer_flow_parts(hparams, legacy="s2svr_flow" not in ckpt)
-    net = build_model(str(hparams["model"]), **dict(hparams.get("model_overrides") or {}), **flow)
+    flow = FlowSpec.from_checkpoint(ckpt)
+    net = build_model(
+        str(hparams["model"]),
+        **dict(hparams.get("model_overrides") or {}),
+        flownet=flow.build(),
+        flow_input=flow.flow_input,
+    )
     if int(net.scale) != task.scale:
         raise ValueError(f"expected a network of scale {task.scale} in {path}, got {net.scale}")
     try:
@@ -166,43 +159,3 @@ def load_restorer(path: str | os.PathLike, *, map_location: str | torch.device =
     except RuntimeError as err:
         raise ValueError(f"expected weights of the network {hparams['model']} in {path}: {err}") from err
     return net.to(map_location).eval(), task
-
-
-def flownet_options(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Every keyword option of the flow network's builder, defaults filled in: what makes two flow nets
-    with the same weights compute the same flow (``{}`` and ``{"min_level_size": 1}`` compare equal)."""
-    import inspect
-
-    from .models import BUILDERS, check_overrides
-
-    check_overrides(name, dict(overrides or {}))
-    params = inspect.signature(BUILDERS[name]).parameters
-    options = {
-        k: p.default
-        for k, p in params.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-    }
-    options.update(to_plain(dict(overrides or {})))
-    return options
-
-
-def flow_metadata(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """What a checkpoint's flow network is: ``{"flownet", "options", "flow_input", "reads"}``.
-
-    Flow and restorer checkpoints store it under ``s2svr_flow``; an older flow checkpoint without it is
-    described from its hyperparameters (its flow net read its frames at their native size).
-    """
-    from .models.flow_input import FlowInput
-
-    meta = checkpoint.get("s2svr_flow")
-    if meta is not None:
-        return dict(meta)
-    hp = checkpoint.get("hyper_parameters", {}) or {}
-    name = hp.get("flownet", "pwclite")
-    reads = {"teacher": "hq", "student": "lq"}.get(checkpoint.get("s2svr_kind"), "lq")
-    return {
-        "flownet": name,
-        "options": flownet_options(name, hp.get("flownet_overrides")),
-        "flow_input": FlowInput("native").to_dict(),
-        "reads": reads,
-    }

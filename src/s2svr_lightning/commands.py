@@ -23,7 +23,7 @@ from pathlib import Path
 __all__ = [
     "DISTRIBUTION",
     "PROCESS_ENV",
-    "add_version_argument",
+    "command_parser",
     "apply_process_settings",
     "package_version",
     "prepare",
@@ -85,9 +85,12 @@ class _PrintVersion(argparse.Action):
         parser.exit()
 
 
-def add_version_argument(parser: argparse.ArgumentParser) -> None:
-    """``--version`` on an argparse command: prints :func:`version_line` and exits 0."""
+def command_parser(prog: str, description: str, **kwargs: object) -> argparse.ArgumentParser:
+    """The argument parser of a command, with ``--version`` (prints :func:`version_line` and exits 0);
+    ``kwargs`` go to :class:`argparse.ArgumentParser` (``usage``, ...)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, **kwargs)
     parser.add_argument("--version", action=_PrintVersion, help="print the version and exit")
+    return parser
 
 
 def apply_process_settings() -> None:

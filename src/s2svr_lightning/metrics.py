@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchmetrics import Metric
@@ -46,6 +47,7 @@ from s2svr_lightning.utils import expect_shape, to_uint8_frames
 
 __all__ = [
     "PSNR_MAX",
+    "SequenceMetric",
     "VideoMetrics",
     "crop_border",
     "endpoint_error",
@@ -194,7 +196,61 @@ def sequence_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
-class VideoMetrics(Metric):
+class SequenceMetric(Metric):
+    """What the video accumulators share (:class:`VideoMetrics`,
+    :class:`~s2svr_lightning.temporal.TemporalMetrics`): the task's conventions, per-frame states (sequence
+    ids, frame indices and one list per score, concatenated across DDP ranks) and the names behind the ids.
+
+    Args:
+        scores: the names of the per-frame score states.
+        y_channel, border, reduction: the task's metric conventions.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(
+        self, *, scores: Sequence[str], y_channel: bool, border: int, reduction: str, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"expected reduction in {_REDUCTIONS}, got {reduction!r}")
+        if border < 0:
+            raise ValueError(f"expected border >= 0, got {border}")
+        self.y_channel, self.border, self.reduction = bool(y_channel), int(border), reduction
+        for name in ("seq_ids", "frame_ids", *scores):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._names: dict[int, str] = {}
+
+    @staticmethod
+    def _batch_keys(
+        out: torch.Tensor, ref: torch.Tensor, keys: Sequence[str] | str, names: tuple[str, str]
+    ) -> list[str]:
+        """``keys`` as a list, one per sequence, after checking ``out`` and ``ref`` (named ``names``)."""
+        expect_shape(out, "(B, T, 3, H, W)", names[0])
+        if ref.shape != out.shape:
+            raise ValueError(
+                f"expected {names[0]} and {names[1]} of one shape, got {tuple(out.shape)} and "
+                f"{tuple(ref.shape)}"
+            )
+        b = out.shape[0]
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        if len(keys) != b:
+            raise ValueError(f"expected {b} keys for a batch of {b} sequences, got {len(keys)}")
+        return keys
+
+    def _all_names(self) -> dict[int, str]:
+        """The sequence names of every rank (under DDP every rank must call it)."""
+        names = dict(self._names)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[dict[int, str] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self._names)
+            for part in gathered:
+                names.update(part or {})
+        return names
+
+
+class VideoMetrics(SequenceMetric):
     """PSNR and SSIM of restored videos: per frame, then mean per sequence, then mean over sequences.
 
     ``update`` takes whole sequences or chunks of them; frames are grouped by their sequence ``key``, so
@@ -211,9 +267,7 @@ class VideoMetrics(Metric):
         quantize: round outputs and targets to 8 bits before scoring.
     """
 
-    full_state_update = False
     higher_is_better = True
-    is_differentiable = False
 
     def __init__(
         self,
@@ -224,18 +278,14 @@ class VideoMetrics(Metric):
         quantize: bool = True,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"expected reduction in {_REDUCTIONS}, got {reduction!r}")
-        if border < 0:
-            raise ValueError(f"expected border >= 0, got {border}")
-        self.y_channel = bool(y_channel)
-        self.border = int(border)
-        self.reduction = reduction
+        super().__init__(
+            scores=("psnr", "ssim", "base_psnr", "base_ssim"),
+            y_channel=y_channel,
+            border=border,
+            reduction=reduction,
+            **kwargs,
+        )
         self.quantize = bool(quantize)
-        for name in ("seq_ids", "frame_ids", "psnr", "ssim", "base_psnr", "base_ssim"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-        self._names: dict[int, str] = {}
 
     def update(
         self,
@@ -259,17 +309,10 @@ class VideoMetrics(Metric):
             mask: optional ``(B, T)`` or ``(T,)`` bool, the frames to score (the DataModule's ``score``:
                 the owned part of a chunk, or a benchmark's subset such as Vimeo-90K-T's centre frame).
         """
-        expect_shape(pred, "(B, T, 3, H, W)", "pred")
-        if target.shape != pred.shape:
-            raise ValueError(
-                f"expected pred and target of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
-            )
+        keys = self._batch_keys(pred, target, keys, ("pred", "target"))
         if baseline is not None and baseline.shape != target.shape:
             raise ValueError(f"expected baseline of shape {tuple(target.shape)}, got {tuple(baseline.shape)}")
         b, t = pred.shape[:2]
-        keys = [keys] if isinstance(keys, str) else list(keys)
-        if len(keys) != b:
-            raise ValueError(f"expected {b} keys for a batch of {b} sequences, got {len(keys)}")
         ids = torch.tensor([sequence_id(k) for k in keys], dtype=torch.int64, device=self.device)
         for key, sid in zip(keys, ids.tolist()):
             self._names[sid] = key
@@ -364,13 +407,7 @@ class VideoMetrics(Metric):
         """Per-frame states and sequence names gathered over all ranks (every rank must call it)."""
         with self.sync_context():  # no-op outside DDP; restores the local states afterwards
             s = self._frames()
-        names = dict(self._names)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[dict[int, str] | None] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, self._names)
-            for part in gathered:
-                names.update(part or {})
-        return s, names
+        return s, self._all_names()
 
     def per_sequence(self) -> dict[str, dict[str, float]]:
         """``{key: {"psnr", "ssim", "frames"}}`` per sequence, over all ranks (plus ``baseline_psnr`` and

@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from s2svr_lightning.commands import add_version_argument
+from s2svr_lightning.commands import command_parser
 
 __all__ = ["main"]
 
@@ -30,11 +30,10 @@ DATASETS = ("reds", "vimeo", "gopro", "mfqe")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = command_parser(
         prog="python -m s2svr_lightning.prepare",
         description="Prepare a benchmark dataset for training (or --check it).",
     )
-    add_version_argument(p)
     p.add_argument("dataset", choices=DATASETS, help="which benchmark")
     p.add_argument("root", help="the dataset folder (the one dataset.root points at)")
     p.add_argument("--check", action="store_true", help="only check the tree: report every problem")

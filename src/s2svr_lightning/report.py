@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from s2svr_lightning.commands import add_version_argument
+from s2svr_lightning.commands import command_parser
 
 __all__ = ["Job", "Report", "ReportError", "build_report", "find_jobs", "main", "plot_report"]
 
@@ -318,12 +318,11 @@ def plot_report(report: Report, path: str | os.PathLike) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = command_parser(
         prog="python -m s2svr_lightning.report",
         description="One table of every job of a run or multirun sweep: overrides and final metrics, "
         "sorted by the optimised metric; optionally a plot of the metric against each swept value.",
     )
-    add_version_argument(p)
     p.add_argument("dir", help="a run dir (holding results.json) or a multirun sweep dir (<sweep>/<job>/)")
     p.add_argument("--format", choices=("md", "csv"), default="md", help="markdown (default) or CSV")
     p.add_argument(

@@ -23,9 +23,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import math
 import os
 import sys
@@ -36,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .commands import add_version_argument
+from .commands import command_parser
 
 __all__ = ["Clip", "ScoreResult", "build_parser", "find_clips", "main", "metric_conventions", "score"]
 
@@ -269,14 +266,15 @@ def score(
         pred, gt: a clip each (video or frame folder) or folders of clips matched by name.
         y_channel, border, reduction: the metric conventions (:func:`metric_conventions`).
         temporal: ``"full"`` (warping error and tOF), ``"warp"`` or ``"off"``.
-        flow: the flow estimator (:func:`~s2svr_lightning.temporal.flow_estimator`): ``"tvl1"`` or a
+        flow: the flow estimator (:func:`~s2svr_lightning.flow_estimators.flow_estimator`): ``"tvl1"`` or a
             checkpoint path.
         match: ``"name"`` or ``"order"``: how frames of two frame folders are paired.
         device: where flow networks run.
         chunk: frames held in memory at a time.
     """
+    from s2svr_lightning.flow_estimators import flow_estimator
     from s2svr_lightning.metrics import VideoMetrics
-    from s2svr_lightning.temporal import TemporalMetrics, flow_estimator, merge_rows
+    from s2svr_lightning.temporal import TemporalMetrics, merge_rows
 
     if temporal not in ("full", "warp", "off"):
         raise ValueError(f"expected --temporal full, warp or off, got {temporal!r}")
@@ -341,17 +339,6 @@ def score(
 # --------------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------------
-def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as CSV, the columns present in any row; floats in full precision (``repr``)."""
-    present = [c for c in columns if any(c in r for r in rows)]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(present)
-    for row in rows:
-        writer.writerow([repr(v) if isinstance(v, float) else v for v in (row.get(c, "") for c in present)])
-    return buf.getvalue()
-
-
 def _fmt(value: Any, spec: str, width: int) -> str:
     """``value`` as ``spec``, right-aligned in ``width``; ``-`` if missing, ``inf`` for identical frames."""
     if value is None:
@@ -394,13 +381,15 @@ def summary_table(result: ScoreResult) -> str:
 
 def write_outputs(result: ScoreResult, out_dir: str | os.PathLike, *, plots: bool = True) -> Path:
     """Write ``per_frame.csv``, ``per_sequence.csv``, ``summary.json`` and ``plots/<sequence>.png``."""
-    from s2svr_lightning.atomic import atomic_write_text
+    from s2svr_lightning.atomic import write_csv, write_json
 
     out = Path(out_dir)
-    atomic_write_text(out / "per_frame.csv", csv_text(result.per_frame, _FRAME_COLUMNS))
-    atomic_write_text(out / "per_sequence.csv", csv_text(result.per_sequence, _SEQUENCE_COLUMNS))
-    data = {**result.summary, "per_sequence": {r["sequence"]: r for r in result.per_sequence}}
-    atomic_write_text(out / "summary.json", json.dumps(_finite(data), indent=2) + "\n")
+    write_csv(out / "per_frame.csv", result.per_frame, _FRAME_COLUMNS)
+    write_csv(out / "per_sequence.csv", result.per_sequence, _SEQUENCE_COLUMNS)
+    write_json(
+        out / "summary.json",
+        {**result.summary, "per_sequence": {r["sequence"]: r for r in result.per_sequence}},
+    )
     if plots:
         from s2svr_lightning.temporal import plot_sequence
 
@@ -412,26 +401,15 @@ def write_outputs(result: ScoreResult, out_dir: str | os.PathLike, *, plots: boo
     return out
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = command_parser(
         prog="s2svr-score",
         description="Score restored video (PRED) against ground truth (GT): PSNR / SSIM with a benchmark's "
         "conventions, the test stage's numbers, and temporal consistency (warping error, tOF).",
     )
-    add_version_argument(p)
     p.add_argument("pred", metavar="PRED", help="restored video, frame folder, or folder of clips")
     p.add_argument("gt", metavar="GT", help="ground truth, as PRED (clips matched by name)")
     p.add_argument(

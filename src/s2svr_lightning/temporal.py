@@ -31,10 +31,8 @@ in each. For each pair of consecutive frames ``(t-1, t)`` of a sequence (the sco
   largely cancels; lower is better. (TecoGAN used OpenCV's Farneback flow and reports the mean absolute
   difference x10; ours is the unscaled end-point distance, with the estimator below.)
 
-Flow estimators (:func:`flow_estimator`): ``"tvl1"``, scikit-image's ``optical_flow_tvl1`` on the BT.601
-luma (no weights needed; CPU: about 20 ms per flow at 64x64, 0.3 s at 256x256, 3.7 s at 1280x720), or the
-path of a teacher / student / restorer checkpoint, whose PWC-Lite flow net then runs on the full-size
-frames (on the frames' device: use a GPU for large videos).
+Flow estimators (``"tvl1"`` or a teacher / student / restorer checkpoint's flow net) live in
+:mod:`s2svr_lightning.flow_estimators`, above the checkpoints; these metrics take any ``FlowFn``.
 
 Cost in the test stage (``test.temporal``, :data:`TEMPORAL_MODES`): ``auto`` (the default) scores the
 warping error only where the test batches carry exact flow, which costs one warp per frame (nothing where
@@ -50,31 +48,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchmetrics import Metric
 
-from s2svr_lightning.metrics import crop_border, prepare, sequence_id
+from s2svr_lightning.metrics import SequenceMetric, crop_border, prepare, sequence_id
 from s2svr_lightning.models.warp import flow_warp, pixel_grid
 from s2svr_lightning.utils import expect_shape
 
 __all__ = [
     "TEMPORAL_MODES",
-    "NetworkFlow",
+    "FlowFn",
     "PairStream",
-    "TVL1Flow",
     "TemporalMetrics",
     "consistency_mask",
     "flow_difference",
-    "flow_estimator",
     "inside_mask",
     "merge_rows",
     "pair_scores",
     "plot_sequence",
-    "temporal_metrics",
     "warping_error",
 ]
 
 TEMPORAL_MODES = ("off", "auto", "warp", "full")
-_REDUCTIONS = ("sequence", "frame")
 # forward-backward consistency thresholds (Sundaram et al. 2010; Ruder et al. 2016)
 _FB_ALPHA1 = 0.01
 _FB_ALPHA2 = 0.5
@@ -194,7 +187,7 @@ def pair_scores(
             flow is estimated on the reference by ``estimator`` and masked by the forward-backward check.
         flow_valid: optional ``(N, 1, H, W)`` validity of ``flow`` (default: targets inside the frame).
         estimator: ``(im1, im2) -> flow 1 -> 2``, ``(N, 3, H, W)`` -> ``(N, 2, H, W)``
-            (:func:`flow_estimator`); needed without ``flow`` and for ``tof``.
+            (:mod:`~s2svr_lightning.flow_estimators`); needed without ``flow`` and for ``tof``.
         tof: also score tOF (NaN otherwise).
         y_channel, border: the task's metric conventions.
 
@@ -226,92 +219,9 @@ def pair_scores(
 
 
 # --------------------------------------------------------------------------------------------------
-# Flow estimators
-# --------------------------------------------------------------------------------------------------
-class TVL1Flow:
-    """scikit-image's TV-L1 optical flow on the BT.601 luma, as a batched ``(im1, im2) -> flow 1 -> 2``.
-
-    ``(N, 3, H, W)`` RGB in [0, 1] -> ``(N, 2, H, W)`` float32 pixels (channel 0 = x), on the input's
-    device (computed on the CPU). ``flow_warp(im2, flow)`` approximates ``im1``.
-    """
-
-    name = "tvl1"
-
-    def __call__(self, im1: torch.Tensor, im2: torch.Tensor) -> torch.Tensor:
-        from skimage.registration import optical_flow_tvl1
-
-        expect_shape(im1, "(N, 3, H, W)", "im1")
-        if im2.shape != im1.shape:
-            raise ValueError(
-                f"expected im1 and im2 of one shape, got {tuple(im1.shape)} and {tuple(im2.shape)}"
-            )
-        weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(1, 3, 1, 1)
-        g1 = (im1.detach().float().cpu() * weights).sum(dim=1).numpy()
-        g2 = (im2.detach().float().cpu() * weights).sum(dim=1).numpy()
-        flows = []
-        for a, b in zip(g1, g2):
-            vy, vx = optical_flow_tvl1(a, b)  # rows then columns; im2 sampled at p + flow matches im1
-            flows.append(torch.stack((torch.from_numpy(vx), torch.from_numpy(vy))).float())
-        return torch.stack(flows).to(im1.device)
-
-
-class NetworkFlow:
-    """A flow network (PWC-Lite) as a batched ``(im1, im2) -> flow 1 -> 2`` on the frames' device.
-
-    Args:
-        net: ``net(im1, im2) -> (N, 2, H, W)``, RGB in [0, 1].
-        name: how messages and results name it (the checkpoint path).
-    """
-
-    def __init__(self, net: torch.nn.Module, name: str = "network") -> None:
-        self.net = net.eval()
-        self.name = name
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> NetworkFlow:
-        """The flow net of a teacher, student or restorer checkpoint, run on full-size frames."""
-        from s2svr_lightning.checkpoint import check_kind, flow_metadata, read_checkpoint, sub_state_dict
-        from s2svr_lightning.models import build_model
-
-        ckpt = read_checkpoint(path, what="flow checkpoint")
-        kind = check_kind(ckpt, ("teacher", "student", "restorer"), path)
-        meta = flow_metadata(ckpt)
-        net = build_model(str(meta["flownet"]), **dict(meta.get("options") or {}))
-        prefix = "net.flownet." if kind == "restorer" else "flownet."
-        try:
-            net.load_state_dict(sub_state_dict(ckpt, prefix, path=path), strict=True)
-        except RuntimeError as err:
-            raise ValueError(
-                f"expected the weights of a {meta['flownet']} flow net in {path}: {err}"
-            ) from err
-        return cls(net, name=str(path))
-
-    @torch.no_grad()
-    def __call__(self, im1: torch.Tensor, im2: torch.Tensor) -> torch.Tensor:
-        expect_shape(im1, "(N, 3, H, W)", "im1")
-        self.net.to(im1.device)
-        return self.net(im1.float(), im2.float().to(im1.device)).float()
-
-
-def flow_estimator(spec: str | os.PathLike | None) -> FlowFn | None:
-    """``"tvl1"`` -> :class:`TVL1Flow`; ``None`` / ``"none"`` -> None; a checkpoint path ->
-    :class:`NetworkFlow` of its flow net (teacher, student or restorer checkpoint)."""
-    if spec is None or str(spec).lower() == "none":
-        return None
-    if str(spec).lower() == "tvl1":
-        return TVL1Flow()
-    if not Path(spec).is_file():
-        raise FileNotFoundError(
-            f"flow estimator {spec}: expected 'tvl1', 'none' or a teacher / student / restorer checkpoint "
-            "file, got no such file"
-        )
-    return NetworkFlow.from_checkpoint(spec)
-
-
-# --------------------------------------------------------------------------------------------------
 # The accumulator of the test stage (and of s2svr-score)
 # --------------------------------------------------------------------------------------------------
-class TemporalMetrics(Metric):
+class TemporalMetrics(SequenceMetric):
     """Warping error and tOF of restored videos: per pair ``(t-1, t)`` (reported at frame ``t``), then
     mean per sequence, then mean over sequences (or pooled, as the restoration metrics' ``reduction``).
 
@@ -325,13 +235,11 @@ class TemporalMetrics(Metric):
         mode: ``"auto"`` (warping error where ``update`` gets exact flow, nothing otherwise), ``"warp"``
             (the warping error always: exact flow, else the estimator on the reference), ``"full"``
             (warping error and tOF) or ``"off"`` (see the module notes).
-        estimator: the flow estimator (:func:`flow_estimator`), needed by ``warp`` without exact flow and
-            by ``full``.
+        estimator: the flow estimator (:mod:`~s2svr_lightning.flow_estimators`), needed by ``warp``
+            without exact flow and by ``full``.
     """
 
-    full_state_update = False
     higher_is_better = False
-    is_differentiable = False
 
     def __init__(
         self,
@@ -343,18 +251,14 @@ class TemporalMetrics(Metric):
         estimator: FlowFn | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
         if mode not in TEMPORAL_MODES:
             raise ValueError(f"expected a temporal mode in {TEMPORAL_MODES}, got {mode!r}")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"expected reduction in {_REDUCTIONS}, got {reduction!r}")
         if mode == "full" and estimator is None:
             raise ValueError("expected a flow estimator for temporal mode 'full' (tOF estimates flow)")
-        self.y_channel, self.border, self.reduction = bool(y_channel), int(border), reduction
+        super().__init__(
+            scores=("warp_error", "tof"), y_channel=y_channel, border=border, reduction=reduction, **kwargs
+        )
         self.mode, self.estimator = mode, estimator
-        for name in ("seq_ids", "frame_ids", "warp_error", "tof"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-        self._names: dict[int, str] = {}
 
     def update(
         self,
@@ -380,11 +284,7 @@ class TemporalMetrics(Metric):
         """
         if self.mode == "off" or (self.mode == "auto" and flow is None):
             return
-        expect_shape(out, "(B, T, 3, H, W)", "out")
-        if ref.shape != out.shape:
-            raise ValueError(
-                f"expected out and ref of one shape, got {tuple(out.shape)} and {tuple(ref.shape)}"
-            )
+        keys = self._batch_keys(out, ref, keys, ("out", "ref"))
         b, t = out.shape[:2]
         if flow is not None:
             expect_shape(flow, "(B, T, 2, H, W)", "flow")
@@ -392,9 +292,6 @@ class TemporalMetrics(Metric):
                 raise ValueError(
                     f"expected flow of shape {(b, t - 1, 2, *out.shape[-2:])}, got {tuple(flow.shape)}"
                 )
-        keys = [keys] if isinstance(keys, str) else list(keys)
-        if len(keys) != b:
-            raise ValueError(f"expected {b} keys for a batch of {b} sequences, got {len(keys)}")
         if t < 2:
             return
         index = (
@@ -447,12 +344,7 @@ class TemporalMetrics(Metric):
                 s = {n: cat(getattr(self, n)) for n in states}
         else:
             s = {n: cat(getattr(self, n)) for n in states}
-        names = dict(self._names)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[dict[int, str] | None] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, self._names)
-            for part in gathered:
-                names.update(part or {})
+        names = self._all_names()
         rows: dict[tuple[str, int], tuple[str, int, float, float]] = {}
         for sid, f, w, o in zip(
             s["seq_ids"].tolist(), s["frame_ids"].tolist(), s["warp_error"].tolist(), s["tof"].tolist()
@@ -540,19 +432,6 @@ class PairStream:
             border=self.border,
         )
         return {k: float(v[0]) for k, v in scores.items()}
-
-
-def temporal_metrics(
-    metrics: Mapping[str, Any], mode: str = "auto", flow: str | os.PathLike | None = "tvl1"
-) -> TemporalMetrics:
-    """A :class:`TemporalMetrics` from config values: the task's ``metrics`` conventions, the mode
-    (``test.temporal``) and the estimator (``test.flow``), loaded only for the modes that use it."""
-    if mode not in TEMPORAL_MODES:
-        raise ValueError(f"expected a temporal mode in {TEMPORAL_MODES}, got {mode!r}")
-    estimator = flow_estimator(flow) if mode in ("warp", "full") else None
-    if mode in ("warp", "full") and estimator is None:
-        raise ValueError(f"expected a flow estimator (tvl1 or a checkpoint) for temporal mode {mode!r}")
-    return TemporalMetrics(**dict(metrics), mode=mode, estimator=estimator)
 
 
 def _means(pairs: Sequence[tuple[float, float]]) -> dict[str, float]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["expect_shape", "say", "to_float_frames", "to_plain", "to_uint8_frames"]
+__all__ = ["check_frames", "expect_shape", "say", "to_float_frames", "to_plain", "to_uint8_frames"]
 
 
 def say(message: str) -> None:
@@ -105,3 +105,22 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
     return value
+
+
+def check_frames(x: object, *, name: str = "x") -> torch.Tensor:
+    """Raise ``ValueError`` unless ``x`` is float ``(B, T, 3, H, W)`` with T >= 1 and H, W >= 16: the frames
+    a network (:class:`~s2svr_lightning.models.S2SVR`) takes."""
+    if (
+        not isinstance(x, torch.Tensor)
+        or x.dim() != 5
+        or x.shape[1] < 1
+        or x.shape[2] != 3
+        or x.shape[-2] < 16
+        or x.shape[-1] < 16
+        or not x.is_floating_point()
+    ):
+        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"expected {name} of shape (B, T, 3, H, W) with T >= 1 and H, W >= 16, float in [0, 1], got {got}"
+        )
+    return x

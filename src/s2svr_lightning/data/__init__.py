@@ -7,45 +7,20 @@ Names are imported lazily (as in :mod:`s2svr_lightning`), so that ``restore`` ca
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
-_EXPORTS = {
-    "VideoRestorationDataModule": ".datamodule",
-    "EvalShardSampler": ".datamodule",
-    "shard_sequences": ".datamodule",
-    "DATASETS": ".datasets",
-    "build_dataset": ".datasets",
-    "SyntheticConfig": ".datasets.synthetic",
-    "SyntheticSource": ".datasets.synthetic",
-    "bicubic_downsample": ".degradations",
-    "temporal_blur": ".degradations",
-    "hevc_compress": ".degradations",
-    "degrade": ".degradations",
-    "degrade_stream": ".degradations",
-    "DatasetError": ".errors",
-    "VideoReader": ".media.video_io",
-    "VideoWriter": ".media.video_io",
-    "read_frame_folder": ".media.image_io",
-    "read_image": ".media.image_io",
-    "list_frame_files": ".media.image_io",
-    "FrameSource": ".media.frames",
-    "open_source": ".media.frames",
-    "FolderSink": ".media.frames",
-    "VideoSink": ".media.frames",
+_EXPORTS = {  # module: the names it exports
+    ".datamodule": ("VideoRestorationDataModule", "EvalShardSampler", "shard_sequences"),
+    ".datasets": ("DATASETS", "build_dataset"),
+    ".datasets.synthetic": ("SyntheticConfig", "SyntheticSource"),
+    ".degradations": ("bicubic_downsample", "temporal_blur", "hevc_compress", "degrade", "degrade_stream"),
+    ".errors": ("DatasetError",),
+    ".media.video_io": ("VideoReader", "VideoWriter"),
+    ".media.image_io": ("read_frame_folder", "read_image", "list_frame_files"),
+    ".media.frames": ("FrameSource", "open_source", "FolderSink", "VideoSink"),
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

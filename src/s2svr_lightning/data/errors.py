@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["DatasetError"]
+from pathlib import Path
+
+__all__ = ["DatasetError", "file_error"]
 
 
 class DatasetError(ValueError):
@@ -11,3 +13,8 @@ class DatasetError(ValueError):
     The message always names the file or folder and the problem, so that a user can fix it without a
     traceback. It subclasses ``ValueError`` so callers that catch bad input generically still catch it.
     """
+
+
+def file_error(path: str | Path, what: str, err: Exception) -> DatasetError:
+    """A :class:`DatasetError` naming the file, what failed, and the library's own error (PyAV, Pillow)."""
+    return DatasetError(f"{path}: {what} ({type(err).__name__}: {err})")

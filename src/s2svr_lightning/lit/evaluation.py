@@ -21,10 +21,8 @@ gathered from every rank. Every file is written atomically (temporary file, then
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,7 +30,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from s2svr_lightning.atomic import atomic_write_bytes
+from s2svr_lightning.atomic import atomic_write_bytes, write_csv
 from s2svr_lightning.metrics import VideoMetrics
 from s2svr_lightning.temporal import merge_rows, plot_sequence
 from s2svr_lightning.utils import to_uint8_frames
@@ -51,17 +49,6 @@ def _relative_key(key: str) -> PurePosixPath:
     if not key or path.is_absolute() or any(part in ("", ".", "..") for part in key.split("/")):
         raise ValueError(f"expected a relative sequence key without '.' or '..' parts, got {key!r}")
     return path
-
-
-def _csv_bytes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
-    """Rows as CSV; floats in full precision (``repr``) so scores read back exactly; absent -> empty."""
-    present = [c for c in columns if any(c in r for r in rows)]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(present)
-    for row in rows:
-        writer.writerow([repr(v) if isinstance(v, float) else v for v in (row.get(c, "") for c in present)])
-    return buf.getvalue().encode("utf-8")
 
 
 class TestOutputWriter(Callback):
@@ -172,9 +159,8 @@ class TestOutputWriter(Callback):
             {**row, "name": names.get((row["sequence"], row["frame"]), f"{row['frame']:08d}")}
             for row in per_frame
         ]
-        seq_csv, frame_csv = _csv_bytes(seq_rows, _SEQUENCE_COLUMNS), _csv_bytes(frame_rows, _FRAME_COLUMNS)
-        atomic_write_bytes(self.output_dir / "per_sequence.csv", lambda f: f.write(seq_csv))
-        atomic_write_bytes(self.output_dir / "per_frame.csv", lambda f: f.write(frame_csv))
+        write_csv(self.output_dir / "per_sequence.csv", seq_rows, _SEQUENCE_COLUMNS)
+        write_csv(self.output_dir / "per_frame.csv", frame_rows, _FRAME_COLUMNS)
         if self.save_images and any("warp_error" in row for row in frame_rows):  # PSNR, warping error
             for key in per_sequence:
                 rows = [row for row in frame_rows if row["sequence"] == key]

@@ -12,58 +12,46 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 
-from s2svr_lightning.checkpoint import flownet_options
 from s2svr_lightning.flow_viz import flow_to_color
 from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import UnsupervisedFlowLoss, photometric_loss
 from s2svr_lightning.metrics import endpoint_error
-from s2svr_lightning.models import build_model, init_flownet_
+from s2svr_lightning.models import init_flownet_
 from s2svr_lightning.models.flow_input import FlowInput
+from s2svr_lightning.models.flow_spec import FlowSpec
 from s2svr_lightning.utils import expect_shape, to_plain
 
 __all__ = [
     "FlowModuleBase",
-    "build_flownet",
     "check_flow_compatible",
     "consecutive_pairs",
 ]
 
 
-def build_flownet(name: str, overrides: Mapping[str, Any] | None = None) -> nn.Module:
-    """The flow network from plain data (a builder name of ``s2svr_lightning.models`` + overrides)."""
-    return build_model(name, **dict(overrides or {}))
-
-
 def check_flow_compatible(
-    theirs: Mapping[str, Any],
-    ours: Mapping[str, Any],
+    theirs: FlowSpec,
+    ours: FlowSpec,
     *,
     source: str,
     check_rule: bool = True,
     fix: str = "",
 ) -> None:
-    """Raise ``ValueError`` unless the flow net described by ``theirs`` (a checkpoint's
-    :func:`flow_metadata`) is the one described by ``ours``: builder and every option, and (with
-    ``check_rule``) the flow-input rule."""
-    a = (theirs.get("flownet"), dict(theirs.get("options") or {}))
-    b = (ours.get("flownet"), dict(ours.get("options") or {}))
-    if a != b:
+    """Raise ``ValueError`` unless the flow net ``theirs`` (a checkpoint's) is ``ours``: builder and every
+    option, and (with ``check_rule``) the flow-input rule."""
+    if not theirs.same_net(ours):
+        a, b = (theirs.flownet, dict(theirs.options)), (ours.flownet, dict(ours.options))
         diff = sorted(k for k in set(a[1]) | set(b[1]) if a[1].get(k) != b[1].get(k))
         raise ValueError(
             f"expected the flow network {b[0]} {b[1]}, got {a[0]} {a[1]} in {source} (differing: "
             f"{diff or 'the builder'}); the weights would compute another flow{fix}"
         )
-    if check_rule:
-        rule_a = FlowInput.create(theirs.get("flow_input"))
-        rule_b = FlowInput.create(ours.get("flow_input"))
-        if rule_a != rule_b:
-            raise ValueError(
-                f"expected a flow net trained under the flow-input rule {rule_b}, got one trained under "
-                f"{rule_a} in {source}{fix}"
-            )
+    if check_rule and theirs.flow_input != ours.flow_input:
+        raise ValueError(
+            f"expected a flow net trained under the flow-input rule {ours.flow_input}, got one trained under "
+            f"{theirs.flow_input} in {source}{fix}"
+        )
 
 
 def consecutive_pairs(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +136,9 @@ class FlowModuleBase(L.LightningModule):
         # Hydra passes DictConfig / ListConfig: store plain containers so checkpoints load with weights_only
         for key, value in list(self.hparams.items()):
             self.hparams[key] = to_plain(value)
-        self.flownet = init_flownet_(build_flownet(flownet, self.hparams.flownet_overrides), flownet_init)
+        self.flownet = init_flownet_(
+            FlowSpec.create(flownet, self.hparams.flownet_overrides).build(), flownet_init
+        )
         self.criterion = UnsupervisedFlowLoss(
             w_ph=w_ph,
             w_sm=w_sm,
@@ -207,14 +197,12 @@ class FlowModuleBase(L.LightningModule):
         """The consecutive pairs the flow net reads, ``(B * (T - 1), 3, H', W')`` each, under the rule."""
         return self.flow_input.prepare(*consecutive_pairs(self._frames(batch, self.frames_key)))
 
-    def flow_metadata(self) -> dict[str, Any]:
-        """What this stage's flow net is (stored in its checkpoints as ``s2svr_flow``)."""
-        return {
-            "flownet": self.hparams.flownet,
-            "options": flownet_options(self.hparams.flownet, self.hparams.flownet_overrides),
-            "flow_input": self.flow_input.to_dict(),
-            "reads": self.frames_key,
-        }
+    def flow_spec(self) -> FlowSpec:
+        """What this stage's flow net is (stored in its checkpoints)."""
+        hp = self.hparams
+        return FlowSpec.create(
+            hp.flownet, hp.flownet_overrides, flow_input=self.flow_input, reads=self.frames_key
+        )
 
     def extra_losses(
         self, batch: Mapping[str, torch.Tensor], flow12: torch.Tensor, flow21: torch.Tensor
@@ -297,4 +285,4 @@ class FlowModuleBase(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["s2svr_kind"] = self.kind
-        checkpoint["s2svr_flow"] = self.flow_metadata()
+        self.flow_spec().write(checkpoint)

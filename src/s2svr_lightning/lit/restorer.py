@@ -23,19 +23,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from s2svr_lightning.checkpoint import (
-    flow_metadata,
-    flownet_options,
-    read_checkpoint,
-    restorer_flow_parts,
-    restorer_task,
-    sub_state_dict,
-)
+from s2svr_lightning.checkpoint import read_checkpoint, restorer_task, sub_state_dict
 from s2svr_lightning.lit.flow import check_flow_compatible
 from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.lit.image_logging import log_images
 from s2svr_lightning.losses import charbonnier_loss
 from s2svr_lightning.metrics import VideoMetrics
+from s2svr_lightning.models.flow_spec import CHECKPOINT_KEY, FlowSpec
 from s2svr_lightning.task import Task
 from s2svr_lightning.temporal import TemporalMetrics
 from s2svr_lightning.utils import to_float_frames, to_plain
@@ -69,14 +63,14 @@ def restorer_flow_options(
     """
     theirs = None
     if flow_init is not None and Path(flow_init).is_file() and (flownet is None or flow_input is None):
-        theirs = flow_metadata(read_checkpoint(flow_init))
+        theirs = FlowSpec.from_checkpoint(read_checkpoint(flow_init))
     if flownet is None:
-        flownet = theirs["flownet"] if theirs else "pwclite"
+        flownet = theirs.flownet if theirs else "pwclite"
         if flownet_overrides is None and theirs:
-            flownet_overrides = theirs["options"]
+            flownet_overrides = dict(theirs.options)
     if flow_input is None:
         # a teacher read HQ frames natively: its rule says nothing about LQ; the default applies
-        flow_input = theirs["flow_input"] if theirs and theirs.get("reads") == "lq" else "hq"
+        flow_input = theirs.flow_input.to_dict() if theirs and theirs.reads == "lq" else "hq"
     if not isinstance(flow_input, (str, Mapping)):
         flow_input = [int(v) for v in flow_input]  # (H, W) as a plain list
     return {
@@ -139,6 +133,9 @@ class RestorerModule(L.LightningModule):
             True (inductor) or a backend name (``"aot_eager"``). A run-time choice like the precision,
             not stored in the checkpoint. Where it cannot compile, one line says so and training runs
             eagerly.
+        test_temporal: the test stage's warping error / tOF accumulator
+            (:func:`~s2svr_lightning.flow_estimators.temporal_metrics` of ``test.temporal`` /
+            ``test.flow``); default: mode ``auto`` with the task's conventions. Not stored either.
 
     Activation checkpointing is the network's option (``model_overrides={"checkpointing": "step"}``,
     :class:`~s2svr_lightning.models.S2SVR`); mixed precision is the Trainer's (``precision="bf16-mixed"``),
@@ -170,6 +167,7 @@ class RestorerModule(L.LightningModule):
         flow_input_override: bool = False,
         eval_protocol: str = "single",
         compile: bool | str = False,
+        test_temporal: TemporalMetrics | None = None,
     ) -> None:
         super().__init__()
         from s2svr_lightning.models import build_model
@@ -224,8 +222,10 @@ class RestorerModule(L.LightningModule):
         self.val_metrics = VideoMetrics(**task.metric_options)
         self.test_metrics = VideoMetrics(**task.metric_options)
         # warping error / tOF of the test stage (s2svr_lightning.temporal); "auto": only where the test
-        # data has exact flow (cheap); the pipeline sets it from test.temporal / test.flow
-        self.test_temporal = TemporalMetrics(**task.metric_options, mode="auto")
+        # data has exact flow (cheap); the pipeline passes one built from test.temporal / test.flow
+        if test_temporal is None:
+            test_temporal = TemporalMetrics(**task.metric_options, mode="auto")
+        self.test_temporal = test_temporal
         self.test_per_sequence: dict[str, dict[str, float]] = {}
         self._flow_trainable: bool | None = None
 
@@ -242,13 +242,19 @@ class RestorerModule(L.LightningModule):
     def scale(self) -> int:
         return self.task.scale
 
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """Whether DDP must tolerate parameters without a gradient: the flow net gets none while it is
+        frozen (the first ``flow_freeze_steps``)."""
+        return int(self.hparams.flow_freeze_steps) > 0
+
     def load_flownet(self, path: str | Path) -> None:
         """Copy a flow stage checkpoint's ``flownet.*`` weights into ``self.net.flownet``."""
         ckpt = read_checkpoint(path, kind=("student", "teacher"), what="flow checkpoint")
         state = sub_state_dict(ckpt, "flownet.", path=path)
         check_flow_compatible(
-            flow_metadata(ckpt),
-            self.flow_metadata(),
+            FlowSpec.from_checkpoint(ckpt),
+            self.flow_spec(),
             source=str(path),
             check_rule=ckpt.get("s2svr_kind") == "student" and not self.hparams.flow_input_override,
             fix=(
@@ -260,16 +266,16 @@ class RestorerModule(L.LightningModule):
 
     def _flow_parts(self) -> dict[str, Any]:
         """The flow net and its input rule from the hyperparameters (also on ``load_from_checkpoint``)."""
-        return restorer_flow_parts(self.hparams)
+        hp = self.hparams
+        spec = FlowSpec.create(
+            hp.flownet, hp.flownet_overrides, flow_input=hp.flow_input, scale=self.task.scale
+        )
+        return {"flownet": spec.build(), "flow_input": spec.flow_input}
 
-    def flow_metadata(self) -> dict[str, Any]:
-        """What the restorer's flow net is (stored in its checkpoints as ``s2svr_flow``)."""
-        return {
-            "flownet": self.hparams.flownet,
-            "options": flownet_options(self.hparams.flownet, self.hparams.flownet_overrides),
-            "flow_input": self.net.flow_input.to_dict(),
-            "reads": "lq",
-        }
+    def flow_spec(self) -> FlowSpec:
+        """What the restorer's flow net is (stored in its checkpoints)."""
+        hp = self.hparams
+        return FlowSpec.create(hp.flownet, hp.flownet_overrides, flow_input=self.net.flow_input)
 
     def setup(self, stage: str) -> None:
         # Only a fresh fit takes the student's flow net; a resumed fit restores its own weights afterwards
@@ -426,12 +432,14 @@ class RestorerModule(L.LightningModule):
         self.test_temporal.reset()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "s2svr_flow" not in checkpoint:
-            # made before the flow-input rule: a default PWC-Lite that read LQ natively, whatever the student
-            self.hparams.update(flownet="pwclite", flownet_overrides={}, flow_input="native")
-            for name, part in restorer_flow_parts(self.hparams, legacy=True).items():
-                setattr(self.net, name, part)
+        if CHECKPOINT_KEY not in checkpoint:  # made before the flow-input rule travelled with the weights
+            spec = FlowSpec.from_checkpoint(checkpoint)
+            flow_input = spec.flow_input.to_dict()
+            self.hparams.update(
+                flownet=spec.flownet, flownet_overrides=dict(spec.options), flow_input=flow_input
+            )
+            self.net.flownet, self.net.flow_input = spec.build(), spec.flow_input
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["s2svr_kind"] = "restorer"
-        checkpoint["s2svr_flow"] = self.flow_metadata()
+        self.flow_spec().write(checkpoint)

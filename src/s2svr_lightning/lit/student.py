@@ -8,17 +8,17 @@ from typing import Any
 
 import torch
 
-from s2svr_lightning.checkpoint import flow_metadata, flownet_options, read_checkpoint, sub_state_dict
+from s2svr_lightning.checkpoint import read_checkpoint, sub_state_dict
 from s2svr_lightning.console import ExpectedEvalModules
 from s2svr_lightning.lit.flow import (
     FlowModuleBase,
-    build_flownet,
     check_flow_compatible,
     consecutive_pairs,
 )
 from s2svr_lightning.lit.guards import raise_if_nonfinite
 from s2svr_lightning.losses import distillation_loss, forward_backward_occlusion
 from s2svr_lightning.models.flow_input import FlowInput
+from s2svr_lightning.models.flow_spec import CHECKPOINT_KEY, FlowSpec
 
 __all__ = ["StudentFlowModule"]
 
@@ -84,7 +84,7 @@ class StudentFlowModule(FlowModuleBase):
         self._teacher_loaded = False
         self._frozen_teacher_in_eval = ExpectedEvalModules()
         if teacher_checkpoint is not None:
-            self.teacher = build_flownet(self.hparams.flownet, self.hparams.flownet_overrides)
+            self.teacher = FlowSpec.create(self.hparams.flownet, self.hparams.flownet_overrides).build()
             self.teacher.requires_grad_(False)
             self.teacher.eval()
             if Path(teacher_checkpoint).is_file():
@@ -129,8 +129,8 @@ class StudentFlowModule(FlowModuleBase):
             raise ValueError("expected a student built with teacher_checkpoint, got one without a teacher")
         hp = self.hparams
         check_flow_compatible(
-            flow_metadata(checkpoint),
-            {"flownet": hp.flownet, "options": flownet_options(hp.flownet, hp.flownet_overrides)},
+            FlowSpec.from_checkpoint(checkpoint),
+            FlowSpec.create(hp.flownet, hp.flownet_overrides),
             source=str(path),
             check_rule=False,  # the teacher reads HQ frames as they are; the student's rule is its own
             fix="; train the student with the teacher's flownet_overrides",
@@ -151,8 +151,8 @@ class StudentFlowModule(FlowModuleBase):
         # a student checkpoint carries the teacher's weights: the teacher file is not needed any more
         if sub_state_dict(checkpoint.get("state_dict", {}), "teacher."):
             self._teacher_loaded = True
-        if "s2svr_flow" not in checkpoint:  # made before the flow-input rule: it read LQ natively
-            self.hparams.flow_input = "native"
+        if CHECKPOINT_KEY not in checkpoint:  # made before the flow-input rule travelled with the weights
+            self.hparams.flow_input = FlowSpec.from_checkpoint(checkpoint).flow_input.to_dict()
 
     def on_fit_start(self) -> None:
         needs_teacher = self.hparams.w_dis > 0 or self.hparams.init_from_teacher

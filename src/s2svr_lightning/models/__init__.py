@@ -11,6 +11,7 @@ from torch import nn
 from .attention import LocalAttention
 from .convgru import ConvGRU, ResConvGRU, ResidualBlock
 from .flow_input import FlowInput, ZeroFlow, zero_flow
+from .flow_spec import FlowSpec
 from .pwclite import PWCLite, init_flownet_, pwclite
 from .s2svr import S2SVR, s2svr_cve, s2svr_deblur, s2svr_vsr
 from .warp import flow_warp, pixel_grid, resize_flow
@@ -19,6 +20,7 @@ __all__ = [
     "BUILDERS",
     "ConvGRU",
     "FlowInput",
+    "FlowSpec",
     "LocalAttention",
     "PWCLite",
     "ResConvGRU",

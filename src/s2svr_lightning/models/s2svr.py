@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..utils import check_frames
 from .attention import LocalAttention
 from .convgru import ConvGRU, ResConvGRU, ResidualBlock
 from .flow_input import FlowInput
@@ -84,24 +85,6 @@ def _warp_all(tensors: Sequence[Tensor], flow: Tensor) -> list[Tensor]:
     128 ms of CPU joint against 76 ms one by one (benchmarks/OPTIMISATIONS.md).
     """
     return [flow_warp(t, flow) for t in tensors]
-
-
-def check_frames(x: object, *, name: str = "x") -> Tensor:
-    """Raise ``ValueError`` unless ``x`` is float ``(B, T, 3, H, W)`` with T >= 1 and H, W >= 16."""
-    if (
-        not isinstance(x, torch.Tensor)
-        or x.dim() != 5
-        or x.shape[1] < 1
-        or x.shape[2] != 3
-        or x.shape[-2] < 16
-        or x.shape[-1] < 16
-        or not x.is_floating_point()
-    ):
-        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(
-            f"expected {name} of shape (B, T, 3, H, W) with T >= 1 and H, W >= 16, float in [0, 1], got {got}"
-        )
-    return x
 
 
 class S2SVR(nn.Module):

@@ -42,6 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from s2svr_lightning.atomic import write_json
+from s2svr_lightning.checkpoint import peek
 from s2svr_lightning.conf import TASKS, ConfigError, check_schema
 from s2svr_lightning.console import STAGE_PURPOSE, quiet_third_party
 from s2svr_lightning.models.s2svr import CHECKPOINTING
@@ -215,7 +216,7 @@ def _stage_state(out: Path, stage: str) -> str | None:
     if stage == "test" and metrics_file.is_file():
         return "finished"
     if stage in FIT_STAGES and last.is_file():
-        step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", "?")
+        step = peek(last).get("global_step", "?")
         return f"interrupted at step {step} (continues from {last})"
     return None
 

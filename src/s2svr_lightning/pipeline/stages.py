@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from s2svr_lightning.atomic import write_json
+from s2svr_lightning.checkpoint import peek
 from s2svr_lightning.conf import ConfigError
 from s2svr_lightning.pipeline.build import (
     build_datamodule,
@@ -86,7 +87,7 @@ def _scalar_metrics(metrics: Any, prefix: str) -> dict[str, float]:
 
 def _saved_score(path: Path, monitor: str) -> float | None:
     """The ``monitor`` score that a ModelCheckpoint saved ``path`` for (its state in the file)."""
-    states = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    states = peek(path).get("callbacks", {})
     for key, state in states.items():
         if str(key).startswith("ModelCheckpoint") and state.get("monitor") == monitor:
             score = state.get("current_score")
@@ -117,9 +118,7 @@ def _best_record(trainer: L.Trainer, stage: str, cfg: DictConfig) -> dict[str, A
     }
 
 
-def _fit_stage(
-    cfg: DictConfig, stage: str, out: Path, make_module: Any, *, find_unused_parameters: Any = False
-) -> tuple[dict[str, Any], bool]:
+def _fit_stage(cfg: DictConfig, stage: str, out: Path, make_module: Any) -> tuple[dict[str, Any], bool]:
     """Fit (or resume, or skip) one training stage: its final validation metrics, and whether it ran."""
     last, final, metrics_file = stage_paths(out, stage)
     if final.is_file() and metrics_file.is_file():
@@ -131,7 +130,6 @@ def _fit_stage(
     limit_val = get(cfg, "debug.limit_val_batches")
     limit_val = get(scfg, "limit_val_batches") if limit_val is None else limit_val
     module = make_module()
-    unused = find_unused_parameters(module) if callable(find_unused_parameters) else find_unused_parameters
     record = _LastValidation()
     trainer = build_trainer(
         cfg,
@@ -140,13 +138,14 @@ def _fit_stage(
         max_steps=max_steps,
         val_every_n_steps=int(get(scfg, "val_every_n_steps", 0) if val_every is None else val_every),
         limit_val_batches=limit_val,
-        find_unused_parameters=bool(unused),
+        # the module says whether some parameters get no gradient in some steps (DDP must tolerate it)
+        find_unused_parameters=bool(getattr(module, "ddp_find_unused_parameters", False)),
         extra_callbacks=[record],
     )
     datamodule = build_datamodule(cfg, stage)
     resume = str(last) if last.is_file() else None
     if resume:
-        step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", "?")
+        step = peek(last).get("global_step", "?")
         log_message(f"[{stage}] resuming from {last} at step {step} of {max_steps}")
     else:
         log_message(f"[{stage}] training for {max_steps} steps")
@@ -195,14 +194,7 @@ def run_restorer(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     kwargs: dict[str, Any] = {"total_steps": stage_steps(cfg, "restorer")}
     if bool(cfg.restorer.flow_from_student):
         kwargs["flow_init"] = str(_input_checkpoint(cfg, out, "student", "restorer"))
-
-    def frozen(module: Any) -> bool:
-        # the frozen flow net has no gradient for its first steps: DDP must tolerate unused parameters then
-        return int(getattr(module, "hparams", {}).get("flow_freeze_steps", 0)) > 0
-
-    return _fit_stage(
-        cfg, "restorer", out, lambda: build_module(cfg, "restorer", **kwargs), find_unused_parameters=frozen
-    )
+    return _fit_stage(cfg, "restorer", out, lambda: build_module(cfg, "restorer", **kwargs))
 
 
 def choose_test_checkpoint(cfg: DictConfig, out: Path) -> tuple[Path, str, float | None]:
@@ -263,16 +255,20 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     ):
         log_message(f"[test] finished earlier: {metrics_file} (skipped)")
         return done, False
-    cls = module_class(cfg, "restorer")
-    module = cls.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True)
-    # score with this run's benchmark conventions (a checkpoint may come from another task's run)
-    module.test_metrics = type(module.test_metrics)(**to_plain(cfg.metrics))
     try:  # warping error / tOF (s2svr_lightning.temporal): test.temporal, test.flow
-        from s2svr_lightning.temporal import temporal_metrics
+        from s2svr_lightning.flow_estimators import temporal_metrics
 
-        module.test_temporal = temporal_metrics(to_plain(cfg.metrics), str(cfg.test.temporal), cfg.test.flow)
+        temporal = temporal_metrics(to_plain(cfg.metrics), str(cfg.test.temporal), cfg.test.flow)
     except (ValueError, OSError) as err:
         raise ConfigError(f"test.temporal={cfg.test.temporal} test.flow={cfg.test.flow}: {err}") from None
+    # scored with this run's benchmark conventions (a checkpoint may come from another task's run)
+    module = module_class(cfg, "restorer").load_from_checkpoint(
+        str(ckpt),
+        map_location="cpu",
+        weights_only=True,
+        metrics=to_plain(cfg.metrics),
+        test_temporal=temporal,
+    )
     trainer = build_trainer(cfg, "test", out, extra_callbacks=_test_output_writer(cfg, out))
     limit = get(cfg, "debug.limit_test_batches")
     limit = get(cfg, "test.limit_batches") if limit is None else limit
@@ -298,8 +294,8 @@ def check_predict(cfg: DictConfig) -> tuple[Path, Path | None]:
     ckpt = Path(cfg.ckpt.restorer)
     if not ckpt.is_file():
         raise ConfigError(f"ckpt.restorer={ckpt}: no such file")
-    try:  # memory-mapped: only the kind marker is read
-        kind = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("s2svr_kind")
+    try:  # only the kind marker is read
+        kind = peek(ckpt).get("s2svr_kind")
     except Exception as err:  # torch raises several types for a file that is not a checkpoint
         raise ConfigError(f"ckpt.restorer={ckpt}: not a readable checkpoint ({type(err).__name__})") from None
     if kind != "restorer":

@@ -15,30 +15,17 @@ load the others.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
-_EXPORTS = {
-    "StreamingRestorer": ".stream",
-    "RestoreOptions": ".options",
-    "RestoreSummary": ".run",
-    "restore_video": ".run",
-    "export_step": ".export",
-    "build_parser": ".cli",
-    "main": ".cli",
+_EXPORTS = {  # module: the names it exports
+    ".stream": ("StreamingRestorer",),
+    ".options": ("RestoreOptions",),
+    ".run": ("RestoreSummary", "restore_video"),
+    ".export": ("export_step",),
+    ".cli": ("build_parser", "main"),
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,6 +11,7 @@ the network instead (:mod:`~s2svr_lightning.restore.export`). The options are pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import signal
 import sys
@@ -21,11 +22,11 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_json
-from ..commands import add_version_argument
+from ..commands import command_parser
 from .batch import is_video_folder, restore_batch
 from .options import RestoreOptions
 from .run import export_to, restore_video
-from .stream import OutOfMemory
+from .tiles import OutOfMemory
 
 __all__ = ["build_parser", "main", "options_from_args"]
 
@@ -46,14 +47,13 @@ def _tile(value: str) -> int | str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = command_parser(
         prog="s2svr-restore",
         usage="%(prog)s --ckpt CKPT [options] INPUT OUTPUT\n"
         "       %(prog)s --ckpt CKPT [options] INPUT [INPUT ...] -o OUTDIR",
         description="Restore a video (or a folder of frames) with an S2SVR restorer checkpoint, streaming: "
         "memory does not grow with the video's length and the output equals a whole-sequence pass.",
     )
-    add_version_argument(p)
     p.add_argument(
         "--ckpt", required=True, help="restorer checkpoint (<run>/restorer/checkpoints/final.ckpt)"
     )
@@ -186,30 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> RestoreOptions:
-    """The :class:`RestoreOptions` the command line sets (the same for every input of a batch)."""
-    return RestoreOptions(
-        device=args.device,
-        precision=args.precision,
-        compile=args.compile,
-        tile=args.tile,
-        tile_overlap=args.tile_overlap,
-        tile_flow=args.tile_flow,
-        codec=args.codec,
-        crf=args.crf,
-        pix_fmt=args.pix_fmt,
-        preset=args.preset,
-        audio=not args.no_audio,
-        audio_codec=args.audio_codec,
-        fps=args.fps,
-        format=args.format,
-        max_frames=args.max_frames,
-        degrade=args.degrade,
-        degrade_chunk=args.degrade_chunk,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        temporal=args.temporal,
-        flow=args.flow,
-    )
+    """The :class:`RestoreOptions` the command line sets (the same for every input of a batch): each field
+    is the option of its name, but ``audio`` and ``progress``, which ``--no-audio`` / ``--no-progress``
+    turn off."""
+    flags = {"audio": not args.no_audio, "progress": not args.no_progress}
+    named = {f.name: getattr(args, f.name) for f in dataclasses.fields(RestoreOptions) if f.name not in flags}
+    return RestoreOptions(**named, **flags)
 
 
 def _batch_form(args: argparse.Namespace) -> tuple[list[str], Path] | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .stream import LatentWindow
+from .window import LatentWindow
 
 __all__ = ["FORMATS", "OnnxStep", "StreamingStep", "export_step", "run_exported_step"]
 

@@ -187,7 +187,8 @@ def restore_video(
     pending: deque[tuple[torch.Tensor | None, torch.Tensor | None]] = deque()
     temporal = None
     if scored and opts.temporal != "off":  # warping error / tOF of consecutive frames
-        from ..temporal import PairStream, flow_estimator
+        from ..flow_estimators import flow_estimator
+        from ..temporal import PairStream
 
         temporal = PairStream(
             mode=opts.temporal,

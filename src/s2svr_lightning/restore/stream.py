@@ -39,7 +39,6 @@ raised instead, as :class:`OutOfMemory`, with the fix in its message.
 
 from __future__ import annotations
 
-import ctypes
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
@@ -50,138 +49,26 @@ import torch
 from ..models.s2svr import S2SVR
 from ..utils import to_float_frames
 from .options import free_memory, resolve_hardware
+from .tiles import (
+    MEMORY_MARGIN,
+    MIN_TILE,
+    OutOfMemory,
+    crop_state,
+    is_out_of_memory,
+    map_states,
+    memory_estimate,
+    merge_states,
+    reuse_freed_memory,
+    stitch_state,
+    tile_spans,
+)
+from .window import LatentWindow
 
-__all__ = [
-    "LatentWindow",
-    "OutOfMemory",
-    "StreamingRestorer",
-    "is_out_of_memory",
-    "memory_estimate",
-    "reuse_freed_memory",
-]
+__all__ = ["StreamingRestorer"]
 
 Tensor = torch.Tensor
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# Peak bytes per LQ pixel of a causal streaming step in fp32, ``a + b * channels`` per scale. Measured on
-# the CPU (docs/restoring.md): peak RSS of 4 frames pushed and flushed at 128x256 LQ minus that at 64x128,
-# over the 24,576 extra pixels, for the presets and their 8-channel test variants. x4 SR is dominated by
-# output-sized tensors, not by the width (8 channels: 33.1 kB, 64: 31.8 kB); same-size nets grow with it
-# (8: 2.1 kB, 48: 8.8 kB). PWC-Lite's whole-frame flow is included.
-_PIXEL_BYTES = {4: (33_100.0, 0.0), 1: (775.0, 167.5)}
-_MEMORY_MARGIN = 0.7  # of the free memory: allocator slack, fragmentation, the model's error
-_MIN_TILE = 32  # LQ pixels; below, the overlaps would be most of each tile
-
-
-class OutOfMemory(RuntimeError):
-    """The device ran out of memory and the tile cannot (or may not) shrink; the message says what to try."""
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is an allocation failure: CUDA's ``torch.OutOfMemoryError``, MPS's and others'
-    RuntimeError "out of memory", the CPU allocator's "can't allocate memory"."""
-    if isinstance(err, torch.OutOfMemoryError):
-        return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def memory_estimate(net: S2SVR, pixels: int) -> float:
-    """Estimated peak bytes of a streaming step on ``pixels`` LQ pixels (one tile, or a whole frame), fp32:
-    ``pixels * (a + b * channels)`` with ``a, b`` measured per scale (the net's weights not counted;
-    other scales are taken as x4's per output pixel)."""
-    a, b = _PIXEL_BYTES.get(net.scale, (_PIXEL_BYTES[4][0] * net.scale**2 / 16, 0.0))
-    return float(pixels) * (a + b * net.channels)
-
-
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_INT_MAX = 2**31 - 1
-
-
-def reuse_freed_memory() -> bool:
-    """Make glibc's ``malloc`` keep freed memory for reuse instead of returning it to the system.
-
-    Process-wide. Eager PyTorch allocates every activation afresh, and glibc serves each block above
-    32 MiB with a new ``mmap`` that the kernel zero-fills page by page on first touch. Deblurring at
-    360x640 in float32 has 44 MB activations, so every conv output page-faulted: a third of the CPU time
-    of a frame went to the kernel (benchmarks/OPTIMISATIONS.md). With ``mmap`` and heap trimming off,
-    freed blocks are reused: the CPU time per frame drops by a third there, and the process keeps its
-    memory at a steady high-water mark (about 1.5x the default's peak: PyTorch's 64-byte-aligned blocks
-    do not always fit the freed ones). Returns whether the C library took the settings (False where it
-    is not glibc).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
-
-
-class LatentWindow:
-    """The latents and flows around the frame being decoded: what S2SVR's attention window reads (Eq. 5).
-
-    Per frame ``j`` it keeps the latent ``z_j``, ``to_prev[j]`` (= ``o_j``, the flow j -> j-1),
-    ``to_next[j]`` (the flow j -> j+1) and, if given, the frame itself; :meth:`forget` drops what no later
-    window reads, so it holds about ``2r + 1`` frames' worth whatever the video's length. Both the
-    streaming restorer and the host loop of an exported step (:mod:`s2svr_lightning.restore.export`) keep
-    their window here.
-    """
-
-    def __init__(self, radius: int) -> None:
-        self.radius = int(radius)
-        self.frames: dict[int, Tensor] = {}
-        self.latents: dict[int, Tensor] = {}
-        self.to_prev: dict[int, Tensor] = {}
-        self.to_next: dict[int, Tensor] = {}
-
-    def add(
-        self, t: int, latent: Tensor, flows: tuple[Tensor, Tensor] | None = None, frame: Tensor | None = None
-    ) -> None:
-        """Frame ``t``'s latent, its flows ``(t -> t-1, t-1 -> t)`` (none for frame 0) and frame."""
-        self.latents[t] = latent
-        if flows is not None:
-            self.to_prev[t], self.to_next[t - 1] = flows
-        if frame is not None:
-            self.frames[t] = frame
-
-    def neighbours(
-        self, i: int, last: int
-    ) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]]]:
-        """``(past, future)`` of frame ``i`` for :meth:`S2SVR.align_window` (``last``: the last frame):
-        ``past = [(z_{i-1}, o_i), (z_{i-2}, o_{i-1}), ...]``, ``future = [(z_{i+1}, F_{i->i+1}), ...]``,
-        each at most ``r`` long (shorter at the video's ends)."""
-        r = self.radius
-        past = [(self.latents[j], self.to_prev[j + 1]) for j in range(i - 1, max(i - r, 0) - 1, -1)]
-        future = [(self.latents[j], self.to_next[j - 1]) for j in range(i + 1, min(i + r, last) + 1)]
-        return past, future
-
-    def padded(self, i: int, last: int, zero_flow: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """The window of frame ``i`` at a fixed size, for a traced graph: the ``2r + 1`` latents
-        ``z_{i-r} .. z_{i+r}``, the ``r`` past flows ``o_i, o_{i-1}, ...`` and the ``r`` future flows
-        ``F_{i->i+1}, ...``. Neighbours beyond the ends are the nearest latent with a zero flow, which is
-        what :meth:`S2SVR.align_window` repeats for a short window."""
-        r = self.radius
-        latents = [self.latents[min(max(j, 0), last)] for j in range(i - r, i + r + 1)]
-        past = [self.to_prev[i - j] if i - j >= 1 else zero_flow for j in range(r)]
-        future = [self.to_next[i + j] if i + j + 1 <= last else zero_flow for j in range(r)]
-        return latents, past, future
-
-    def forget(self, i: int, last: int) -> None:
-        """Frame ``i`` is decoded (``last``: the newest frame held): drop what no later window reads (the
-        window of ``i + 1`` starts at ``i + 1 - r``; the newest frame is kept for the next flow)."""
-        keep_from = i + 1 - self.radius
-        for store, first in (
-            (self.latents, keep_from),
-            (self.to_prev, min(keep_from + 1, i + 1)),
-            (self.to_next, i + 1),
-            (self.frames, min(i + 1, last)),
-        ):
-            for key in [k for k in store if k < first]:
-                del store[key]
 
 
 class _CausalStream:
@@ -319,64 +206,6 @@ class _ChunkedStream:
         return outputs
 
 
-def _tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """Cut ``[0, size)`` into tiles ``(start, end, keep_start, keep_end)``; the kept parts partition it."""
-    if size <= tile:
-        return [(0, size, 0, size)]
-    stride = tile - 2 * overlap
-    starts = list(range(0, size - tile, stride)) + [size - tile]
-    spans = []
-    for k, start in enumerate(starts):
-        # seams sit in the middle of each overlap, as far as possible from both tiles' edges
-        keep_start = 0 if k == 0 else (starts[k - 1] + tile + start) // 2
-        keep_end = size if k == len(starts) - 1 else (start + tile + starts[k + 1]) // 2
-        spans.append((start, start + tile, keep_start, keep_end))
-    return spans
-
-
-def _merge(trees: list[Any], fn: Callable[[list[Tensor]], Tensor]) -> Any:
-    """One tree from per-tile trees of the same shape (dicts, lists, tuples): ``fn`` on each tensor's
-    per-tile values; other leaves (counters, None) are the same on every tile and taken from the first."""
-    first = trees[0]
-    if isinstance(first, Tensor):
-        return fn(trees)
-    if isinstance(first, dict):
-        return {key: _merge([tree[key] for tree in trees], fn) for key in first}
-    if isinstance(first, (list, tuple)):
-        return type(first)(_merge([tree[k] for tree in trees], fn) for k in range(len(first)))
-    return first
-
-
-def _map(tree: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    return _merge([tree], lambda parts: fn(parts[0]))
-
-
-def _state_scale(t: Tensor, rows: int, cols: int) -> int:
-    """The state's size over the tile's (1 for LQ-sized states, the net's scale for outputs)."""
-    s, rem = divmod(t.shape[-1], cols)
-    if rem or s < 1 or t.shape[-2] != s * rows:
-        raise AssertionError(f"a stream state of shape {tuple(t.shape)} on a {rows}x{cols} tile")
-    return s
-
-
-def _stitch_state(parts: list[Tensor], tiles: list, h: int, w: int) -> Tensor:
-    """A whole-frame state from the tiles' states: each tile's kept interior, as outputs are stitched."""
-    (ys, xs), first = tiles[0], parts[0]
-    s = _state_scale(first, ys[1] - ys[0], xs[1] - xs[0])
-    out = first.new_empty(*first.shape[:-2], s * h, s * w)
-    for ((y0, _, ky0, ky1), (x0, _, kx0, kx1)), part in zip(tiles, parts):
-        out[..., s * ky0 : s * ky1, s * kx0 : s * kx1] = part[
-            ..., s * (ky0 - y0) : s * (ky1 - y0), s * (kx0 - x0) : s * (kx1 - x0)
-        ]
-    return out
-
-
-def _crop_state(whole: Tensor, ys: tuple[int, ...], xs: tuple[int, ...], h: int, w: int) -> Tensor:
-    s = whole.shape[-1] // w
-    crop = whole[..., s * ys[0] : s * ys[1], s * xs[0] : s * xs[1]]
-    return crop.contiguous(memory_format=torch.channels_last) if crop.dim() == 4 else crop.contiguous()
-
-
 class StreamingRestorer:
     """Restore a video one frame at a time with an :class:`~s2svr_lightning.models.S2SVR` network.
 
@@ -490,14 +319,14 @@ class StreamingRestorer:
             return [((0, h, 0, h), (0, w, 0, w))]
         return [
             (ys, xs)
-            for ys in _tile_spans(h, self.tile, self.tile_overlap)
-            for xs in _tile_spans(w, self.tile, self.tile_overlap)
+            for ys in tile_spans(h, self.tile, self.tile_overlap)
+            for xs in tile_spans(w, self.tile, self.tile_overlap)
         ]
 
     @property
     def min_tile(self) -> int:
         """The smallest tile ``tile="auto"`` goes down to (LQ pixels)."""
-        return max(_MIN_TILE, 2 * self.tile_overlap + 16)
+        return max(MIN_TILE, 2 * self.tile_overlap + 16)
 
     def choose_tile(self, h: int, w: int) -> int | None:
         """``tile="auto"``'s tile for ``h x w`` frames: None (whole frames) where :func:`memory_estimate`
@@ -506,7 +335,7 @@ class StreamingRestorer:
         free = self.memory(self.device)
         if free is None:
             return None
-        budget = _MEMORY_MARGIN * free
+        budget = MEMORY_MARGIN * free
         if memory_estimate(self.net, h * w) <= budget:
             return None
         tile = max(h, w) // 8 * 8
@@ -631,10 +460,10 @@ class StreamingRestorer:
         self.tile = tile
         self._tiles = self._layout(h, w)
         self._streams = [self._new_stream() for _ in self._tiles]
-        whole = _merge(old_states, lambda parts: _stitch_state(parts, old_tiles, h, w))
+        whole = merge_states(old_states, lambda parts: stitch_state(parts, old_tiles, h, w))
         del old_states
         for (ys, xs), stream in zip(self._tiles, self._streams):
-            stream.load(_map(whole, lambda t, ys=ys, xs=xs: _crop_state(t, ys, xs, h, w)))
+            stream.load(map_states(whole, lambda t, ys=ys, xs=xs: crop_state(t, ys, xs, h, w)))
 
     @torch.inference_mode()
     def push(self, frame: Tensor) -> list[Tensor]:

@@ -182,7 +182,7 @@ class VideoSink:
             if self.source.pts is not None:
                 kwargs["time_base"] = video.time_base
             kwargs["color"] = video.color
-            from .video_io import read_metadata
+            from .metadata import read_metadata
 
             kwargs["metadata"] = read_metadata(video.path)  # rotation, aspect ratio, tags
             if self.audio and video.has_audio:

@@ -25,10 +25,7 @@ the file's audio. Missing, unreadable, truncated or corrupt files raise
 from __future__ import annotations
 
 import bisect
-import gc
 import os
-import sys
-import weakref
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -36,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DatasetError
+from ..errors import DatasetError, file_error
+from .decoder_fork import DECODER_HANDLES, open_readers
 from .image_io import frames_to_tensor, list_frame_files, read_image
 from .store import Crop, FrameStore
-from .video_writer import CONTAINER_TAGS, STREAM_TAGS, SourceMetadata, VideoColor, VideoWriter, bit_depth
+from .video_writer import VideoColor, VideoWriter, bit_depth
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -50,7 +48,6 @@ __all__ = [
     "list_frame_files",
     "read_image",
     "decord_available",
-    "read_metadata",
     "bit_depth",
 ]
 
@@ -74,90 +71,8 @@ def decord_available() -> bool:
     return True
 
 
-def _av_error(path: Path, what: str, err: Exception) -> DatasetError:
-    return DatasetError(f"{path}: {what} ({type(err).__name__}: {err})")
-
-
 class _SeekFailed(Exception):
     pass
-
-
-_HANDLES = ("_container", "_decord", "_iter", "_seek_iter", "_seq_container", "_scaler")
-_READERS: weakref.WeakSet[VideoReader] = weakref.WeakSet()
-_INHERITED: list[tuple] = []
-
-
-def _drop_inherited_decoders() -> None:
-    """In a forked child (a DataLoader worker): take every reader's open decoders and scaler out of its
-    reach, so that it makes its own; the copies stay referenced here until the process exits (freeing
-    them there is what hangs). PyAV's own per-thread scaler (``VideoFrame.reformat`` / ``to_ndarray``
-    keep one since PyAV 18.1.1) is set aside the same way, for frames converted by code other than ours."""
-    for reader in list(_READERS):
-        _INHERITED.append(tuple(getattr(reader, name, None) for name in _HANDLES))
-        for name in _HANDLES:
-            setattr(reader, name, None)
-    frame_module = sys.modules.get("av.video.frame")
-    cache = getattr(frame_module, "_thread_local", None)
-    inherited = getattr(cache, "reformatter", None)
-    if inherited is not None:
-        _INHERITED.append((inherited,))
-        cache.reformatter = None
-
-
-_FROZE = [False]
-
-
-def _freeze_before_fork() -> None:
-    # a freeze of the caller's own (gc.freeze before forking workers) is left as it is
-    _FROZE[0] = gc.get_freeze_count() == 0
-    if _FROZE[0]:
-        gc.freeze()
-
-
-def _unfreeze_in_parent() -> None:
-    if _FROZE[0]:
-        gc.unfreeze()
-
-
-# Freeing, in a forked child, a decoder or a scaler copied from the parent (whose threads stayed there)
-# hangs PyAV in pthread_cond_destroy and crashes decord. Live readers drop theirs as above; the parent's
-# garbage (closed containers not yet collected) is frozen at the fork, so the child's garbage collector
-# never frees it. Our readers also scale with one thread (no slice threads to inherit), and the DataModule
-# starts the workers of datasets that decode video with forkserver, where nothing is inherited at all.
-os.register_at_fork(
-    before=_freeze_before_fork, after_in_parent=_unfreeze_in_parent, after_in_child=_drop_inherited_decoders
-)
-
-
-def read_metadata(path: str | os.PathLike) -> SourceMetadata:
-    """The :class:`~s2svr_lightning.data.media.video_writer.SourceMetadata` of a video file's first video
-    stream: its display matrix (from the first frame's side data, where FFmpeg puts the container's
-    matrix, e.g. an mp4 track's), sample aspect ratio and tags. One frame is decoded."""
-    import av
-
-    path = Path(path)
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as err:
-        raise _av_error(path, "cannot open video", err) from None
-    try:
-        stream = container.streams.video[0]
-        matrix = None
-        for frame in container.decode(stream):
-            side = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
-            if side is not None:
-                matrix = tuple(int(v) for v in np.frombuffer(bytes(side), dtype="<i4"))
-            break
-        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
-        stream_meta, container_meta = dict(stream.metadata), dict(container.metadata)
-    finally:
-        container.close()
-    return SourceMetadata(
-        display_matrix=matrix,
-        sample_aspect_ratio=Fraction(sar) if sar and Fraction(sar) != 1 else None,
-        stream_tags=tuple((k, stream_meta[k]) for k in STREAM_TAGS if stream_meta.get(k)),
-        container_tags=tuple((k, container_meta[k]) for k in CONTAINER_TAGS if container_meta.get(k)),
-    )
 
 
 class VideoReader:
@@ -197,7 +112,7 @@ class VideoReader:
         self._index: tuple[list[int] | None, list[int] | None, int] | None = None
         self._seq_container = None
         self._scaler = None
-        _READERS.add(self)
+        open_readers.add(self)
         self._probe()
 
     def _rgb(self, frame, deep: bool = False) -> np.ndarray:
@@ -222,7 +137,7 @@ class VideoReader:
         try:
             container = av.open(str(self.path), mode="r")
         except Exception as err:  # av.error.*: unreadable, truncated header, not a video
-            raise _av_error(self.path, "cannot open video: corrupt, truncated or not a video", err) from None
+            raise file_error(self.path, "cannot open video: corrupt, truncated or not a video", err) from None
         if not container.streams.video:
             container.close()
             raise DatasetError(f"{self.path}: no video stream")
@@ -298,7 +213,7 @@ class VideoReader:
                 if packet.is_keyframe:
                     keys.append(packet.pts)
         except Exception as err:
-            raise _av_error(self.path, f"corrupt or truncated video after {count} frames", err) from None
+            raise file_error(self.path, f"corrupt or truncated video after {count} frames", err) from None
         finally:
             container.close()
         if count == 0:
@@ -388,7 +303,7 @@ class VideoReader:
                 count += 1
                 yield self._rgb(frame, deep), frame.pts
         except Exception as err:
-            raise _av_error(self.path, f"cannot decode frame {count}", err) from None
+            raise file_error(self.path, f"cannot decode frame {count}", err) from None
         finally:
             container.close()
 
@@ -399,7 +314,7 @@ class VideoReader:
             try:
                 self._decord = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.threads)
             except Exception as err:
-                raise _av_error(self.path, "decord cannot open video", err) from None
+                raise file_error(self.path, "decord cannot open video", err) from None
             if len(self._decord) != len(self):
                 # decord disagrees with the container: do not trust its indexing
                 self._decord = None
@@ -433,7 +348,7 @@ class VideoReader:
                 try:
                     self._container.seek(key, stream=stream, backward=True, any_frame=False)
                 except Exception as err:
-                    raise _av_error(self.path, f"cannot seek to frame {index}", err) from None
+                    raise file_error(self.path, f"cannot seek to frame {index}", err) from None
                 it, last = self._container.decode(stream), None
             found = None
             try:
@@ -449,7 +364,7 @@ class VideoReader:
             except _SeekFailed:
                 raise
             except Exception as err:
-                raise _av_error(self.path, f"cannot decode frame {index}", err) from None
+                raise file_error(self.path, f"cannot decode frame {index}", err) from None
             if found is None:
                 raise _SeekFailed
             self._seek_iter = (it, last)
@@ -472,7 +387,7 @@ class VideoReader:
                         found = self._rgb(frame)
                         break
             except Exception as err:
-                raise _av_error(self.path, f"cannot decode frame {pos}", err) from None
+                raise file_error(self.path, f"cannot decode frame {pos}", err) from None
             if found is None:
                 raise DatasetError(
                     f"{self.path}: truncated or corrupt video: decoded only {pos} of {len(self)} frames"
@@ -519,13 +434,13 @@ class VideoReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in _HANDLES:
+        for name in DECODER_HANDLES:
             state[name] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        _READERS.add(self)
+        open_readers.add(self)
 
 
 class VideoStore(FrameStore):
