@@ -84,11 +84,12 @@ class _Records(logging.Handler):
 
 
 def test_quiet_third_party_drops_lightnings_noise_and_keeps_the_rest(monkeypatch):
-    # a handler on Lightning's logger itself: earlier tests in the same process (Hydra runs) may have
-    # stopped it from propagating to the root logger that caplog listens on
+    # a handler on Lightning's logger itself, enabled: an earlier Hydra run in the same test process
+    # configures logging with disable_existing_loggers, which disables it (and caplog hears nothing)
     logger = logging.getLogger(LIGHTNING_LOGGERS[0])
     records = _Records()
     monkeypatch.setattr(logger, "level", logging.INFO)
+    monkeypatch.setattr(logger, "disabled", False)
     logger.addHandler(records)
     filters_before = list(warnings.filters)
     try:
