@@ -84,7 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip-frames", type=int, default=3, help="frames per training clip (pairs = frames - 1)")
     p.add_argument("--batch-size", type=int, default=2, help="training clips per step")
     p.add_argument(
-        "--max-motion", type=float, default=None, help="largest motion px/frame (default: the data's)"
+        "--max-motion",
+        type=float,
+        default=None,
+        help="median scene speed in HQ px/frame (default: the data's, dataset lq_motion in LQ px)",
     )
     p.add_argument(
         "--lr",

@@ -166,7 +166,7 @@ def render(table: dict[str, dict[str, float]]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sequences", type=int, default=8, help="sequences measured per split (at most)")
+    p.add_argument("--sequences", type=int, default=12, help="sequences measured per split (at most)")
     p.add_argument("--configs", default=None, help="comma list of configs (default: every one)")
     p.add_argument("--size", type=int, default=None, help="override every config's HQ size (tests)")
     p.add_argument("--frames", type=int, default=None, help="override every config's frames (tests)")

@@ -15,16 +15,24 @@ covers it fully (no soft edge) and, at the flow's target in the next frame, the 
 fully covering top layer (no occlusion, not out of frame), so ``flow_warp(hq[t+1], flow[t]) == hq[t]`` up to
 interpolation error on valid pixels. The scenes are :mod:`~s2svr_lightning.data.datasets.synthetic_scene`.
 
+Motion is set in the input's pixels, like real footage's: each scene draws its speed from a log-normal
+around ``lq_motion`` LQ px per frame (x ``scale`` HQ px for VSR), sprites their own, and a ``shake``
+share of it is back-and-forth (handheld shake) rather than drift; drift that would need a photograph
+enlarged beyond its resolution becomes shake. At the defaults the VSR video moves about 1.6-2.0 LQ px per
+frame on average with a p99 of 5-10 (``benchmarks/motion.py``; REDS is estimated at 1-3, 5-10+ in fast
+clips). Before, it moved a third of an LQ pixel, and alignment had little to gain.
+
 Frames are rendered with bicubic sampling and stored as 8-bit like real datasets. LQ per task: ``vsr``
 MATLAB-bicubic x4; ``deblur`` the mean of ``blur_frames`` sub-frames spread over the exposure around each
 frame time (the sharp target is the sub-frame at the frame time), in scenes that move ``blur_motion``
-(by default 5x ``max_motion``, the excess as shake) so that the blur is about as strong as GoPro's (its
-blurred inputs score about 26 dB against the sharp frames; moving like the other tasks' scenes, about a
-pixel per frame, the synthetic ones scored 39.6 dB at 64 px); ``cve`` HEVC low-delay P at QP 37.
+(by default 5x ``max(2, 3 % of the shorter side)`` px, the excess over ``lq_motion`` as shake) so that
+the blur is about as strong as GoPro's (its blurred inputs score about 26 dB against the sharp frames;
+moving about a pixel per frame, the synthetic ones scored 39.6 dB at 64 px); ``cve`` HEVC low-delay P
+at QP 37.
 
 Degraded input against the HQ frames (RGB PSNR, 3 held-out sequences of 30 frames, seed 0; ``python
-benchmarks/ablation.py --lq-psnr [--size 128]``): at 64 px vsr (bicubic x4 upsampling) 26.2 dB, deblur
-29.1 dB, cve 27.2 dB; at 128 px 28.3, 27.3 and 29.3 dB.
+benchmarks/ablation.py --lq-psnr [--size 128]``): at 64 px vsr (bicubic x4
+upsampling) 26.9 dB, deblur 26.5 dB, cve 26.4 dB; at 128 px 26.7, 23.6 and 27.5 dB.
 Sequences are deterministic in ``(seed, split, index)``; validation and test use other seeds *and* other
 photographs than training. Rendered sequences are kept in an in-memory LRU and, if ``cache_dir`` is set,
 on disk.
