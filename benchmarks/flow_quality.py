@@ -43,7 +43,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
+from s2svr_lightning.conf import CONF_DIR
 from s2svr_lightning.data import VideoRestorationDataModule
 from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule
 from s2svr_lightning.metrics import endpoint_error
@@ -51,6 +53,8 @@ from s2svr_lightning.metrics import endpoint_error
 DEGRADATIONS = {"bicubic": "vsr", "blur": "deblur", "hevc": "cve"}
 ROWS = ("zero", "teacher_hq", "teacher_lq", "student_plain", "student_distilled", "supervised")
 _SCALE = {"vsr": 4, "deblur": 1, "cve": 1}
+# the demos' flow loss (multi-scale photometric terms, smoothness weight): conf/recipe/cpu_flow.yaml
+_RECIPE = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "recipe" / "cpu_flow.yaml"))["teacher"]["module"]
 
 
 class SupervisedFlowModule(StudentFlowModule):
@@ -109,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PWC-Lite min_level_size: 8 skips the 1-4 px pyramid levels of small frames (same accuracy, "
         "23%% faster at 64 px); 1 is the library default (every level)",
     )
+    p.add_argument(
+        "--scale-weights",
+        default=",".join(str(w) for w in _RECIPE.get("scale_weights", [1.0])),
+        help="photometric weight per pyramid level, finest first (the recipe's; 1: finest only)",
+    )
+    p.add_argument("--w-sm", type=float, default=_RECIPE.get("w_sm", 50.0), help="smoothness weight")
     p.add_argument("--warmup", type=int, default=None, help="occlusion warm-up steps (default: steps // 3)")
     p.add_argument(
         "--degradations", default=",".join(DEGRADATIONS), help="comma list of " + ", ".join(DEGRADATIONS)
@@ -228,6 +238,8 @@ def run_unit(args: argparse.Namespace, seed: int, names: list[str], threads: int
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     common = {
+        "scale_weights": [float(w) for w in args.scale_weights.split(",")],
+        "w_sm": args.w_sm,
         "scheduler": args.scheduler,
         "val_log_images": 0,
         "flownet_overrides": {"min_level_size": args.min_level_size},
