@@ -31,9 +31,10 @@ at the old motion, a third of an LQ pixel per frame, the two differed by 0.05 dB
 
 Usage: ``python benchmarks/ablation.py [--seeds 0,1] [--restorer-steps N] [--json PATH]`` (``make
 bench-ablation``). The defaults are the demo's recipe (``+task=demo``: teacher 300 steps at lr 2e-3 and
-students 50 at 1e-3, cosine, 4 clips of 3 frames, PWC-Lite from its 8 px level; six restorers of 400
-steps at 2e-3, C 32, one layer, one block, the flow net frozen, gradient norm clipped at 0.02), seeds
-0 and 1, 2 jobs, sized for 30 minutes on 2 quiet CPU cores (26.8 min measured); ``--seeds``,
+students 50 at 1e-3, cosine, 4 clips of 3 frames, PWC-Lite from its 8 px level, multi-scale loss; seven
+restorers of 600 steps at 2e-3, C 32, one layer, one block, the flow net frozen, gradient norm clipped
+at 0.02), seeds 0 and 1, 2 jobs, sized for under 60 minutes on 2 quiet CPU cores (the 400-step, six-
+restorer version took 26.8 min on the machine of the README's older numbers); ``--seeds``,
 ``--*-steps``, ``--size`` and ``--channels`` scale up.
 """
 
