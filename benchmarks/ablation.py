@@ -294,7 +294,9 @@ def run_seed(args: argparse.Namespace, seed: int, log=print) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="ablation_") as workdir:
         started = time.perf_counter()
-        train_flow(args, seed, workdir, "teacher", threads=0 if args.jobs == 1 else args.jobs)
+        # one thread, as in the demo: with other processes on the 2 cores, a 2-thread teacher took 653 s
+        # (each parallel region waits for the slower core) where it took 62 s on a quiet machine
+        train_flow(args, seed, workdir, "teacher", threads=0 if args.jobs == 1 else 1)
         log(f"[seed {seed}] teacher {time.perf_counter() - started:.0f} s")
         jobs = [  # (row, flow checkpoint, radius)
             ("oracle", "exact", 1),
