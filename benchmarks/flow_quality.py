@@ -23,7 +23,7 @@ cores: one step of PWC-Lite on 4 pairs at 64 px took 0.37 s on one thread.
 The loss is the CPU recipe's (multi-scale photometric terms, smoothness 10; ``--scale-weights``,
 ``--w-sm``): at the synthetic video's motion (about 2 LQ px per frame) the finest-level loss alone left
 teachers at zero flow. VSR and HEVC no longer share a teacher (VSR scenes move ``scale`` times as many
-HQ px), so a seed trains three teachers: about 12 minutes at the defaults on the older machine (not
+HQ px), so a seed trains three teachers: longer than the old 9.6 minutes at the defaults (not
 measured; seed 0 alone took 2 min 43 s of CPU time on a faster one).
 Such short runs measure the first stretch of training only; ``--steps``, ``--teacher-steps``,
 ``--size``, ``--sequences``, ``--seeds`` and ``--accelerator gpu`` scale up.
