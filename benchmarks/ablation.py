@@ -34,7 +34,8 @@ bench-ablation``). The defaults are the demo's recipe (``+task=demo``: teacher 3
 students 50 at 1e-3, cosine, 4 clips of 3 frames, PWC-Lite from its 8 px level, multi-scale loss; seven
 restorers of 600 steps at 2e-3, C 32, one layer, one block, the flow net frozen, gradient norm clipped
 at 0.02), seeds 0 and 1, 2 jobs, sized for under 60 minutes on 2 quiet CPU cores (the 400-step, six-
-restorer version took 26.8 min on the machine of the README's older numbers); ``--seeds``,
+restorer version took 26.8 min on the machine of the README's older numbers; this one 48 min beside
+other work, with 2-thread teachers since made single-thread); ``--seeds``,
 ``--*-steps``, ``--size`` and ``--channels`` scale up.
 """
 
