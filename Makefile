@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch unless a CUDA driver is present (a plain `torch` would pull a multi-GB CUDA wheel).
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
 
-.PHONY: install lock test-latest test lint docs demo bench bench-data bench-flow bench-ablation bench-threads clean
+.PHONY: install lock test-latest test lint docs demo bench bench-data bench-flow bench-ablation bench-motion bench-threads clean
 
 install: $(STAMP)
 
@@ -77,6 +77,10 @@ bench-flow: $(STAMP)
 
 bench-ablation: $(STAMP)
 	$(PY) benchmarks/ablation.py
+
+# how much every synthetic config moves, in LQ px per frame (about 20 s)
+bench-motion: $(STAMP)
+	$(PY) benchmarks/motion.py --json outputs/motion.json
 
 bench-threads: $(STAMP)
 	$(PY) benchmarks/threads.py --busy

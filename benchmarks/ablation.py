@@ -7,9 +7,10 @@ the students and the restorer LightningModules, the DataModule, ``Trainer.test``
    with (``--w-dis``, Eq. 17), both under the default flow-input rule (LQ pairs upsampled to the HQ size);
 2. restorers, every one with the same network, data, steps and learning rates, that differ in one thing:
 
-   - ``alignment`` (the paper's Fig. 7, motion compensation or not): the restorer's flow net from the
-     distilled student, from the plain student, the teacher itself untrained on LQ (``teacher_lq``), or
-     no alignment at all (``zero``: a zero-flow "network", the states never warped);
+   - ``alignment`` (the paper's Fig. 7, motion compensation or not): the restorer aligned with the
+     synthetic video's exact flow (``oracle``: what alignment can give this restorer at most), its flow
+     net from the distilled student, from the plain student, the teacher itself untrained on LQ
+     (``teacher_lq``), or no alignment at all (``zero``: a zero-flow "network", the states never warped);
    - ``radius`` of the local attention, 0, 1, 2 (Eq. 5), flow from the distilled student (radius 1 is
      the ``student_distilled`` restorer);
    - ``length`` (Table 5's trend): the ``student_distilled`` restorer restores the last L = 5, 15, 30
@@ -20,14 +21,21 @@ The restorers of a seed train in ``--jobs`` processes of one thread each. Every 
 in dB (RGB, mean per sequence then over sequences), averaged over ``--seeds``; the bicubic baseline is
 printed too.
 
+``--pilot`` trains only the ``oracle`` and ``zero`` restorers (no flow stages): whether alignment can pay
+at all in this setting. At the synthetic video's motion (about 1.6 LQ px per frame, p99 5) and the
+defaults, seeds 0 / 1: oracle 27.49 / 28.44 dB, zero 27.17 / 27.55, bicubic 26.91 / 27.91 (600 steps;
+at the old motion, a third of an LQ pixel per frame, the two differed by 0.05 dB).
+
 ``--lq-psnr`` prints instead how hard each synthetic task is: the degraded input against the HQ frames
 (vsr: bicubic x4 upsampling of the LQ) on held-out sequences.
 
 Usage: ``python benchmarks/ablation.py [--seeds 0,1] [--restorer-steps N] [--json PATH]`` (``make
 bench-ablation``). The defaults are the demo's recipe (``+task=demo``: teacher 300 steps at lr 2e-3 and
-students 50 at 1e-3, cosine, 4 clips of 3 frames, PWC-Lite from its 8 px level; six restorers of 400
-steps at 2e-3, C 32, one layer, one block, the flow net frozen, gradient norm clipped at 0.02), seeds
-0 and 1, 2 jobs, sized for 30 minutes on 2 quiet CPU cores (26.8 min measured); ``--seeds``,
+students 50 at 1e-3, cosine, 4 clips of 3 frames, PWC-Lite from its 8 px level, multi-scale loss; seven
+restorers of 600 steps at 2e-3, C 32, one layer, one block, the flow net frozen, gradient norm clipped
+at 0.02), seeds 0 and 1, 2 jobs, sized for under 60 minutes on 2 quiet CPU cores (the 400-step, six-
+restorer version took 26.8 min on the machine of the README's older numbers; this one 48 min beside
+other work, with 2-thread teachers since made single-thread); ``--seeds``,
 ``--*-steps``, ``--size`` and ``--channels`` scale up.
 """
 
@@ -49,6 +57,7 @@ from typing import Any
 import flow_quality
 import lightning as L
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from s2svr_lightning.conf import CONF_DIR
@@ -57,12 +66,48 @@ from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule
 from s2svr_lightning.lit.restorer import RestorerModule
 from s2svr_lightning.metrics import psnr
 
-ALIGNMENT = ("student_distilled", "student_plain", "teacher_lq", "zero")
+ALIGNMENT = ("oracle", "student_distilled", "student_plain", "teacher_lq", "zero")
 LENGTHS = (5, 15, 30)
 RADII = (0, 1, 2)
 SCORED_TAIL = 5  # frames scored in the length rows: the last 5 of every segment
 # the demos' flow stages (steps, batch, lr, schedule, warm-up, PWC-Lite options): one place, read here
 FLOW_RECIPE = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "recipe" / "cpu_flow.yaml"))
+
+
+class ExactFlowRestorer(RestorerModule):
+    """The oracle row: S2SVR aligned with the synthetic video's exact flow instead of a flow net's (the
+    HQ flows area-averaged onto the LQ grid, in LQ pixels: exact for the layers' affine motion)."""
+
+    _flows: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def exact_flows(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if "flow_bwd" not in batch:
+            raise ValueError("the oracle row needs data with exact forward and backward flow (synthetic)")
+        s = self.scale
+
+        def to_lq(flow: torch.Tensor) -> torch.Tensor:
+            b, n = flow.shape[:2]
+            return (F.avg_pool2d(flow.flatten(0, 1), s) / s).unflatten(0, (b, n)) if s > 1 else flow
+
+        # S2SVR's (to_prev, to_next): F_{t -> t-1} on frame t's grid is flow_bwd[t-1]; F_{t -> t+1} flow[t]
+        return to_lq(batch["flow_bwd"]), to_lq(batch["flow"])
+
+    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+        return self.net(lq, flows=self._flows) if self._flows is not None else self.net(lq)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self._flows = self.exact_flows(batch)
+        try:
+            return super().training_step(batch, batch_idx)
+        finally:
+            self._flows = None
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        self._flows = self.exact_flows(batch)
+        try:
+            return super().test_step(batch, batch_idx)
+        finally:
+            self._flows = None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1", help="comma list of seeds")
     p.add_argument("--teacher-steps", type=int, default=FLOW_RECIPE["teacher"]["max_steps"])
     p.add_argument("--student-steps", type=int, default=FLOW_RECIPE["student"]["max_steps"])
-    p.add_argument("--restorer-steps", type=int, default=400)
+    p.add_argument("--restorer-steps", type=int, default=600)
     p.add_argument(
         "--flow-freeze",
         type=float,
@@ -102,6 +147,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="restorers trained at once (one thread each)")
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--lq-psnr", action="store_true", help="only print LQ-vs-HQ PSNR of each synthetic task")
+    p.add_argument(
+        "--pilot",
+        action="store_true",
+        help="only the oracle and zero-flow restorers (no flow stages): does alignment matter at all?",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.size % 4 or args.size < 64:
@@ -182,19 +232,21 @@ def length_psnr(module: RestorerModule, dm: VideoRestorationDataModule) -> dict[
 def train_restorer(
     args: argparse.Namespace, seed: int, flow: str | None, radius: int, with_lengths: bool, threads: int = 0
 ) -> dict[str, Any]:
-    """Train one restorer (``flow``: a flow checkpoint, or None for no alignment) and test it."""
+    """Train one restorer (``flow``: a flow checkpoint, ``"exact"`` for the data's exact flow, or None for
+    no alignment) and test it."""
     _quiet(threads)
     start = time.perf_counter()
     dm = datamodule(args, seed)
     steps = args.restorer_steps
     L.seed_everything(seed, verbose=False)
-    module = RestorerModule(
+    exact = flow == "exact"
+    module = (ExactFlowRestorer if exact else RestorerModule)(
         model="s2svr_vsr",
         model_overrides={"channels": args.channels, "num_blocks": 1, "num_layers": 1, "radius": radius},
         kind="vsr",
         scale=4,
-        flow_init=flow,
-        flownet="zero_flow" if flow is None else None,
+        flow_init=None if exact else flow,
+        flownet="zero_flow" if flow is None or exact else None,
         lr=args.lr,
         flow_lr=5e-5,
         flow_freeze_steps=int(args.flow_freeze * steps),
@@ -214,14 +266,41 @@ def train_restorer(
     return out
 
 
+def _flow_path(workdir: str, flow: str | None) -> str | None:
+    return str(Path(workdir) / flow) if flow and flow != "exact" else flow
+
+
+def run_pilot(args: argparse.Namespace, seed: int, log=print) -> dict[str, Any]:
+    """The oracle and zero-flow restorers only: ``{"alignment": {"oracle", "zero"}, "bicubic"}``."""
+    ctx = multiprocessing.get_context("spawn")
+    rows = {"oracle": "exact", "zero": None}
+    if args.jobs == 1:
+        results = {row: train_restorer(args, seed, flow, 1, False) for row, flow in rows.items()}
+    else:
+        with ProcessPoolExecutor(min(args.jobs, 2), mp_context=ctx) as pool:
+            futures = {
+                row: pool.submit(train_restorer, args, seed, f, 1, False, 1) for row, f in rows.items()
+            }
+            results = {row: f.result() for row, f in futures.items()}
+    for row, r in results.items():
+        log(f"[seed {seed}] {row}: {r['psnr']:.2f} dB ({r['seconds']:.0f} s)")
+    return {
+        "alignment": {row: r["psnr"] for row, r in results.items()},
+        "bicubic": results["zero"]["bicubic"],
+    }
+
+
 def run_seed(args: argparse.Namespace, seed: int, log=print) -> dict[str, Any]:
     """Every row for one seed: ``{"alignment": {...}, "radius": {...}, "length": {...}, "bicubic"}``."""
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="ablation_") as workdir:
         started = time.perf_counter()
-        train_flow(args, seed, workdir, "teacher", threads=0 if args.jobs == 1 else args.jobs)
+        # one thread, as in the demo: with other processes on the 2 cores, a 2-thread teacher took 653 s
+        # (each parallel region waits for the slower core) where it took 62 s on a quiet machine
+        train_flow(args, seed, workdir, "teacher", threads=0 if args.jobs == 1 else 1)
         log(f"[seed {seed}] teacher {time.perf_counter() - started:.0f} s")
         jobs = [  # (row, flow checkpoint, radius)
+            ("oracle", "exact", 1),
             ("student_distilled", "student_distilled.ckpt", 1),
             ("student_plain", "student_plain.ckpt", 1),
             ("teacher_lq", "teacher.ckpt", 1),
@@ -233,12 +312,15 @@ def run_seed(args: argparse.Namespace, seed: int, log=print) -> dict[str, Any]:
             for row in ("student_plain", "student_distilled"):
                 train_flow(args, seed, workdir, row)
             results = {
-                row: train_restorer(args, seed, flow and str(Path(workdir) / flow), r, row == jobs[0][0])
+                row: train_restorer(args, seed, _flow_path(workdir, flow), r, row == "student_distilled")
                 for row, flow, r in jobs
             }
         else:
             with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-                flows = [pool.submit(train_flow, args, seed, workdir, row, 1) for row in ALIGNMENT[:2]]
+                flows = [
+                    pool.submit(train_flow, args, seed, workdir, row, 1)
+                    for row in ("student_plain", "student_distilled")
+                ]
                 [f.result() for f in flows]
                 log(f"[seed {seed}] students {time.perf_counter() - started:.0f} s")
                 futures = {
@@ -246,9 +328,9 @@ def run_seed(args: argparse.Namespace, seed: int, log=print) -> dict[str, Any]:
                         train_restorer,
                         args,
                         seed,
-                        flow and str(Path(workdir) / flow),
+                        _flow_path(workdir, flow),
                         r,
-                        row == jobs[0][0],
+                        row == "student_distilled",
                         1,
                     )
                     for row, flow, r in jobs
@@ -270,7 +352,7 @@ def run_seed(args: argparse.Namespace, seed: int, log=print) -> dict[str, Any]:
 
 def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for group in ("alignment", "radius", "length"):
+    for group in (g for g in ("alignment", "radius", "length") if g in per_seed[0]):  # pilot: alignment
         out[group] = {k: statistics.fmean(s[group][k] for s in per_seed) for k in per_seed[0][group]}
     out["bicubic"] = statistics.fmean(s["bicubic"] for s in per_seed)
     out["per_seed"] = per_seed
@@ -280,9 +362,13 @@ def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 def render(summary: dict[str, Any], args: argparse.Namespace, seconds: float) -> str:
     lines = ["| group | row | test PSNR (dB) |", "|---|---|---|"]
     for group, names in (("alignment", ALIGNMENT), ("radius", [str(r) for r in RADII])):
-        lines += [f"| {group} | {n} | {summary[group][n]:.2f} |" for n in names]
+        lines += [
+            f"| {group} | {n} | {summary[group][n]:.2f} |" for n in names if n in summary.get(group, {})
+        ]
     lines += [
-        f"| length (last {SCORED_TAIL} frames) | {n} | {summary['length'][str(n)]:.2f} |" for n in LENGTHS
+        f"| length (last {SCORED_TAIL} frames) | {n} | {summary['length'][str(n)]:.2f} |"
+        for n in LENGTHS
+        if "length" in summary
     ]
     lines.append(f"| baseline | bicubic | {summary['bicubic']:.2f} |")
     lines.append(
@@ -321,8 +407,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     start = time.perf_counter()
+    run = run_pilot if args.pilot else run_seed
     per_seed = [
-        run_seed(args, seed, log=lambda m: print(m, file=sys.stderr, flush=True)) for seed in args.seed_list
+        run(args, seed, log=lambda m: print(m, file=sys.stderr, flush=True)) for seed in args.seed_list
     ]
     summary = mean_over_seeds(per_seed)
     print(render(summary, args, time.perf_counter() - start))

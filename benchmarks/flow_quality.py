@@ -20,6 +20,11 @@ Usage: ``python benchmarks/flow_quality.py [--seeds 0,1,2] [--steps N] [--teache
 [--json PATH]`` (``make bench-flow``). The defaults (64 px, teacher 200 steps at lr 2e-3, the others 50
 at 1e-3, cosine, batch 2 clips of 3 frames, 3 seeds, 2 jobs) are sized for 10 minutes on 2 quiet CPU
 cores: one step of PWC-Lite on 4 pairs at 64 px took 0.37 s on one thread.
+The loss is the CPU recipe's (multi-scale photometric terms, smoothness 10; ``--scale-weights``,
+``--w-sm``): at the synthetic video's motion (about 2 LQ px per frame) the finest-level loss alone left
+teachers at zero flow. VSR and HEVC no longer share a teacher (VSR scenes move ``scale`` times as many
+HQ px), so a seed trains three teachers: longer than the old 9.6 minutes at the defaults (not
+measured; seed 0 alone took 2 min 43 s of CPU time on a faster one).
 Such short runs measure the first stretch of training only; ``--steps``, ``--teacher-steps``,
 ``--size``, ``--sequences``, ``--seeds`` and ``--accelerator gpu`` scale up.
 """
@@ -43,7 +48,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
+from s2svr_lightning.conf import CONF_DIR
 from s2svr_lightning.data import VideoRestorationDataModule
 from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule
 from s2svr_lightning.metrics import endpoint_error
@@ -51,6 +58,8 @@ from s2svr_lightning.metrics import endpoint_error
 DEGRADATIONS = {"bicubic": "vsr", "blur": "deblur", "hevc": "cve"}
 ROWS = ("zero", "teacher_hq", "teacher_lq", "student_plain", "student_distilled", "supervised")
 _SCALE = {"vsr": 4, "deblur": 1, "cve": 1}
+# the demos' flow loss (multi-scale photometric terms, smoothness weight): conf/recipe/cpu_flow.yaml
+_RECIPE = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "recipe" / "cpu_flow.yaml"))["teacher"]["module"]
 
 
 class SupervisedFlowModule(StudentFlowModule):
@@ -84,7 +93,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip-frames", type=int, default=3, help="frames per training clip (pairs = frames - 1)")
     p.add_argument("--batch-size", type=int, default=2, help="training clips per step")
     p.add_argument(
-        "--max-motion", type=float, default=None, help="largest motion px/frame (default: the data's)"
+        "--max-motion",
+        type=float,
+        default=None,
+        help="median scene speed in HQ px/frame (default: the data's, dataset lq_motion in LQ px)",
     )
     p.add_argument(
         "--lr",
@@ -106,6 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PWC-Lite min_level_size: 8 skips the 1-4 px pyramid levels of small frames (same accuracy, "
         "23%% faster at 64 px); 1 is the library default (every level)",
     )
+    p.add_argument(
+        "--scale-weights",
+        default=",".join(str(w) for w in _RECIPE.get("scale_weights", [1.0])),
+        help="photometric weight per pyramid level, finest first (the recipe's; 1: finest only)",
+    )
+    p.add_argument("--w-sm", type=float, default=_RECIPE.get("w_sm", 50.0), help="smoothness weight")
     p.add_argument("--warmup", type=int, default=None, help="occlusion warm-up steps (default: steps // 3)")
     p.add_argument(
         "--degradations", default=",".join(DEGRADATIONS), help="comma list of " + ", ".join(DEGRADATIONS)
@@ -225,6 +243,8 @@ def run_unit(args: argparse.Namespace, seed: int, names: list[str], threads: int
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     common = {
+        "scale_weights": [float(w) for w in args.scale_weights.split(",")],
+        "w_sm": args.w_sm,
         "scheduler": args.scheduler,
         "val_log_images": 0,
         "flownet_overrides": {"min_level_size": args.min_level_size},

@@ -193,7 +193,7 @@ def test_ablation_writes_every_group_and_row(tmp_path, capsys):
     argv += ["--seeds", "0", "--test-sequences", "1", "--channels", "8", "--jobs", "1", "--json", str(out)]
     assert ablation.main(argv) == 0
     table = json.loads(out.read_text())
-    assert set(table["alignment"]) == {"student_distilled", "student_plain", "teacher_lq", "zero"}
+    assert set(table["alignment"]) == {"oracle", "student_distilled", "student_plain", "teacher_lq", "zero"}
     assert set(table["length"]) == {"5", "15", "30"} and set(table["radius"]) == {"0", "1", "2"}
     for group in ("alignment", "length", "radius"):
         assert all(math.isfinite(v) and 0 < v < 100 for v in table[group].values())
@@ -256,3 +256,26 @@ def test_data_loading_summary_pools_the_samples_of_every_round():
     row = data_loading.summarize([run([0.1, 0.3], 0.2), run([0.2], 0.1)])
     assert row["ms_cpu"] == pytest.approx(200.0) and row["ms_wall"] == pytest.approx(400.0)
     assert row["decode_pct"] == pytest.approx(50.0) and row["other_pct"] == pytest.approx(50.0)
+
+
+def test_motion_table_has_every_synthetic_task_and_the_default_moves_like_real_video(tmp_path, capsys):
+    import json
+
+    import motion
+
+    out = tmp_path / "motion.json"
+    argv = ["--sequences", "2", "--size", "64", "--frames", "4", "--json", str(out)]
+    assert motion.main([*argv, "--configs", "demo,demo_deblur,demo_cve,bench_ablation"]) == 0
+    table = json.loads(out.read_text())
+    assert set(table) == {"demo", "demo_deblur", "demo_cve", "bench_ablation"}
+    keys = {"mean_lq_px", "median_lq_px", "p90_lq_px", "p99_lq_px", "share_above_1_lq_px", "headroom_db"}
+    for row in table.values():
+        assert keys <= set(row)
+        assert row["median_lq_px"] <= row["p90_lq_px"] <= row["p99_lq_px"]
+    # the bar for the default: REDS-like motion, a long tail, and alignment that pays at the input
+    assert table["demo"]["mean_lq_px"] > 1.2 and table["demo"]["p99_lq_px"] > 3.0
+    assert table["demo"]["headroom_db"] > 6.0
+    assert table["demo_deblur"]["mean_lq_px"] > table["demo"]["mean_lq_px"]  # blur needs faster scenes
+    assert "| demo | vsr x4 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        motion.parse_args(["--configs", "demo,nope"])

@@ -297,14 +297,14 @@ def test_s2svr_train_entry_point_prints_the_config(tmp_path):
         printed.task_name == "demo"
         and printed.data._target_ == "s2svr_lightning.data.VideoRestorationDataModule"
     )
-    assert printed.restorer.module.flow_freeze_steps == 400  # the demo's value, from its YAML
+    assert printed.restorer.module.flow_freeze_steps == 600  # the demo's value, from its YAML
 
 
 def test_the_schema_types_and_the_yaml_holds_the_defaults():
     from s2svr_lightning.conf import check_schema
 
     cfg = check_schema(_compose("+task=demo", "paths.output_dir=/tmp/unused"))
-    assert cfg.restorer.module.flow_freeze_steps == 400
+    assert cfg.restorer.module.flow_freeze_steps == 600
     assert _compose("+task=vsr_reds4").restorer.module.flow_freeze_steps == 10000
     assert OmegaConf.select(cfg, "restorer.module.kind") == "vsr"  # interpolated from the task
     with pytest.raises(ConfigError, match=r"^seed: Value 'x'"):

@@ -80,11 +80,11 @@ def _mirror(clip: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _to_sample(clip: dict[str, torch.Tensor], key: str) -> dict:
-    """Clip dict -> the sample contract of docs/contracts.md (the backward flow stays internal)."""
+    """Clip dict -> the sample contract of docs/contracts.md."""
     sample = {"lq": clip["lq"].float().contiguous(), "hq": clip["hq"].float().contiguous(), "key": key}
-    if "flow" in clip:
-        sample["flow"] = clip["flow"].float().contiguous()
-        sample["flow_valid"] = clip["flow_valid"].float().contiguous()
+    for name in ("flow", "flow_valid", "flow_bwd", "flow_bwd_valid"):
+        if name in clip:
+            sample[name] = clip[name].float().contiguous()
     return sample
 
 

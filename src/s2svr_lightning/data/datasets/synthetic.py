@@ -15,16 +15,24 @@ covers it fully (no soft edge) and, at the flow's target in the next frame, the 
 fully covering top layer (no occlusion, not out of frame), so ``flow_warp(hq[t+1], flow[t]) == hq[t]`` up to
 interpolation error on valid pixels. The scenes are :mod:`~s2svr_lightning.data.datasets.synthetic_scene`.
 
+Motion is set in the input's pixels, like real footage's: each scene draws its speed from a log-normal
+around ``lq_motion`` LQ px per frame (x ``scale`` HQ px for VSR), sprites their own, and a ``shake``
+share of it is back-and-forth (handheld shake) rather than drift; drift that would need a photograph
+enlarged beyond its resolution becomes shake. At the defaults the VSR video moves about 1.6-2.0 LQ px per
+frame on average with a p99 of 5-10 (``benchmarks/motion.py``; REDS is estimated at 1-3, 5-10+ in fast
+clips). Before, it moved a third of an LQ pixel, and alignment had little to gain.
+
 Frames are rendered with bicubic sampling and stored as 8-bit like real datasets. LQ per task: ``vsr``
 MATLAB-bicubic x4; ``deblur`` the mean of ``blur_frames`` sub-frames spread over the exposure around each
 frame time (the sharp target is the sub-frame at the frame time), in scenes that move ``blur_motion``
-(by default 5x ``max_motion``, the excess as shake) so that the blur is about as strong as GoPro's (its
-blurred inputs score about 26 dB against the sharp frames; moving like the other tasks' scenes, about a
-pixel per frame, the synthetic ones scored 39.6 dB at 64 px); ``cve`` HEVC low-delay P at QP 37.
+(by default 5x ``max(2, 3 % of the shorter side)`` px, the excess over ``lq_motion`` as shake) so that
+the blur is about as strong as GoPro's (its blurred inputs score about 26 dB against the sharp frames;
+moving about a pixel per frame, the synthetic ones scored 39.6 dB at 64 px); ``cve`` HEVC low-delay P
+at QP 37.
 
 Degraded input against the HQ frames (RGB PSNR, 3 held-out sequences of 30 frames, seed 0; ``python
-benchmarks/ablation.py --lq-psnr [--size 128]``): at 64 px vsr (bicubic x4 upsampling) 26.2 dB, deblur
-29.1 dB, cve 27.2 dB; at 128 px 28.3, 27.3 and 29.3 dB.
+benchmarks/ablation.py --lq-psnr [--size 128]``): at 64 px vsr (bicubic x4
+upsampling) 26.9 dB, deblur 26.5 dB, cve 26.4 dB; at 128 px 26.7, 23.6 and 27.5 dB.
 Sequences are deterministic in ``(seed, split, index)``; validation and test use other seeds *and* other
 photographs than training. Rendered sequences are kept in an in-memory LRU and, if ``cache_dir`` is set,
 on disk.
@@ -55,7 +63,7 @@ from .synthetic_scene import HELDOUT_PHOTOS, TRAIN_PHOTOS, SyntheticScene
 __all__ = ["HELDOUT_PHOTOS", "TRAIN_PHOTOS", "SyntheticConfig", "SyntheticDataset", "SyntheticSource"]
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
-_CACHE_VERSION = 2  # 2: deblur scenes move blur_motion
+_CACHE_VERSION = 3  # 2: deblur scenes move blur_motion; 3: motion in LQ px, shake, log-normal speeds
 
 
 @dataclass(frozen=True)
@@ -70,10 +78,18 @@ class SyntheticConfig:
             default blur motion of 64 px frames, so the blur is a smear rather than ghosts.
         exposure: fraction of the frame interval the shutter is open (deblur).
         qp: HEVC QP (cve).
-        max_motion: typical largest motion in px per frame (default: 3% of the frame's shorter side, >= 2).
-        blur_motion: the same for the deblur task (default: 5x ``max_motion``: 10 px per frame at 64 px,
-            19 px at 128 px by default), since the blur is the motion during the exposure; the part
-            above ``max_motion`` is camera and sprite shake (back-and-forth), so the scenes' range, and
+        lq_motion: the median speed of the scenes in *LQ* px per frame (2: real handheld footage such
+            as REDS moves about 1-3 LQ px per frame on average, 5-10 in fast clips). Each scene draws
+            its own speed around it (``motion_spread``), sprites move on their own; measured by
+            ``benchmarks/motion.py``. VSR scenes move ``scale`` times as many HQ px.
+        max_motion: the same median in HQ px per frame, overriding ``lq_motion`` (None: from it).
+        motion_spread: sigma of the log-normal of the scenes' speeds (the long tail of fast clips).
+        shake: the share of the speed spent as back-and-forth wiggles (handheld shake) rather than steady
+            drift, for every task; drift that would need a photograph enlarged beyond its resolution
+            (long sequences, large frames) becomes shake too, so textures stay sharp.
+        blur_motion: the speed of the deblur task's scenes (default: 5x ``max(2, 3% of the shorter
+            side)``: 10 px per frame at 64 px, 19 px at 128 px), since the blur is the motion during
+            the exposure; the part above the median speed is added as shake, so the scenes' range, and
             with it the sharpness of the photographs they show, does not depend on the length.
         num_sprites: ``(min, max)`` moving sprites per scene.
         cache_size: sequences kept in memory (per process).
@@ -89,20 +105,24 @@ class SyntheticConfig:
     blur_frames: int = 13
     exposure: float = 1.0
     qp: int = 37
+    lq_motion: float = 2.5
     max_motion: float | None = None
+    motion_spread: float = 0.6
+    shake: float = 0.5
     blur_motion: float | None = None
     num_sprites: tuple[int, int] = (1, 3)
     cache_size: int = 64
     cache_dir: str | None = None
 
-    def motion(self, task: str = "vsr") -> float:
-        """Typical largest motion in px per frame of the scenes made for ``task``."""
-        base = self.max_motion
-        if base is None:
-            base = max(2.0, 0.03 * min(self.height, self.width))
+    def motion(self, task: str = "vsr", scale: int | None = None) -> float:
+        """The scenes' median speed in HQ px per frame for ``task`` (``scale``: the VSR factor, 4)."""
+        if task == "deblur" and self.blur_motion is not None:
+            return self.blur_motion
         if task == "deblur":
-            return self.blur_motion if self.blur_motion is not None else 5.0 * base
-        return base
+            return 5.0 * max(2.0, 0.03 * min(self.height, self.width))
+        if self.max_motion is not None:
+            return self.max_motion
+        return self.lq_motion * ((scale or 4) if task == "vsr" else 1)
 
 
 class SyntheticSource(SequenceSource):
@@ -140,6 +160,11 @@ class SyntheticSource(SequenceSource):
                 f"expected blur_frames >= 1 and 0 < exposure <= 1, got {c.blur_frames}, {c.exposure}"
             )
         lo, hi = c.num_sprites
+        if c.lq_motion < 0 or (c.max_motion or 0) < 0 or c.motion_spread < 0 or not 0 <= c.shake <= 1:
+            raise ValueError(
+                "expected lq_motion >= 0, max_motion >= 0, motion_spread >= 0 and 0 <= shake <= 1, got "
+                f"{c.lq_motion}, {c.max_motion}, {c.motion_spread}, {c.shake} (e.g. dataset.lq_motion=2)"
+            )
         if not 0 <= lo <= hi:
             raise ValueError(f"expected num_sprites = (min, max) with 0 <= min <= max, got {c.num_sprites}")
         self._count = {"train": c.train_sequences, "val": c.val_sequences, "test": c.test_sequences}[split]
@@ -211,15 +236,19 @@ class SyntheticSource(SequenceSource):
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], index, 0x5325])
         photos = TRAIN_PHOTOS if self.split == "train" else HELDOUT_PHOTOS
         half = 0.5 * c.exposure if self.task == "deblur" else 0.0
+        # deblur scenes move like the cve ones (scale 1) plus the exposure's shake
+        base = c.motion("cve") if self.task == "deblur" else c.motion(self.task, self.scale)
         return SyntheticScene.random(
             rng,
             height=c.height,
             width=c.width,
             photos=photos,
             duration=(-half, c.frames - 1 + half),
-            max_motion=c.motion(),
+            speed=base,
             # deblur: the extra speed as shake, so the blur's strength does not depend on the length
-            shake=c.motion(self.task) - c.motion(),
+            extra_shake=max(0.0, c.motion(self.task, self.scale) - base),
+            shake=c.shake,
+            spread=c.motion_spread,
             num_sprites=tuple(c.num_sprites),
         )
 
@@ -330,7 +359,8 @@ class SyntheticDataset:
 
     Options are the fields of :class:`SyntheticConfig` (``height``, ``width``, ``frames``,
     ``train_sequences``, ``val_sequences``, ``test_sequences``, ``blur_frames``, ``exposure``, ``qp``,
-    ``max_motion``, ``blur_motion``, ``num_sprites``, ``cache_size``, ``cache_dir``) plus ``size`` as a
+    ``lq_motion``, ``max_motion``, ``motion_spread``, ``shake``, ``blur_motion``, ``num_sprites``,
+    ``cache_size``, ``cache_dir``) plus ``size`` as a
     shortcut for a square ``height = width``.
     """
 

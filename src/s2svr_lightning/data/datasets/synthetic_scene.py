@@ -37,8 +37,19 @@ TRAIN_PHOTOS = (
     "text",
     "cell",
 )
-HELDOUT_PHOTOS = ("coffee", "chelsea", "coins", "clock", "horse")
-_COLOUR = {"astronaut", "rocket", "hubble_deep_field", "retina", "immunohistochemistry", "coffee", "chelsea"}
+# "motorcycle" is the left view of skimage's stereo pair (500x741, colour): with coffee (400x600) it gives
+# held-out backgrounds large enough for fast 128 px scenes without enlarging (blurring) the photograph.
+HELDOUT_PHOTOS = ("coffee", "chelsea", "motorcycle", "coins", "clock", "horse")
+_COLOUR = {
+    "astronaut",
+    "rocket",
+    "hubble_deep_field",
+    "retina",
+    "immunohistochemistry",
+    "coffee",
+    "chelsea",
+    "motorcycle",
+}
 
 
 @functools.cache
@@ -50,7 +61,7 @@ def load_photo(name: str) -> torch.Tensor:
         raise ValueError(
             f"expected one of the bundled photographs {TRAIN_PHOTOS + HELDOUT_PHOTOS}, got {name!r}"
         )
-    img = np.asarray(getattr(skdata, name)())
+    img = np.asarray(skdata.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skdata, name)())
     if img.dtype == bool:
         img = img.astype(np.uint8) * 255
     if img.ndim == 2:
@@ -77,6 +88,10 @@ def _texture(name: str, factor: float) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------------
 # Motion: smooth similarity paths
+
+# angular frequencies of the translation wiggles (handheld shake, swaying objects), radians per frame:
+# periods of 6 to 20 frames, so one wiggle's excursion is at most 1/0.3 of its speed
+_SHAKE = (0.3, 1.0)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -98,10 +113,22 @@ class _Wave:
     def scaled(self, s: float) -> _Wave:
         return _Wave(self.v * s, tuple(a * s for a in self.a), self.w, self.phi)
 
+    @property
+    def amplitude(self) -> float:
+        """The largest excursion of the wiggles from the drift line."""
+        return float(sum(abs(a) for a in self.a))
+
     @staticmethod
-    def random(rng: np.random.Generator, speed: float, wiggle: float, harmonics: int = 2) -> _Wave:
-        """Drift of ``speed`` per frame plus ``harmonics`` wiggles whose speeds add up to ``wiggle``."""
-        w = tuple(float(x) for x in rng.uniform(0.15, 0.6, harmonics))
+    def random(
+        rng: np.random.Generator,
+        speed: float,
+        wiggle: float,
+        harmonics: int = 2,
+        frequency: tuple[float, float] = (0.15, 0.6),
+    ) -> _Wave:
+        """Drift of ``speed`` per frame plus ``harmonics`` wiggles whose speeds add up to ``wiggle``, of
+        angular ``frequency`` in radians per frame."""
+        w = tuple(float(x) for x in rng.uniform(frequency[0], frequency[1], harmonics))
         share = rng.dirichlet(np.ones(harmonics)) * wiggle
         a = tuple(float(s / wk) for s, wk in zip(share, w))
         phi = tuple(float(x) for x in rng.uniform(0, 2 * math.pi, harmonics))
@@ -211,40 +238,62 @@ class SyntheticScene:
         width: int,
         photos: tuple[str, ...],
         duration: tuple[float, float],
-        max_motion: float,
+        speed: float,
         num_sprites: tuple[int, int] = (1, 3),
-        shake: float = 0.0,
+        shake: float = 0.5,
+        extra_shake: float = 0.0,
+        spread: float = 0.6,
     ) -> SyntheticScene:
         """A scene whose camera stays inside its photograph over times ``duration = (t0, t1)``.
 
-        ``max_motion`` is the largest typical displacement in pixels per frame time. ``shake`` adds that
-        much speed (px per frame) as back-and-forth wiggles of the camera and the sprites: fast motion
-        whose range does not grow with the length of the sequence (a drift that fast would need
-        photographs enlarged far beyond their resolution for long sequences, smoothing what it blurs).
+        Args:
+            speed: the median over scenes of the layers' speed in pixels per frame time; each scene draws
+                its own from a log-normal of sigma ``spread`` around it (the long tail of real footage:
+                most clips move moderately, a few fast).
+            shake: the share of that speed spent as back-and-forth wiggles (handheld shake, periods of
+                6-20 frames) rather than steady drift. Drift needs texture in proportion to the length,
+                shake does not: drift that would need the photograph enlarged (blurred) is turned into
+                shake, so long sequences keep sharp textures.
+            extra_shake: speed added as shake on top (deblur: the motion during the exposure).
         """
-        colour = [p for p in photos if p in _COLOUR] or list(photos)
-        photo = str(rng.choice(colour))
         big = max(height, width)
         diag = math.hypot(height, width)
         span = duration[1] - duration[0]
+        s = speed * math.exp(float(np.clip(rng.normal(0.0, spread), -2.5, 2.5)))
+        share = float(np.clip(shake + rng.uniform(-0.25, 0.25), 0.0, 1.0))
+        direction = rng.uniform(0, 2 * math.pi)
+        waves = [_Wave.random(rng, 0.0, s * share + extra_shake, frequency=_SHAKE) for _ in range(2)]
+        drift = s * (1.0 - share)
+        # the excursion per unit of shake speed: drift moved into shake grows the shake by as much
+        k = max(w.amplitude for w in waves) / max(s * share + extra_shake, 1e-6)
+        fixed = diag * 1.15 + 16.0  # rotation, zoom and the fitting margin
+
+        def need(size_drift: float) -> float:
+            amplitude = k * (s * share + extra_shake + drift - size_drift)
+            return fixed + 2.0 * size_drift * span + 2.0 * amplitude
+
+        # a background photograph large enough for the whole path as shake (never enlarged if any is)
+        colour = [p for p in photos if p in _COLOUR] or list(photos)
+        fits = [p for p in colour if min(load_photo(p).shape[-2:]) >= need(0.0)]
+        photo = str(rng.choice(fits or colour))
         src_h, src_w = load_photo(photo).shape[-2:]
-        # Enough texture for the frame diagonal plus the whole trajectory; shrink large photographs (more
-        # content per frame, sharper texture) but never enlarge beyond that need.
-        need = diag * 1.15 + 2.0 * max_motion * span + 2.0 * shake / 0.15 + 16
-        factor = max(
-            need / min(src_h, src_w), min(1.0, 2.5 * big / min(src_h, src_w)) * rng.uniform(0.6, 1.0)
-        )
+        room = float(min(src_h, src_w))
+        if need(drift) > room:  # the drift that fits, the rest as shake
+            keep = (room - fixed - 2.0 * k * (s * share + extra_shake + drift)) / max(
+                2.0 * span - 2.0 * k, 1e-6
+            )
+            keep = float(np.clip(keep, 0.0, drift))
+            scale = (s * share + extra_shake + drift - keep) / max(s * share + extra_shake, 1e-6)
+            waves = [w.scaled(scale) for w in waves]
+            drift = keep
+        ox = _Wave(drift * math.cos(direction), waves[0].a, waves[0].w, waves[0].phi)
+        oy = _Wave(drift * math.sin(direction), waves[1].a, waves[1].w, waves[1].phi)
+        # shrink large photographs (more content per frame, sharper texture) but never enlarge beyond need
+        factor = max(need(drift) / room, min(1.0, 2.5 * big / room) * rng.uniform(0.6, 1.0))
         factor = _quantize_factor(factor)
         tex_h, tex_w = round(src_h * factor), round(src_w * factor)
         origin = ((width - 1) / 2.0, (height - 1) / 2.0)
 
-        direction = rng.uniform(0, 2 * math.pi)
-        speed = rng.uniform(0.3, 1.0) * max_motion
-        wiggle = rng.uniform(0.0, 0.4) * max_motion + shake
-        ox, oy = (
-            _Wave.random(rng, speed * math.cos(direction), wiggle),
-            _Wave.random(rng, speed * math.sin(direction), wiggle),
-        )
         # about half a degree per frame and half a percent zoom per frame at most
         angle = _Wave.random(rng, rng.uniform(-1, 1) * 0.008, rng.uniform(0, 0.004))
         log_zoom = _Wave.random(rng, rng.uniform(-1, 1) * 0.004, rng.uniform(0, 0.003))
@@ -255,7 +304,8 @@ class SyntheticScene:
         others = [p for p in photos if p != photo] or [photo]
         count = int(rng.integers(num_sprites[0], num_sprites[1] + 1))
         sprites = tuple(
-            _random_sprite(rng, height, width, others, max_motion, big, shake) for _ in range(count)
+            _random_sprite(rng, height, width, others, s, big, span, shake, extra_shake, spread)
+            for _ in range(count)
         )
         return SyntheticScene(height, width, photo, float(factor), path, sprites)
 
@@ -385,7 +435,16 @@ def _fit_camera(
 
 
 def _random_sprite(
-    rng, height: int, width: int, photos: list[str], max_motion: float, big: int, shake: float = 0.0
+    rng,
+    height: int,
+    width: int,
+    photos: list[str],
+    speed: float,
+    big: int,
+    span: float,
+    shake: float,
+    extra_shake: float,
+    spread: float,
 ) -> _Sprite:
     photo = str(rng.choice(photos))
     src_h, src_w = load_photo(photo).shape[-2:]
@@ -402,10 +461,14 @@ def _random_sprite(
 
     start = (float(rng.uniform(0.1, 0.9) * (width - 1)), float(rng.uniform(0.1, 0.9) * (height - 1)))
     direction = rng.uniform(0, 2 * math.pi)
-    speed = rng.uniform(0.3, 1.5) * max_motion
-    wiggle = rng.uniform(0.0, 0.5) * max_motion + shake
-    ox = _Wave.random(rng, speed * math.cos(direction), wiggle)
-    oy = _Wave.random(rng, speed * math.sin(direction), wiggle)
+    # objects move on their own, some slower, some faster than the camera
+    s = speed * rng.uniform(0.5, 1.5) * math.exp(float(np.clip(rng.normal(0.0, 0.5 * spread), -2.0, 2.0)))
+    share = float(np.clip(shake + rng.uniform(-0.25, 0.25), 0.0, 1.0))
+    # a sprite crosses the frame at most once over the sequence: faster drift becomes back-and-forth
+    drift = min(s * (1.0 - share), big / max(span, 1.0))
+    wiggle = s - drift + extra_shake
+    ox = _Wave.random(rng, drift * math.cos(direction), wiggle, frequency=_SHAKE)
+    oy = _Wave.random(rng, drift * math.sin(direction), wiggle, frequency=_SHAKE)
     angle = _Wave.random(rng, rng.uniform(-1, 1) * 0.03, rng.uniform(0, 0.01))
     log_zoom = _Wave.random(rng, rng.uniform(-1, 1) * 0.005, rng.uniform(0, 0.003))
     # the sprite's map goes frame -> sprite texture: zoom < 1 in texture px per frame px enlarges it
