@@ -250,16 +250,17 @@ def _heldout_scores(module, dm) -> tuple[float, float, float]:
 
 @pytest.mark.slow
 def test_teacher_training_on_synthetic_video_aligns_heldout_pairs(tmp_path):
-    """Two hundred CPU steps with the default losses align held-out HQ pairs better than zero flow does.
+    """Two hundred CPU steps with the CPU recipe's losses take the held-out EPE well below zero flow.
 
-    Held-out sequences use other seeds *and* other photographs than training. The network starts at zero
-    flow (Kaiming init, zero flow predictors). What the unsupervised losses minimise, the photometric
-    error of the aligned frames, must fall clearly; the EPE must stay near or below zero flow's (a broken
-    warp or sign gives well over zero flow's). Where the EPE ends after 200 steps is not stable: the run is
-    leaving its first plateau, and the CPU's choice of convolution kernels moves it. Measured, held-out
-    (EPE / zero flow, photometric after / before), seeds 0, 1, 2: 1 thread 0.80 / 0.66, 0.92 / 0.78,
-    1.02 / 0.89; 2 threads 0.85 / 0.67, 1.09 / 0.86, 0.94 / 0.75 (one machine); seed 0 on one thread was
-    0.78, 0.88 and 0.98 on three machines of the same kind.
+    Held-out sequences use other seeds *and* other photographs than training, at the synthetic video's
+    real-footage motion (about 8 HQ px per frame at 64 px). The network starts at zero flow (Kaiming
+    init, zero flow predictors). The losses are the CPU recipe's (conf/recipe/cpu_flow.yaml: ARFlow's
+    multi-scale photometric loss, smoothness weight 10); the paper's single-scale default stays at zero
+    flow this early at this motion. Training is not bit-reproducible across machines (the CPU's
+    convolution kernels differ), so the bounds leave room for the spread measured (held-out EPE / zero
+    flow, photometric after / before): seeds 0-3 on one thread 0.76 / 0.63, 0.71 / 0.65, 0.81 / 0.66,
+    0.66 / 0.60; seeds 0-2 on two threads 0.78 / 0.63, 0.77 / 0.70, 0.71 / 0.69. At the old motion (a
+    third of an LQ px per frame) the EPE ratio of one run moved from 0.78 to 0.98 between machines.
     """
     from s2svr_lightning.data import VideoRestorationDataModule
 
@@ -272,7 +273,12 @@ def test_teacher_training_on_synthetic_video_aligns_heldout_pairs(tmp_path):
     L.seed_everything(0, verbose=False)
     # min_level_size=8: the 1-4 px levels of 64 px frames are skipped (23 % faster, same accuracy)
     teacher = TeacherFlowModule(
-        lr=2e-3, scheduler="cosine", occlusion_warmup_steps=50, flownet_overrides={"min_level_size": 8}
+        lr=2e-3,
+        scheduler="cosine",
+        occlusion_warmup_steps=50,
+        flownet_overrides={"min_level_size": 8},
+        scale_weights=[1.0, 1.0, 1.0, 1.0],
+        w_sm=10.0,
     )
     before = _heldout_scores(teacher, dm)
     teacher.train()
@@ -282,5 +288,5 @@ def test_teacher_training_on_synthetic_video_aligns_heldout_pairs(tmp_path):
     print(f"held-out EPE {before[0]:.3f} -> {after[0]:.3f} (zero flow {after[1]:.3f}, ratio "
           f"{after[0] / after[1]:.3f}); photometric {before[2]:.4f} -> {after[2]:.4f}")  # fmt: skip
     assert before[0] == pytest.approx(after[1], rel=1e-3)  # starts at zero flow
-    assert after[2] < 0.95 * before[2]  # worst seen 0.89
-    assert after[0] < 1.2 * after[1]  # worst seen 1.09
+    assert after[2] < 0.8 * before[2]  # worst seen 0.70
+    assert after[0] < 0.9 * after[1]  # worst seen 0.81
