@@ -23,17 +23,6 @@ TINY = dict(channels=8, num_blocks=1)
 GIB = 2**30
 
 
-def stream(restorer, clip):
-    """Push ``clip (T, 3, h, w)`` frame by frame; returns the stacked outputs and the count per push."""
-    outputs, counts = [], []
-    for frame in clip:
-        ready = restorer.push(frame)
-        counts.append(len(ready))
-        outputs += ready
-    outputs += restorer.flush()
-    return torch.stack(outputs), counts
-
-
 class Translation(torch.nn.Module):
     """Stand-in flow net: the exact flow of a clip that pans ``shift`` px per frame."""
 
@@ -204,13 +193,13 @@ def test_out_of_memory_shrinks_the_tile_and_redoes_the_frame(bidirectional, fail
     torch.manual_seed(0)
     net = s2svr_deblur(flownet=Translation(2), bidirectional_first_layer=bidirectional, **TINY).eval()
     clip = panning_clip(6, 2)
-    untiled, _ = stream(StreamingRestorer(net, chunk=4, chunk_overlap=1), clip)
+    untiled = torch.stack(list(StreamingRestorer(net, chunk=4, chunk_overlap=1).restore(clip)))
     failing = FailingAt(net, width=100, calls={fail_at})
     notes = []
     restorer = StreamingRestorer(
         net, tile="auto", memory=lambda d: 64 * GIB, log=notes.append, chunk=4, chunk_overlap=1
     )
-    got, counts = stream(restorer, clip)
+    got = torch.stack(list(restorer.restore(clip)))
     assert failing.count > 0 and notes == ["out of memory at whole frames: the frame again in tiles of 96"]
     assert got.shape == untiled.shape == (6, 3, 32, 128)  # no frame lost or duplicated
     assert (got - untiled).abs().max() < 1e-5
