@@ -42,7 +42,6 @@ other work, with 2-thread teachers since made single-thread); ``--seeds``,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import statistics
@@ -60,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from s2svr_lightning.atomic import write_json
 from s2svr_lightning.conf import CONF_DIR
 from s2svr_lightning.data import VideoRestorationDataModule
 from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule
@@ -415,9 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(summary, args, time.perf_counter() - start))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        tmp.replace(args.json)
+        write_json(args.json, summary, finite=False)  # atomic: no partial table
     return 0
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import math
 import multiprocessing
@@ -50,6 +49,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from s2svr_lightning.atomic import write_json
 from s2svr_lightning.conf import CONF_DIR
 from s2svr_lightning.data import VideoRestorationDataModule
 from s2svr_lightning.lit import StudentFlowModule, TeacherFlowModule
@@ -380,9 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        tmp.replace(args.json)  # atomic: no partial table
+        write_json(args.json, summary, finite=False)  # atomic: no partial table
     return 0
 
 

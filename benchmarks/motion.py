@@ -23,7 +23,6 @@ Usage: ``python benchmarks/motion.py [--sequences N] [--json PATH]`` (``make ben
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from s2svr_lightning.atomic import write_json
 from s2svr_lightning.conf import CONF_DIR
 from s2svr_lightning.data.datasets.synthetic import SyntheticConfig, SyntheticSource
 from s2svr_lightning.models.warp import flow_warp
@@ -206,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(table, indent=2) + "\n")
-        tmp.replace(args.json)
+        write_json(args.json, table, finite=False)  # atomic: no partial table
     return 0
 
 
