@@ -76,7 +76,7 @@ bench-flow: $(STAMP)
 	$(PY) benchmarks/flow_quality.py
 
 bench-ablation: $(STAMP)
-	$(PY) benchmarks/ablation.py
+	$(PY) benchmarks/ablation.py --json outputs/ablation.json --resume
 
 # how much every synthetic config moves, in LQ px per frame (about 20 s)
 bench-motion: $(STAMP)

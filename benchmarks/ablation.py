@@ -29,19 +29,20 @@ at the old motion, a third of an LQ pixel per frame, the two differed by 0.05 dB
 ``--lq-psnr`` prints instead how hard each synthetic task is: the degraded input against the HQ frames
 (vsr: bicubic x4 upsampling of the LQ) on held-out sequences.
 
-Usage: ``python benchmarks/ablation.py [--seeds 0,1] [--restorer-steps N] [--json PATH]`` (``make
-bench-ablation``). The defaults are the demo's recipe (``+task=demo``: teacher 300 steps at lr 2e-3 and
-students 50 at 1e-3, cosine, 4 clips of 3 frames, PWC-Lite from its 8 px level, multi-scale loss; seven
-restorers of 600 steps at 2e-3, C 32, one layer, one block, the flow net frozen, gradient norm clipped
-at 0.02), seeds 0 and 1, 2 jobs, sized for under 60 minutes on 2 quiet CPU cores (the 400-step, six-
-restorer version took 26.8 min on the machine of the README's older numbers; this one 48 min beside
-other work, with 2-thread teachers since made single-thread); ``--seeds``,
-``--*-steps``, ``--size`` and ``--channels`` scale up.
+Usage: ``python benchmarks/ablation.py [--seeds 0,1,2] [--restorer-steps N] [--json PATH [--resume]]``
+(``make bench-ablation``). The defaults are the demo's recipe (``+task=demo``: teacher 300 steps at lr
+2e-3 and students 50 at 1e-3, cosine, 4 clips of 3 frames, PWC-Lite from its 8 px level, multi-scale
+loss; seven restorers of 600 steps at 2e-3, C 32, one layer, one block, the flow net frozen, gradient
+norm clipped at 0.02), seeds 0, 1 and 2, 2 jobs; the table gives each row's mean, its spread over the
+seeds and every seed's value. ``--json`` is rewritten after every seed and ``--resume`` reuses the seeds
+it holds, so a stopped run goes on where it stopped. ``--seeds``, ``--*-steps``, ``--size`` and
+``--channels`` scale up.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import multiprocessing
 import statistics
@@ -114,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--seeds", default="0,1", help="comma list of seeds")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds (at least 3 for a spread)")
     p.add_argument("--teacher-steps", type=int, default=FLOW_RECIPE["teacher"]["max_steps"])
     p.add_argument("--student-steps", type=int, default=FLOW_RECIPE["student"]["max_steps"])
     p.add_argument("--restorer-steps", type=int, default=600)
@@ -152,8 +153,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only the oracle and zero-flow restorers (no flow stages): does alignment matter at all?",
     )
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write the table here as JSON, rewritten after every seed (a stopped run keeps its seeds)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the seeds already in --json when they were run with the same settings",
+    )
     args = p.parse_args(argv)
+    if args.resume and args.json is None:
+        p.error("--resume reads the seeds done so far from --json PATH: give it")
     if args.size % 4 or args.size < 64:
         p.error(f"--size must be a multiple of 4 and >= 64, got {args.size}")
     if args.frames < max(LENGTHS):
@@ -350,27 +363,62 @@ def run_seed(args: argparse.Namespace, seed: int, log=print) -> dict[str, Any]:
     }
 
 
+GROUPS = ("alignment", "radius", "length")
+# what decides a seed's numbers: a seed of --json is reused by --resume only where these all agree
+_RUN_KEYS = (
+    "pilot", "teacher_steps", "student_steps", "restorer_steps", "flow_freeze", "w_dis", "size", "sequences",
+    "test_sequences", "frames", "clip_frames", "batch_size", "flow_batch_size", "channels", "lr",
+    "teacher_lr", "flow_lr", "clip",
+)  # fmt: skip
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in _RUN_KEYS}
+
+
 def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds of every row, and its spread (the sample standard deviation, 0 for one seed)."""
     out: dict[str, Any] = {}
-    for group in (g for g in ("alignment", "radius", "length") if g in per_seed[0]):  # pilot: alignment
-        out[group] = {k: statistics.fmean(s[group][k] for s in per_seed) for k in per_seed[0][group]}
+    spread: dict[str, Any] = {}
+    groups = [g for g in GROUPS if g in per_seed[0]]  # the pilot has alignment only
+    for group in groups:
+        values = {k: [s[group][k] for s in per_seed] for k in per_seed[0][group]}
+        out[group] = {k: statistics.fmean(v) for k, v in values.items()}
+        spread[group] = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()}
     out["bicubic"] = statistics.fmean(s["bicubic"] for s in per_seed)
+    out["spread"] = spread
     out["per_seed"] = per_seed
     return out
 
 
+def seeds_done(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """With ``--resume``: the seeds ``--json`` holds from a run with these settings (else none)."""
+    if not args.resume or not args.json.is_file():
+        return {}
+    saved = json.loads(args.json.read_text())
+    if saved.get("settings") != run_settings(args):
+        print(f"--resume: {args.json} was written with other settings; every seed runs again", file=sys.stderr)
+        return {}
+    return {int(seed): row for seed, row in zip(saved["seeds"], saved["per_seed"], strict=True)}
+
+
 def render(summary: dict[str, Any], args: argparse.Namespace, seconds: float) -> str:
-    lines = ["| group | row | test PSNR (dB) |", "|---|---|---|"]
+    per_seed = summary["per_seed"]
+    lines = [
+        "| group | row | test PSNR (dB), mean | spread (sd) | per seed |",
+        "|---|---|---|---|---|",
+    ]  # fmt: skip
+
+    def row(label: str, group: str, name: str) -> str:
+        seeds = " / ".join(f"{s[group][name]:.2f}" for s in per_seed)
+        return f"| {label} | {name} | {summary[group][name]:.2f} | {summary['spread'][group][name]:.2f} | {seeds} |"
+
     for group, names in (("alignment", ALIGNMENT), ("radius", [str(r) for r in RADII])):
-        lines += [
-            f"| {group} | {n} | {summary[group][n]:.2f} |" for n in names if n in summary.get(group, {})
-        ]
-    lines += [
-        f"| length (last {SCORED_TAIL} frames) | {n} | {summary['length'][str(n)]:.2f} |"
-        for n in LENGTHS
-        if "length" in summary
-    ]
-    lines.append(f"| baseline | bicubic | {summary['bicubic']:.2f} |")
+        lines += [row(group, group, n) for n in names if n in summary.get(group, {})]
+    if "length" in summary:
+        lines += [row(f"length (last {SCORED_TAIL} frames)", "length", str(n)) for n in LENGTHS]
+    bicubic = " / ".join(f"{s['bicubic']:.2f}" for s in per_seed)
+    lines.append(f"| baseline | bicubic | {summary['bicubic']:.2f} | | {bicubic} |")
     lines.append(
         f"\nx4 VSR on {args.test_sequences} held-out synthetic sequences of {args.frames} frames at "
         f"{args.size}x{args.size}, mean over seeds {args.seeds}. Teacher {args.teacher_steps} steps, "
@@ -408,14 +456,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     run = run_pilot if args.pilot else run_seed
-    per_seed = [
-        run(args, seed, log=lambda m: print(m, file=sys.stderr, flush=True)) for seed in args.seed_list
-    ]
+    done = seeds_done(args)
+    per_seed: list[dict[str, Any]] = []
+    for seed in args.seed_list:
+        if seed in done:
+            print(f"[seed {seed}] from {args.json}", file=sys.stderr)
+            per_seed.append(done[seed])
+        else:
+            per_seed.append(run(args, seed, log=lambda m: print(m, file=sys.stderr, flush=True)))
+        if args.json is not None:  # after every seed, atomically: a stopped run keeps what it finished
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            seeds = args.seed_list[: len(per_seed)]
+            summary = {**mean_over_seeds(per_seed), "seeds": seeds, "settings": run_settings(args)}
+            write_json(args.json, summary, finite=False)
     summary = mean_over_seeds(per_seed)
     print(render(summary, args, time.perf_counter() - start))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.json, summary, finite=False)  # atomic: no partial table
     return 0
 
 

@@ -199,8 +199,17 @@ def test_ablation_writes_every_group_and_row(tmp_path, capsys):
         assert all(math.isfinite(v) and 0 < v < 100 for v in table[group].values())
     assert table["radius"]["1"] == table["alignment"]["student_distilled"]  # one restorer, two rows
     assert "| alignment | zero |" in capsys.readouterr().out
+    assert table["spread"]["alignment"]["zero"] == 0.0 and table["seeds"] == [0]  # one seed: no spread
+    # --resume reuses the finished seed (nothing trains: a changed table would mean it ran again)
+    table["per_seed"][0]["alignment"]["zero"] = 12.5
+    out.write_text(json.dumps(table))
+    assert ablation.main([*argv, "--resume"]) == 0
+    assert "[seed 0] from" in capsys.readouterr().err
+    assert json.loads(out.read_text())["alignment"]["zero"] == 12.5
     with pytest.raises(SystemExit):
         ablation.parse_args(["--frames", "10"])
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--resume"])  # nothing to resume from
 
 
 def test_thread_settings_rows_run_each_setting_in_its_own_process():
