@@ -288,3 +288,33 @@ def test_motion_table_has_every_synthetic_task_and_the_default_moves_like_real_v
     assert "| demo | vsr x4 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         motion.parse_args(["--configs", "demo,nope"])
+
+
+def test_real_footage_scores_every_flow_and_restorer_on_held_out_clips(
+    tmp_path, make_video, moving_photo, capsys
+):
+    import json
+
+    import real_footage
+
+    train = make_video(tmp_path / "pan.mp4", moving_photo(frames=12, height=64, width=96, step=(1, 3)))
+    other = make_video(tmp_path / "other.mp4", moving_photo(frames=6, height=48, width=64, step=(2, 0)))
+    out = tmp_path / "real.json"
+    argv = ["--video", str(train), "--holdout", "5", "--extra-test", str(other), "--crop", "32"]
+    argv += ["--teacher-steps", "2", "--synthetic-teacher-steps", "1", "--student-steps", "1"]
+    argv += ["--restorer-steps", "1", "--channels", "8", "--jobs", "1", "--json", str(out)]
+    assert real_footage.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["flow"]) == {"pan", "other", "seconds_per_pair"}
+    for clip in ("pan", "other"):
+        scores = result["flow"][clip]
+        assert set(real_footage.FLOW_ROWS) <= set(scores)
+        assert all(math.isfinite(scores[row]) and scores[row] >= 0 for row in real_footage.FLOW_ROWS)
+        assert 0 < scores["visible"] <= 1
+        # the camera pans 3 px per frame: TV-L1 aligns the held-out frames far better than no flow
+        assert scores["tvl1"] < 0.5 * scores["zero"] or clip == "other"
+        assert set(result["restorer"][clip]) == set(real_footage.RESTORER_ROWS)
+    assert result["footage"] == {"train/pan": 7, "test/pan": 5, "test/other": 6}
+    assert "| student_distilled |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        real_footage.parse_args(["--video", str(train), "--crop", "30"])
