@@ -72,6 +72,19 @@ def test_groups_select_what_they_say():
     assert _compose("+task=demo", "dataset.root=/x", "dataset=reds").dataset.root == "/x"
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_debug_wins_over_every_task_by_composition(task):
+    cfg = _compose(f"+task={task}", "debug=fast")  # each task file loads the debug group after its values
+    for stage in ("teacher", "student", "restorer"):
+        node = cfg[stage]
+        caps = (node.max_steps, node.val_every_n_steps, node.limit_val_batches, node.data.num_workers)
+        assert caps == (2, 0, 1, 0)
+    assert (cfg.test.limit_batches, cfg.test.data.num_workers, cfg.data.num_workers) == (1, 0, 0)
+    # the command line still wins over the debug file
+    assert _compose(f"+task={task}", "debug=fast", "test.limit_batches=null").test.limit_batches is None
+    assert _compose(f"+task={task}", "debug=anomaly").trainer.detect_anomaly is True
+
+
 def test_task_typo_lists_the_tasks():
     with pytest.raises(MissingConfigException) as err:
         _compose("+task=demoo")

@@ -75,15 +75,6 @@ _FIT_STAGE = dict(
     threads=(int | None, None),  # torch threads of this stage; None: hardware.threads
     trainer=(_Open, field(default_factory=dict)),  # Trainer arguments of this stage only
 )
-_Debug = _typed(
-    "DebugSchema",
-    max_steps=(int | None, None),
-    val_every_n_steps=(int | None, None),
-    limit_val_batches=(Any, None),
-    limit_test_batches=(Any, None),
-    num_workers=(int | None, None),
-    trainer=(_Open, field(default_factory=dict)),
-)
 # open: any other VideoRestorationDataModule option may be added (``+data.mirror=true``)
 _Data = _typed("DataSchema", num_frames=int, crop_size=int | None, batch_size=int, num_workers=int)
 
@@ -125,7 +116,6 @@ Schema = _typed(
         extra=_Open,
     ),
     paths=_typed("PathsSchema", log_dir=str, output_dir=str | None),
-    debug=(_Debug | None, None),
     data=_Data,
     metrics=_typed("MetricsSchema", y_channel=bool, border=int, reduction=str),
     ckpt=_typed("CkptSchema", teacher=str | None, student=str | None, restorer=str | None),

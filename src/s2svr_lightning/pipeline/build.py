@@ -86,12 +86,10 @@ def _instantiate(node: Any, where: str, **kwargs: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------- data
 def build_datamodule(cfg: DictConfig, stage: str | None = None) -> Any:
-    """The ``data`` node's DataModule, with ``<stage>.data`` and ``debug.num_workers`` applied."""
+    """The ``data`` node's DataModule, with ``<stage>.data`` applied."""
     options = dict(to_plain(cfg.data))
     if stage is not None:
         options.update(to_plain(get(cfg, f"{stage}.data", {})) or {})
-    if get(cfg, "debug.num_workers") is not None:
-        options["num_workers"] = int(cfg.debug.num_workers)
     return _instantiate(options, "data")
 
 
@@ -270,17 +268,16 @@ def build_trainer(
 
 def trainer_options(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """The ``trainer`` node, then ``<stage>.trainer`` (one stage's, e.g. the restorer's gradient clipping),
-    then ``debug.trainer``, each winning over the one before."""
+    which wins over it."""
     options = dict(to_plain(cfg.trainer))
     if stage in FIT_STAGES:
         options.update(to_plain(get(cfg, f"{stage}.trainer", {})) or {})
-    options.update(to_plain(get(cfg, "debug.trainer", {})) or {})
     return options
 
 
 # --------------------------------------------------------------------------------------------- checks
 def _check_trainer_options(cfg: DictConfig, stage: str) -> None:
-    """Every key of ``trainer``, ``<stage>.trainer`` and ``debug.trainer`` must be a ``Trainer`` argument."""
+    """Every key of ``trainer`` and ``<stage>.trainer`` must be a ``Trainer`` argument."""
     options = trainer_options(cfg, stage)
     accepted = _accepted_arguments(_target(options, "trainer"))
     unknown = sorted(
@@ -289,7 +286,7 @@ def _check_trainer_options(cfg: DictConfig, stage: str) -> None:
     if unknown:
         where = [
             w
-            for w in ("trainer", f"{stage}.trainer", "debug.trainer")
+            for w in ("trainer", f"{stage}.trainer")
             if set(unknown) & set(get(cfg, w, {}) or {})
         ]
         raise ConfigError(

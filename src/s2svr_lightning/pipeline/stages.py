@@ -126,9 +126,7 @@ def _fit_stage(cfg: DictConfig, stage: str, out: Path, make_module: Any) -> tupl
         return json.loads(metrics_file.read_text()), False
     scfg = cfg[stage]
     max_steps = stage_steps(cfg, stage)
-    val_every = get(cfg, "debug.val_every_n_steps")
-    limit_val = get(cfg, "debug.limit_val_batches")
-    limit_val = get(scfg, "limit_val_batches") if limit_val is None else limit_val
+    limit_val = get(scfg, "limit_val_batches")
     module = make_module()
     record = _LastValidation()
     trainer = build_trainer(
@@ -136,7 +134,7 @@ def _fit_stage(cfg: DictConfig, stage: str, out: Path, make_module: Any) -> tupl
         stage,
         out,
         max_steps=max_steps,
-        val_every_n_steps=int(get(scfg, "val_every_n_steps", 0) if val_every is None else val_every),
+        val_every_n_steps=int(get(scfg, "val_every_n_steps", 0)),
         limit_val_batches=limit_val,
         # the module says whether some parameters get no gradient in some steps (DDP must tolerate it)
         find_unused_parameters=bool(getattr(module, "ddp_find_unused_parameters", False)),
@@ -270,8 +268,7 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
         test_temporal=temporal,
     )
     trainer = build_trainer(cfg, "test", out, extra_callbacks=_test_output_writer(cfg, out))
-    limit = get(cfg, "debug.limit_test_batches")
-    limit = get(cfg, "test.limit_batches") if limit is None else limit
+    limit = get(cfg, "test.limit_batches")
     if limit is not None:
         trainer.limit_test_batches = limit
     datamodule = build_datamodule(cfg, "test")
