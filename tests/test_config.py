@@ -172,6 +172,41 @@ def test_module_option_typo_fails_before_training():
         check_stage_options(cfg)
 
 
+def test_stage_hand_offs_are_declared_in_the_config_and_checked_before_training(tmp_path):
+    from s2svr_lightning.pipeline.build import module_arguments
+
+    def compose(*overrides):
+        return validate_config(_compose("+task=demo", f"paths.output_dir={tmp_path}", *overrides))
+
+    cfg = compose()  # stage=all: each checkpoint is made by the stage before
+    check_stage_options(cfg)
+    assert module_arguments(cfg, "student")["teacher_checkpoint"] == str(
+        tmp_path / "teacher" / "checkpoints" / "final.ckpt"
+    )
+    restorer = module_arguments(cfg, "restorer")
+    assert restorer["flow_init"] == str(tmp_path / "student" / "checkpoints" / "final.ckpt")
+    assert restorer["total_steps"] == cfg.restorer.max_steps
+    with pytest.raises(
+        ConfigError,
+        match=r"^student.module.teacher_checkpoint needs a teacher checkpoint, not found: .*final.ckpt \(the "
+        r"teacher stage of this run folder\). Run stage=teacher first.*ckpt.teacher=PATH, or "
+        r"student.module.teacher_checkpoint=null to go without it$",
+    ):
+        check_stage_options(compose("stage=student"))
+    with pytest.raises(
+        ConfigError, match=r"needs a teacher checkpoint, not found: ckpt.teacher=/nowhere.ckpt"
+    ):
+        check_stage_options(compose("stage=all", "ckpt.teacher=/nowhere.ckpt"))
+    given = tmp_path / "elsewhere.ckpt"
+    given.write_bytes(b"")
+    cfg = compose("stage=student", f"ckpt.teacher={given}")
+    check_stage_options(cfg)
+    assert module_arguments(cfg, "student")["teacher_checkpoint"] == str(given)
+    alone = compose("stage=restorer", "restorer.flow_from_student=false")
+    check_stage_options(alone)
+    assert module_arguments(alone, "restorer")["flow_init"] is None
+
+
 def test_a_stage_trainer_option_reaches_that_stage_only(tmp_path):
     from s2svr_lightning.pipeline.build import build_trainer
 

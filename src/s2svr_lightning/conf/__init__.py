@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-__all__ = ["CONF_DIR", "TASKS", "ConfigError", "check_schema", "schema"]
+__all__ = ["CONF_DIR", "TASKS", "ConfigError", "check_schema", "schema", "stage_checkpoint", "stage_paths"]
 
 CONF_DIR = Path(__file__).resolve().parent
 # the task names are the files of conf/task (a new task is a new file, nothing else to edit)
@@ -43,10 +43,45 @@ def _run_folder(run_name: Any, stamp: Any) -> str:
     return str(run_name) if run_name not in (None, "") else f"runs/{stamp}"
 
 
-if not OmegaConf.has_resolver("s2svr_run_folder"):
-    OmegaConf.register_new_resolver("s2svr_run_folder", _run_folder)
-if not OmegaConf.has_resolver("s2svr_ms"):
-    OmegaConf.register_new_resolver("s2svr_ms", _milliseconds)
+def stage_paths(out: Path, stage: str) -> tuple[Path, Path, Path]:
+    """``last.ckpt``, ``final.ckpt`` (the "finished" marker) and ``metrics.json`` of a stage in the run
+    folder ``out``."""
+    ckpt_dir = out / stage / "checkpoints"
+    return ckpt_dir / "last.ckpt", ckpt_dir / "final.ckpt", out / stage / "metrics.json"
+
+
+def stage_checkpoint(cfg: DictConfig, stage: str, *, needed_by: str, key: str | None = None) -> Path:
+    """The checkpoint that ``stage`` hands on: ``ckpt.<stage>`` when given, else the run folder's
+    ``final.ckpt`` of ``stage``, which must exist unless ``stage`` runs earlier in this run. ``key``: the
+    config key that takes it (the message says it may be null)."""
+    given = OmegaConf.select(cfg, f"ckpt.{stage}")
+    path = Path(given) if given else stage_paths(Path(cfg.paths.output_dir), stage)[1]
+    if path.is_file() or (not given and stage in cfg.stage.run):
+        return path
+    where = f"ckpt.{stage}={given}" if given else f"{path} (the {stage} stage of this run folder)"
+    without = f", or {key}=null to go without it" if key else ""
+    raise ConfigError(
+        f"{needed_by} needs a {stage} checkpoint, not found: {where}. Run stage={stage} first in the same "
+        f"run folder, use stage=all, or pass ckpt.{stage}=PATH{without}"
+    )
+
+
+def _stage_ckpt(stage: str, wanted: Any = True, *, _root_: DictConfig, _node_: Any) -> str | None:
+    """``${stage_ckpt:teacher}``: a stage's hand-off to the next (:func:`stage_checkpoint`), resolved when
+    the next stage's module is built; ``${stage_ckpt:student,false}`` is null."""
+    if not wanted:
+        return None
+    key = _node_._get_full_key(None)
+    return str(stage_checkpoint(_root_, stage, needed_by=key, key=key))
+
+
+for _name, _resolver in (
+    ("s2svr_run_folder", _run_folder),
+    ("s2svr_ms", _milliseconds),
+    ("stage_ckpt", _stage_ckpt),
+):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 # ------------------------------------------------------------------------------------------------ schema
