@@ -5,7 +5,9 @@ debug, hparams_search, recipe) hold every default. This module holds only the *t
 the pipeline reads (dataclasses whose fields have no defaults of their own), so that a wrong type or an
 unknown key is refused right after composition, with one line that names the key, before torch or
 Lightning is imported. Open mappings (``dataset``, ``<stage>.module``, ``logger``, ...) take any keys:
-their targets check them (``pipeline.check_stage_options``).
+their targets check them (``pipeline.check_stage_options``). It also registers the resolvers that the YAML
+files use: the run folder's name (``s2svr_run_folder``, ``s2svr_ms``) and a stage's hand-off to the next
+(``stage_ckpt``, :func:`stage_checkpoint`).
 
 Importing this module is cheap (omegaconf only).
 """
@@ -86,13 +88,11 @@ for _name, _resolver in (
 
 # ------------------------------------------------------------------------------------------------ schema
 def _typed(class_name: str, /, **fields: Any) -> type:
-    """A dataclass of typed fields without defaults (MISSING: the values come from the YAML files); a field
-    given as ``(type, default)`` has that default, a nested schema starts empty."""
+    """A dataclass of typed fields without defaults (MISSING: the values come from the YAML files); a nested
+    schema starts empty."""
     specs = []
     for key, spec in fields.items():
-        if isinstance(spec, tuple):
-            specs.append((key, spec[0], spec[1]))
-        elif is_dataclass(spec):
+        if is_dataclass(spec):
             specs.append((key, spec, field(default_factory=spec)))
         else:
             specs.append((key, spec, MISSING))
@@ -107,8 +107,8 @@ _FIT_STAGE = dict(
     limit_val_batches=Any,
     best=_Best,
     data=_Open,
-    threads=(int | None, None),  # torch threads of this stage; None: hardware.threads
-    trainer=(_Open, field(default_factory=dict)),  # Trainer arguments of this stage only
+    threads=int | None,  # torch threads of this stage; None: hardware.threads
+    trainer=_Open,  # Trainer arguments of this stage only
 )
 # open: any other VideoRestorationDataModule option may be added (``+data.mirror=true``)
 _Data = _typed("DataSchema", num_frames=int, crop_size=int | None, batch_size=int, num_workers=int)
@@ -137,8 +137,8 @@ Schema = _typed(
         precision=str,
         sync_batchnorm=bool,
         matmul_precision=str | None,
-        process_group_backend=(str | None, None),  # only the DDP files name one
-        threads=(int | None, None),  # torch threads per process; None: torch's default (one per core)
+        process_group_backend=str | None,
+        threads=int | None,  # torch threads per process; None: torch's default (one per core)
     ),
     logger=_Open,
     callbacks=_typed(
