@@ -85,6 +85,16 @@ def test_debug_wins_over_every_task_by_composition(task):
     assert _compose(f"+task={task}", "debug=anomaly").trainer.detect_anomaly is True
 
 
+def test_debug_without_a_task_or_with_a_plus_says_how_to_write_it():
+    from s2svr_lightning.__main__ import _check_debug_argument
+
+    _check_debug_argument(["+task=demo", "debug=fast"])  # the way
+    with pytest.raises(SystemExit, match=r"goes with a task: add \+task=<name>"):
+        _check_debug_argument(["debug=fast"])
+    with pytest.raises(SystemExit, match=r"takes no \+"):
+        _check_debug_argument(["+task=demo", "+debug=fast"])
+
+
 def test_task_typo_lists_the_tasks():
     with pytest.raises(MissingConfigException) as err:
         _compose("+task=demoo")
