@@ -72,6 +72,29 @@ def test_groups_select_what_they_say():
     assert _compose("+task=demo", "dataset.root=/x", "dataset=reds").dataset.root == "/x"
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_debug_wins_over_every_task_by_composition(task):
+    cfg = _compose(f"+task={task}", "debug=fast")  # each task file loads the debug group after its values
+    for stage in ("teacher", "student", "restorer"):
+        node = cfg[stage]
+        caps = (node.max_steps, node.val_every_n_steps, node.limit_val_batches, node.data.num_workers)
+        assert caps == (2, 0, 1, 0)
+    assert (cfg.test.limit_batches, cfg.test.data.num_workers, cfg.data.num_workers) == (1, 0, 0)
+    # the command line still wins over the debug file
+    assert _compose(f"+task={task}", "debug=fast", "test.limit_batches=null").test.limit_batches is None
+    assert _compose(f"+task={task}", "debug=anomaly").trainer.detect_anomaly is True
+
+
+def test_debug_without_a_task_or_with_a_plus_says_how_to_write_it():
+    from s2svr_lightning.__main__ import _check_debug_argument
+
+    _check_debug_argument(["+task=demo", "debug=fast"])  # the way
+    with pytest.raises(SystemExit, match=r"goes with a task: add \+task=<name>"):
+        _check_debug_argument(["debug=fast"])
+    with pytest.raises(SystemExit, match=r"takes no \+"):
+        _check_debug_argument(["+task=demo", "+debug=fast"])
+
+
 def test_task_typo_lists_the_tasks():
     with pytest.raises(MissingConfigException) as err:
         _compose("+task=demoo")
@@ -157,6 +180,41 @@ def test_module_option_typo_fails_before_training():
     cfg = _compose("+task=demo", "+teacher.data.crop_size=30")
     with pytest.raises(ConfigError, match="teacher stage's data options"):
         check_stage_options(cfg)
+
+
+def test_stage_hand_offs_are_declared_in_the_config_and_checked_before_training(tmp_path):
+    from s2svr_lightning.pipeline.build import module_arguments
+
+    def compose(*overrides):
+        return validate_config(_compose("+task=demo", f"paths.output_dir={tmp_path}", *overrides))
+
+    cfg = compose()  # stage=all: each checkpoint is made by the stage before
+    check_stage_options(cfg)
+    assert module_arguments(cfg, "student")["teacher_checkpoint"] == str(
+        tmp_path / "teacher" / "checkpoints" / "final.ckpt"
+    )
+    restorer = module_arguments(cfg, "restorer")
+    assert restorer["flow_init"] == str(tmp_path / "student" / "checkpoints" / "final.ckpt")
+    assert restorer["total_steps"] == cfg.restorer.max_steps
+    with pytest.raises(
+        ConfigError,
+        match=r"^student.module.teacher_checkpoint needs a teacher checkpoint, not found: .*final.ckpt \(the "
+        r"teacher stage of this run folder\). Run stage=teacher first.*ckpt.teacher=PATH, or "
+        r"student.module.teacher_checkpoint=null to go without it$",
+    ):
+        check_stage_options(compose("stage=student"))
+    with pytest.raises(
+        ConfigError, match=r"needs a teacher checkpoint, not found: ckpt.teacher=/nowhere.ckpt"
+    ):
+        check_stage_options(compose("stage=all", "ckpt.teacher=/nowhere.ckpt"))
+    given = tmp_path / "elsewhere.ckpt"
+    given.write_bytes(b"")
+    cfg = compose("stage=student", f"ckpt.teacher={given}")
+    check_stage_options(cfg)
+    assert module_arguments(cfg, "student")["teacher_checkpoint"] == str(given)
+    alone = compose("stage=restorer", "restorer.flow_from_student=false")
+    check_stage_options(alone)
+    assert module_arguments(alone, "restorer")["flow_init"] is None
 
 
 def test_a_stage_trainer_option_reaches_that_stage_only(tmp_path):

@@ -66,7 +66,7 @@ def test_a_paired_tree_trains_and_tests_through_the_pipeline(tmp_path, moving_ph
         "stage.run=[restorer,test]",
         "restorer.flow_from_student=false",
         "debug=fast",
-        "debug.limit_test_batches=null",
+        "test.limit_batches=null",
         "data.num_frames=3",
         "data.crop_size=64",  # the network needs LQ frames of 16 px at least
         f"paths.output_dir={out}",

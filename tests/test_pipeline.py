@@ -50,7 +50,7 @@ def test_stage_all_on_a_reds_tree_hands_checkpoints_on_and_skips_when_done(tmp_p
         f"paths.output_dir={out}",
         f"paths.log_dir={tmp_path}",
         "debug=fast",
-        "debug.limit_test_batches=null",  # the test stage scores all of REDS4
+        "test.limit_batches=null",  # the test stage scores all of REDS4
         "data.crop_size=64",
         "data.num_frames=3",
         "student.data.crop_size=64",

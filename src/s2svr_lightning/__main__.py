@@ -40,6 +40,17 @@ def _require_optional_plugins(argv: list[str]) -> None:
         )
 
 
+def _check_debug_argument(argv: list[str]) -> None:
+    """``debug`` is a group of the task files (loaded after the task's own values, so that it wins over
+    them: conf/config.yaml), where Hydra's own errors for ``debug=`` without a task or for ``+debug=``
+    point the wrong way."""
+    keys = {a.split("=", 1)[0] for a in argv if "=" in a}
+    if keys & {"+debug", "++debug"}:
+        sys.exit("error: debug=NAME takes no +: each task file holds the debug group (+task=demo debug=fast)")
+    if "debug" in keys and not keys & {"+task", "++task", "task"}:
+        sys.exit("error: debug=NAME goes with a task: add +task=<name> (e.g. +task=demo debug=fast)")
+
+
 # An absolute config path: Hydra reads it as a folder, whatever module the entry point was called from
 # (a relative path would be looked up as the module `s2svr_lightning.conf` when called as `s2svr-train`).
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -64,6 +75,7 @@ def main() -> None:
         sys.exit(0)
     apply_process_settings()  # before anything imports torch
     _require_optional_plugins(sys.argv[1:])
+    _check_debug_argument(sys.argv[1:])
     _hydra_main()
 
 

@@ -239,6 +239,13 @@ class SequenceMetric(Metric):
             raise ValueError(f"expected {b} keys for a batch of {b} sequences, got {len(keys)}")
         return keys
 
+    def _state(self, name: str) -> torch.Tensor:
+        """A per-frame state as one tensor (a list of batch tensors until a sync concatenates it)."""
+        value = getattr(self, name)
+        if isinstance(value, list):
+            return torch.cat(value) if value else torch.empty(0, device=self.device)
+        return value
+
     def _all_names(self) -> dict[int, str]:
         """The sequence names of every rank (under DDP every rank must call it)."""
         names = dict(self._names)
@@ -349,14 +356,8 @@ class VideoMetrics(SequenceMetric):
 
     def _frames(self) -> dict[str, torch.Tensor]:
         """The synced per-frame states, duplicates (same sequence and frame index) removed."""
-
-        def cat(x):
-            if isinstance(x, list):
-                return torch.cat(x) if x else torch.empty(0, device=self.device)
-            return x
-
         names = ("seq_ids", "frame_ids", "psnr", "ssim", "base_psnr", "base_ssim")
-        states = {n: cat(getattr(self, n)) for n in names}
+        states = {n: self._state(n) for n in names}
         if states["seq_ids"].numel() == 0:
             raise ValueError("expected at least one scored frame, got none: was update() called?")
         known = states["frame_ids"] >= 0

@@ -332,18 +332,12 @@ class TemporalMetrics(SequenceMetric):
     def _rows(self, sync: bool = True) -> list[tuple[str, int, float, float]]:
         """``(sequence, frame, warp_error, tof)`` per scored frame over all ranks, once each, sorted
         (``sync=False``: the states are synced already, as inside :meth:`compute`)."""
-
-        def cat(x: Any) -> torch.Tensor:
-            if isinstance(x, list):
-                return torch.cat(x).cpu() if x else torch.empty(0)
-            return x.cpu()
-
         states = ("seq_ids", "frame_ids", "warp_error", "tof")
         if sync:
             with self.sync_context():  # no-op outside DDP
-                s = {n: cat(getattr(self, n)) for n in states}
+                s = {n: self._state(n).cpu() for n in states}
         else:
-            s = {n: cat(getattr(self, n)) for n in states}
+            s = {n: self._state(n).cpu() for n in states}
         names = self._all_names()
         rows: dict[tuple[str, int], tuple[str, int, float, float]] = {}
         for sid, f, w, o in zip(

@@ -5,7 +5,9 @@ debug, hparams_search, recipe) hold every default. This module holds only the *t
 the pipeline reads (dataclasses whose fields have no defaults of their own), so that a wrong type or an
 unknown key is refused right after composition, with one line that names the key, before torch or
 Lightning is imported. Open mappings (``dataset``, ``<stage>.module``, ``logger``, ...) take any keys:
-their targets check them (``pipeline.check_stage_options``).
+their targets check them (``pipeline.check_stage_options``). It also registers the resolvers that the YAML
+files use: the run folder's name (``s2svr_run_folder``, ``s2svr_ms``) and a stage's hand-off to the next
+(``stage_ckpt``, :func:`stage_checkpoint`).
 
 Importing this module is cheap (omegaconf only).
 """
@@ -20,7 +22,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-__all__ = ["CONF_DIR", "TASKS", "ConfigError", "check_schema", "schema"]
+__all__ = ["CONF_DIR", "TASKS", "ConfigError", "check_schema", "schema", "stage_checkpoint", "stage_paths"]
 
 CONF_DIR = Path(__file__).resolve().parent
 # the task names are the files of conf/task (a new task is a new file, nothing else to edit)
@@ -43,21 +45,54 @@ def _run_folder(run_name: Any, stamp: Any) -> str:
     return str(run_name) if run_name not in (None, "") else f"runs/{stamp}"
 
 
-if not OmegaConf.has_resolver("s2svr_run_folder"):
-    OmegaConf.register_new_resolver("s2svr_run_folder", _run_folder)
-if not OmegaConf.has_resolver("s2svr_ms"):
-    OmegaConf.register_new_resolver("s2svr_ms", _milliseconds)
+def stage_paths(out: Path, stage: str) -> tuple[Path, Path, Path]:
+    """``last.ckpt``, ``final.ckpt`` (the "finished" marker) and ``metrics.json`` of a stage in the run
+    folder ``out``."""
+    ckpt_dir = out / stage / "checkpoints"
+    return ckpt_dir / "last.ckpt", ckpt_dir / "final.ckpt", out / stage / "metrics.json"
+
+
+def stage_checkpoint(cfg: DictConfig, stage: str, *, needed_by: str, key: str | None = None) -> Path:
+    """The checkpoint that ``stage`` hands on: ``ckpt.<stage>`` when given, else the run folder's
+    ``final.ckpt`` of ``stage``, which must exist unless ``stage`` runs earlier in this run. ``key``: the
+    config key that takes it (the message says it may be null)."""
+    given = OmegaConf.select(cfg, f"ckpt.{stage}")
+    path = Path(given) if given else stage_paths(Path(cfg.paths.output_dir), stage)[1]
+    if path.is_file() or (not given and stage in cfg.stage.run):
+        return path
+    where = f"ckpt.{stage}={given}" if given else f"{path} (the {stage} stage of this run folder)"
+    without = f", or {key}=null to go without it" if key else ""
+    raise ConfigError(
+        f"{needed_by} needs a {stage} checkpoint, not found: {where}. Run stage={stage} first in the same "
+        f"run folder, use stage=all, or pass ckpt.{stage}=PATH{without}"
+    )
+
+
+def _stage_ckpt(stage: str, wanted: Any = True, *, _root_: DictConfig, _node_: Any) -> str | None:
+    """``${stage_ckpt:teacher}``: a stage's hand-off to the next (:func:`stage_checkpoint`), resolved when
+    the next stage's module is built; ``${stage_ckpt:student,false}`` is null."""
+    if not wanted:
+        return None
+    key = _node_._get_full_key(None)
+    return str(stage_checkpoint(_root_, stage, needed_by=key, key=key))
+
+
+for _name, _resolver in (
+    ("s2svr_run_folder", _run_folder),
+    ("s2svr_ms", _milliseconds),
+    ("stage_ckpt", _stage_ckpt),
+):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 # ------------------------------------------------------------------------------------------------ schema
 def _typed(class_name: str, /, **fields: Any) -> type:
-    """A dataclass of typed fields without defaults (MISSING: the values come from the YAML files); a field
-    given as ``(type, default)`` has that default, a nested schema starts empty."""
+    """A dataclass of typed fields without defaults (MISSING: the values come from the YAML files); a nested
+    schema starts empty."""
     specs = []
     for key, spec in fields.items():
-        if isinstance(spec, tuple):
-            specs.append((key, spec[0], spec[1]))
-        elif is_dataclass(spec):
+        if is_dataclass(spec):
             specs.append((key, spec, field(default_factory=spec)))
         else:
             specs.append((key, spec, MISSING))
@@ -72,17 +107,8 @@ _FIT_STAGE = dict(
     limit_val_batches=Any,
     best=_Best,
     data=_Open,
-    threads=(int | None, None),  # torch threads of this stage; None: hardware.threads
-    trainer=(_Open, field(default_factory=dict)),  # Trainer arguments of this stage only
-)
-_Debug = _typed(
-    "DebugSchema",
-    max_steps=(int | None, None),
-    val_every_n_steps=(int | None, None),
-    limit_val_batches=(Any, None),
-    limit_test_batches=(Any, None),
-    num_workers=(int | None, None),
-    trainer=(_Open, field(default_factory=dict)),
+    threads=int | None,  # torch threads of this stage; None: hardware.threads
+    trainer=_Open,  # Trainer arguments of this stage only
 )
 # open: any other VideoRestorationDataModule option may be added (``+data.mirror=true``)
 _Data = _typed("DataSchema", num_frames=int, crop_size=int | None, batch_size=int, num_workers=int)
@@ -111,8 +137,8 @@ Schema = _typed(
         precision=str,
         sync_batchnorm=bool,
         matmul_precision=str | None,
-        process_group_backend=(str | None, None),  # only the DDP files name one
-        threads=(int | None, None),  # torch threads per process; None: torch's default (one per core)
+        process_group_backend=str | None,
+        threads=int | None,  # torch threads per process; None: torch's default (one per core)
     ),
     logger=_Open,
     callbacks=_typed(
@@ -125,7 +151,6 @@ Schema = _typed(
         extra=_Open,
     ),
     paths=_typed("PathsSchema", log_dir=str, output_dir=str | None),
-    debug=(_Debug | None, None),
     data=_Data,
     metrics=_typed("MetricsSchema", y_channel=bool, border=int, reduction=str),
     ckpt=_typed("CkptSchema", teacher=str | None, student=str | None, restorer=str | None),

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..task import TASK_KINDS
 from ..utils import to_plain
-from .datasets import DEFAULT_TASK, EvalSequenceDataset, SequenceSource, TrainClipDataset, build_dataset
+from .datasets import EvalSequenceDataset, SequenceSource, TrainClipDataset, build_dataset
 from .datasets.base import VERIFY_LEVELS
 from .datasets.clips import Augmentation
 
@@ -179,9 +179,6 @@ class VideoRestorationDataModule(L.LightningDataModule):
                 raise ValueError(
                     f"expected {name}_chunk >= 1 and 0 <= {name}_overlap < {name}_chunk, got {value}"
                 )
-        expected = DEFAULT_TASK.get(dataset["name"])
-        if expected is not None and expected != task:
-            raise ValueError(f"the {dataset['name']} dataset is a {expected} benchmark, got task={task!r}")
         self.save_hyperparameters()
         self.dataset_options = dataset
         self.task, self.scale, self.seed, self.verify = task, scale, int(seed), verify

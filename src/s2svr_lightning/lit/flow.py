@@ -7,6 +7,7 @@ against ground-truth flow.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,9 @@ __all__ = [
     "check_flow_compatible",
     "consecutive_pairs",
 ]
+
+# the arguments of Eq. 14 and their defaults: one home, the loss (the flow modules take them too)
+_LOSS = inspect.signature(UnsupervisedFlowLoss).parameters
 
 
 def check_flow_compatible(
@@ -78,6 +82,7 @@ class FlowModuleBase(L.LightningModule):
         scheduler: None (constant lr, the paper and ARFlow) or ``"cosine"`` (to ``min_lr`` over the
             trainer's total steps).
         min_lr: final lr of the cosine schedule.
+        w_ph ... scale_weights: Eq. 14's options, passed on to ``UnsupervisedFlowLoss`` with its defaults.
         w_ph, w_sm: weights of Eq. 14, l1 photometric and smoothness (the paper: 0.15 and 50).
         w_ssim, w_census: ARFlow's SSIM and census photometric terms; the paper's weights are ARFlow's,
             whose l1 weight 0.15 comes with SSIM 0.85 (see ``UnsupervisedFlowLoss``).
@@ -109,18 +114,18 @@ class FlowModuleBase(L.LightningModule):
         weight_decay: float = 0.0,
         scheduler: str | None = None,
         min_lr: float = 1e-7,
-        w_ph: float = 0.15,
-        w_sm: float = 50.0,
-        w_ssim: float = 0.85,
-        w_census: float = 0.0,
-        edge_alpha: float = 10.0,
-        smooth_normalize: bool = True,
+        w_ph: float = _LOSS["w_ph"].default,
+        w_sm: float = _LOSS["w_sm"].default,
+        w_ssim: float = _LOSS["w_ssim"].default,
+        w_census: float = _LOSS["w_census"].default,
+        edge_alpha: float = _LOSS["edge_alpha"].default,
+        smooth_normalize: bool = _LOSS["smooth_normalize"].default,
         occlusion: bool = True,
         occlusion_warmup_steps: int = 1000,
-        occlusion_alpha1: float = 0.01,
-        occlusion_alpha2: float = 0.5,
-        occlusion_min_visible: float = 0.2,
-        scale_weights: Sequence[float] = (1.0,),
+        occlusion_alpha1: float = _LOSS["occlusion_alpha1"].default,
+        occlusion_alpha2: float = _LOSS["occlusion_alpha2"].default,
+        occlusion_min_visible: float = _LOSS["min_visible"].default,
+        scale_weights: Sequence[float] = _LOSS["scale_weights"].default,
         val_chunk_pairs: int = 8,
         val_log_images: int = 1,
     ) -> None:
@@ -139,18 +144,9 @@ class FlowModuleBase(L.LightningModule):
         self.flownet = init_flownet_(
             FlowSpec.create(flownet, self.hparams.flownet_overrides).build(), flownet_init
         )
-        self.criterion = UnsupervisedFlowLoss(
-            w_ph=w_ph,
-            w_sm=w_sm,
-            w_ssim=w_ssim,
-            w_census=w_census,
-            edge_alpha=edge_alpha,
-            smooth_normalize=smooth_normalize,
-            occlusion_alpha1=occlusion_alpha1,
-            occlusion_alpha2=occlusion_alpha2,
-            min_visible=occlusion_min_visible,
-            scale_weights=tuple(scale_weights),
-        )
+        # Eq. 14's options are the loss's own arguments, passed on by name (one renamed here)
+        shared = {name: self.hparams[name] for name in _LOSS if name in self.hparams}
+        self.criterion = UnsupervisedFlowLoss(**shared, min_visible=occlusion_min_visible)
 
     # ---------------------------------------------------------------- inference
     def forward(self, im1: torch.Tensor, im2: torch.Tensor) -> torch.Tensor:

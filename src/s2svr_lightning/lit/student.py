@@ -40,7 +40,7 @@ class StudentFlowModule(FlowModuleBase):
 
     Args:
         teacher_checkpoint: path of the teacher stage's checkpoint (``s2svr_kind == "teacher"``, same
-            flow network). Required when ``w_dis > 0`` or ``init_from_teacher``.
+            flow network). Required when ``w_dis > 0`` or ``init_from_teacher``, not read otherwise.
         w_dis: weight of Eq. 16 (the paper: 0.1); 0 trains the student without distillation.
         init_from_teacher: start the student from the teacher's weights (False: from scratch).
         flow_input: the flow-input rule: ``"hq"`` (the LQ pair upsampled x ``scale``), ``"native"``, or
@@ -77,6 +77,8 @@ class StudentFlowModule(FlowModuleBase):
                 f"init_from_teacher={init_from_teacher}, got None; pass w_dis=0, init_from_teacher=False "
                 "to train a student without a teacher"
             )
+        if w_dis == 0 and not init_from_teacher:
+            teacher_checkpoint = None  # no teacher to read (the config hands the teacher stage's on anyway)
         if teacher_checkpoint is not None:
             teacher_checkpoint = str(teacher_checkpoint)  # saved in the hparams: a plain str, not a Path
         super().__init__(**kwargs)

@@ -1,7 +1,10 @@
 """The training pipeline: teacher flow -> student flow -> restorer -> test, from one Hydra config.
 
 ``run(cfg)`` runs the stages listed in ``cfg.stage.run`` in order, each with its own Trainer under
-``<run>/<stage>/``, and hands each checkpoint to the next stage:
+``<run>/<stage>/``. What a stage takes from an earlier one is declared in the config:
+``student.module.teacher_checkpoint: ${stage_ckpt:teacher}`` and
+``restorer.module.flow_init: ${stage_ckpt:student,...}`` resolve to ``ckpt.<stage>`` when given, else to
+that stage's ``final.ckpt`` in the run folder (checked before the first stage trains):
 
 - ``teacher``: ``teacher.module`` (:class:`~s2svr_lightning.lit.TeacherFlowModule`) on HQ frames;
 - ``student``: ``student.module`` (:class:`~s2svr_lightning.lit.StudentFlowModule`) on LQ frames,
@@ -23,7 +26,8 @@ the wall time under ``"timings"``; ``run`` returns the value named by ``cfg.opti
 ``test.psnr``) for Hydra sweepers.
 
 Where things are: :mod:`.build` makes the objects of the config (DataModule, LightningModules,
-callbacks, Trainer), :mod:`.loggers` the loggers, :mod:`.stages` runs each stage.
+callbacks, Trainer), :mod:`.loggers` the loggers, :mod:`.stages` runs each stage (one runner for the
+three training stages, one for test, one for predict).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from s2svr_lightning.atomic import write_json
 from s2svr_lightning.checkpoint import peek
-from s2svr_lightning.conf import TASKS, ConfigError, check_schema
+from s2svr_lightning.conf import TASKS, ConfigError, check_schema, stage_paths
 from s2svr_lightning.console import STAGE_PURPOSE, quiet_third_party
 from s2svr_lightning.models.s2svr import CHECKPOINTING
 from s2svr_lightning.pipeline.build import (
@@ -55,7 +59,7 @@ from s2svr_lightning.pipeline.build import (
 )
 from s2svr_lightning.pipeline.common import get, is_global_zero, log_message, read_results, stage_steps
 from s2svr_lightning.pipeline.loggers import logger_nodes
-from s2svr_lightning.pipeline.stages import RUNNERS, check_predict, stage_paths
+from s2svr_lightning.pipeline.stages import RUNNERS, check_predict
 from s2svr_lightning.task import Task
 
 __all__ = [

@@ -19,6 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from s2svr_lightning.conf import ConfigError
 from s2svr_lightning.lit.callbacks import (
@@ -40,17 +41,11 @@ __all__ = [
     "build_trainer",
     "check_stage_options",
     "module_class",
-    "module_option",
+    "module_arguments",
     "resolve_strategy",
 ]
 
 FIT_STAGES = ("teacher", "student", "restorer")
-# module arguments that the pipeline passes itself (the previous stage's checkpoint, the schedule length)
-SET_BY_PIPELINE = {
-    "teacher": (),
-    "student": ("teacher_checkpoint",),
-    "restorer": ("flow_init", "total_steps"),
-}
 
 
 def for_stage(cfg: DictConfig, stage: str, out: Path) -> DictConfig:
@@ -86,12 +81,10 @@ def _instantiate(node: Any, where: str, **kwargs: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------- data
 def build_datamodule(cfg: DictConfig, stage: str | None = None) -> Any:
-    """The ``data`` node's DataModule, with ``<stage>.data`` and ``debug.num_workers`` applied."""
+    """The ``data`` node's DataModule, with ``<stage>.data`` applied."""
     options = dict(to_plain(cfg.data))
     if stage is not None:
         options.update(to_plain(get(cfg, f"{stage}.data", {})) or {})
-    if get(cfg, "debug.num_workers") is not None:
-        options["num_workers"] = int(cfg.debug.num_workers)
     return _instantiate(options, "data")
 
 
@@ -116,23 +109,21 @@ def _accepted_arguments(cls: type) -> set[str] | None:
     return None
 
 
-def module_option(cfg: DictConfig, stage: str, name: str) -> Any:
-    """``<stage>.module.<name>``, or the default of that argument in the module's signature."""
-    value = cfg[stage].module.get(name)
-    if value is not None:
-        return value
-    for klass in module_class(cfg, stage).__mro__:
-        param = inspect.signature(klass.__init__).parameters.get(name) if "__init__" in vars(klass) else None
-        if param is not None and param.default is not param.empty:
-            return param.default
-    return None
+def module_arguments(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """``<stage>.module``, resolved: a hand-off (``${stage_ckpt:...}``) whose checkpoint is missing raises
+    its :class:`ConfigError` (OmegaConf wraps what a resolver raises)."""
+    try:
+        return to_plain(cfg[stage].module)
+    except InterpolationResolutionError as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        raise (cause or ConfigError(f"{stage}.module: {err}")) from None
 
 
-def build_module(cfg: DictConfig, stage: str, **pipeline_kwargs: Any) -> L.LightningModule:
-    """``<stage>.module``, instantiated; ``pipeline_kwargs`` fill only the arguments it leaves unset."""
-    node = cfg[stage].module
-    kwargs = {k: v for k, v in pipeline_kwargs.items() if node.get(k) is None}
-    return _instantiate(node, f"{stage}.module", **kwargs)
+def build_module(cfg: DictConfig, stage: str) -> L.LightningModule:
+    """``<stage>.module``, instantiated (its inputs from earlier stages are interpolations in the config)."""
+    return _instantiate(module_arguments(cfg, stage), f"{stage}.module")
 
 
 # --------------------------------------------------------------------------------------------- callbacks
@@ -270,28 +261,23 @@ def build_trainer(
 
 def trainer_options(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """The ``trainer`` node, then ``<stage>.trainer`` (one stage's, e.g. the restorer's gradient clipping),
-    then ``debug.trainer``, each winning over the one before."""
+    which wins over it."""
     options = dict(to_plain(cfg.trainer))
     if stage in FIT_STAGES:
         options.update(to_plain(get(cfg, f"{stage}.trainer", {})) or {})
-    options.update(to_plain(get(cfg, "debug.trainer", {})) or {})
     return options
 
 
 # --------------------------------------------------------------------------------------------- checks
 def _check_trainer_options(cfg: DictConfig, stage: str) -> None:
-    """Every key of ``trainer``, ``<stage>.trainer`` and ``debug.trainer`` must be a ``Trainer`` argument."""
+    """Every key of ``trainer`` and ``<stage>.trainer`` must be a ``Trainer`` argument."""
     options = trainer_options(cfg, stage)
     accepted = _accepted_arguments(_target(options, "trainer"))
     unknown = sorted(
         k for k in options if not str(k).startswith("_") and accepted is not None and k not in accepted
     )
     if unknown:
-        where = [
-            w
-            for w in ("trainer", f"{stage}.trainer", "debug.trainer")
-            if set(unknown) & set(get(cfg, w, {}) or {})
-        ]
+        where = [w for w in ("trainer", f"{stage}.trainer") if set(unknown) & set(get(cfg, w, {}) or {})]
         raise ConfigError(
             f"{' / '.join(where) or 'trainer'} has unknown option(s) {unknown}: not arguments of "
             f"{options['_target_']} (see its documentation for the accepted names)"
@@ -300,7 +286,8 @@ def _check_trainer_options(cfg: DictConfig, stage: str) -> None:
 
 def check_stage_options(cfg: DictConfig) -> None:
     """Every ``<stage>.module`` key must be an argument of its ``_target_``, every stage's DataModule
-    options must build and every callback must build: a typo fails here, before the first stage trains."""
+    options must build, every callback must build and every stage's input checkpoint must be there: a typo
+    or a missing checkpoint fails here, before the first stage trains."""
     stages = list(cfg.stage.run)
     for stage in FIT_STAGES:
         if stage not in stages:
@@ -311,8 +298,7 @@ def check_stage_options(cfg: DictConfig) -> None:
         unknown = sorted(given - accepted) if accepted is not None else []
         if unknown:
             raise ConfigError(
-                f"{stage}.module has unknown option(s) {unknown}; {cls.__name__} accepts "
-                f"{sorted(accepted - set(SET_BY_PIPELINE[stage]))}"
+                f"{stage}.module has unknown option(s) {unknown}; {cls.__name__} accepts {sorted(accepted)}"
             )
         _extra_callbacks(cfg, stage)
         _check_trainer_options(cfg, stage)
@@ -327,6 +313,9 @@ def check_stage_options(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"the {stage} stage's data options do not work: {err} (see data and {stage}.data)"
             ) from err
+    for stage in FIT_STAGES:
+        if stage in stages:  # the hand-offs: each checkpoint exists, or an earlier stage of this run makes it
+            module_arguments(cfg, stage)
 
 
 _DDP_START = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}

@@ -53,7 +53,5 @@ def read_results(output_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def stage_steps(cfg: DictConfig, stage: str) -> int:
-    """``<stage>.max_steps``, capped by ``debug.max_steps`` (``debug=fast`` wins whatever the merge order)."""
-    steps = int(get(cfg, f"{stage}.max_steps", 0))
-    cap = get(cfg, "debug.max_steps")
-    return min(steps, int(cap)) if cap is not None else steps
+    """``<stage>.max_steps`` (``debug=fast`` sets it by composition: each task file loads debug last)."""
+    return int(get(cfg, f"{stage}.max_steps", 0))

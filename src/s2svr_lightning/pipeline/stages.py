@@ -9,6 +9,7 @@ skipped and its metrics reused.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 from pathlib import Path
@@ -22,39 +23,21 @@ from omegaconf import DictConfig
 
 from s2svr_lightning.atomic import write_json
 from s2svr_lightning.checkpoint import peek
-from s2svr_lightning.conf import ConfigError
+from s2svr_lightning.conf import ConfigError, stage_checkpoint, stage_paths
 from s2svr_lightning.pipeline.build import (
+    FIT_STAGES,
     build_datamodule,
     build_module,
     build_trainer,
     module_class,
-    module_option,
 )
 from s2svr_lightning.pipeline.common import get, is_global_zero, log_message, stage_steps
 from s2svr_lightning.pipeline.loggers import log_table
 from s2svr_lightning.utils import to_plain
 
-__all__ = ["RUNNERS", "stage_paths", "choose_test_checkpoint"]
+__all__ = ["RUNNERS", "choose_test_checkpoint", "fit_stage", "stage_paths"]
 
 CHECKPOINT_CHOICES = ("best", "last", "final")
-
-
-def stage_paths(out: Path, stage: str) -> tuple[Path, Path, Path]:
-    """``last.ckpt``, ``final.ckpt`` and ``metrics.json`` of a stage."""
-    ckpt_dir = out / stage / "checkpoints"
-    return ckpt_dir / "last.ckpt", ckpt_dir / "final.ckpt", out / stage / "metrics.json"
-
-
-def _input_checkpoint(cfg: DictConfig, out: Path, stage: str, needed_by: str) -> Path:
-    given = get(cfg, f"ckpt.{stage}")
-    path = Path(given) if given else stage_paths(out, stage)[1]
-    if not path.is_file():
-        where = f"ckpt.{stage}={given}" if given else f"{path} (the {stage} stage of this run folder)"
-        raise ConfigError(
-            f"the {needed_by} stage needs a {stage} checkpoint, not found: {where}. Run stage={stage} "
-            f"first in the same run folder, use stage=all, or pass ckpt.{stage}=PATH"
-        )
-    return path
 
 
 class _LastValidation(Callback):
@@ -118,25 +101,27 @@ def _best_record(trainer: L.Trainer, stage: str, cfg: DictConfig) -> dict[str, A
     }
 
 
-def _fit_stage(cfg: DictConfig, stage: str, out: Path, make_module: Any) -> tuple[dict[str, Any], bool]:
-    """Fit (or resume, or skip) one training stage: its final validation metrics, and whether it ran."""
+def fit_stage(cfg: DictConfig, out: Path, *, stage: str) -> tuple[dict[str, Any], bool]:
+    """Fit (or resume, or skip) one training stage: its final validation metrics, and whether it ran.
+
+    The stage's module is ``<stage>.module`` as the config has it: what it takes from an earlier stage
+    (the teacher's checkpoint, the student's) is an interpolation there (``${stage_ckpt:teacher}``).
+    """
     last, final, metrics_file = stage_paths(out, stage)
     if final.is_file() and metrics_file.is_file():
         log_message(f"[{stage}] finished earlier: {final} (skipped)")
         return json.loads(metrics_file.read_text()), False
     scfg = cfg[stage]
     max_steps = stage_steps(cfg, stage)
-    val_every = get(cfg, "debug.val_every_n_steps")
-    limit_val = get(cfg, "debug.limit_val_batches")
-    limit_val = get(scfg, "limit_val_batches") if limit_val is None else limit_val
-    module = make_module()
+    limit_val = get(scfg, "limit_val_batches")
+    module = build_module(cfg, stage)
     record = _LastValidation()
     trainer = build_trainer(
         cfg,
         stage,
         out,
         max_steps=max_steps,
-        val_every_n_steps=int(get(scfg, "val_every_n_steps", 0) if val_every is None else val_every),
+        val_every_n_steps=int(get(scfg, "val_every_n_steps", 0)),
         limit_val_batches=limit_val,
         # the module says whether some parameters get no gradient in some steps (DDP must tolerate it)
         find_unused_parameters=bool(getattr(module, "ddp_find_unused_parameters", False)),
@@ -178,25 +163,6 @@ def _fit_stage(cfg: DictConfig, stage: str, out: Path, make_module: Any) -> tupl
     return metrics, True
 
 
-def run_teacher(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
-    return _fit_stage(cfg, "teacher", out, lambda: build_module(cfg, "teacher"))
-
-
-def run_student(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
-    kwargs = {}
-    # a student that distils from the teacher or starts from it needs the teacher stage's checkpoint
-    if module_option(cfg, "student", "w_dis") > 0 or module_option(cfg, "student", "init_from_teacher"):
-        kwargs["teacher_checkpoint"] = str(_input_checkpoint(cfg, out, "teacher", "student"))
-    return _fit_stage(cfg, "student", out, lambda: build_module(cfg, "student", **kwargs))
-
-
-def run_restorer(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
-    kwargs: dict[str, Any] = {"total_steps": stage_steps(cfg, "restorer")}
-    if bool(cfg.restorer.flow_from_student):
-        kwargs["flow_init"] = str(_input_checkpoint(cfg, out, "student", "restorer"))
-    return _fit_stage(cfg, "restorer", out, lambda: build_module(cfg, "restorer", **kwargs))
-
-
 def choose_test_checkpoint(cfg: DictConfig, out: Path) -> tuple[Path, str, float | None]:
     """The restorer checkpoint that the test stage scores: ``ckpt.restorer`` when given, else the
     restorer stage's best (``test.ckpt=best``, falling back to final when none was scored), last or final.
@@ -204,7 +170,7 @@ def choose_test_checkpoint(cfg: DictConfig, out: Path) -> tuple[Path, str, float
     Returns ``(path, choice, score)``; ``score`` is the best checkpoint's ``restorer.best.monitor``.
     """
     if get(cfg, "ckpt.restorer"):
-        return _input_checkpoint(cfg, out, "restorer", "test"), "given", None
+        return stage_checkpoint(cfg, "restorer", needed_by="the test stage"), "given", None
     choice = str(cfg.test.ckpt)
     if choice not in CHECKPOINT_CHOICES:
         raise ConfigError(f"test.ckpt must be one of {', '.join(CHECKPOINT_CHOICES)}, got {choice!r}")
@@ -270,8 +236,7 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
         test_temporal=temporal,
     )
     trainer = build_trainer(cfg, "test", out, extra_callbacks=_test_output_writer(cfg, out))
-    limit = get(cfg, "debug.limit_test_batches")
-    limit = get(cfg, "test.limit_batches") if limit is None else limit
+    limit = get(cfg, "test.limit_batches")
     if limit is not None:
         trainer.limit_test_batches = limit
     datamodule = build_datamodule(cfg, "test")
@@ -345,10 +310,9 @@ def run_predict(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     return {**metrics, "frames": summary.frames, "seconds": round(summary.seconds, 1)}, True
 
 
+# stage -> runner(cfg, out): one runner for every training stage
 RUNNERS = {
-    "teacher": run_teacher,
-    "student": run_student,
-    "restorer": run_restorer,
+    **{stage: functools.partial(fit_stage, stage=stage) for stage in FIT_STAGES},
     "test": run_test,
     "predict": run_predict,
 }

@@ -11,12 +11,12 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from ...task import TASK_KINDS
 from .base import DatasetEntry, DegradedSource, FrameStore, PairedSource, SequenceSource
 from .clips import EvalSequenceDataset, TrainClipDataset, chunk_windows
 
 __all__ = [
     "DATASETS",
-    "DEFAULT_TASK",
     "build_dataset",
     "DatasetEntry",
     "SequenceSource",
@@ -28,26 +28,23 @@ __all__ = [
     "chunk_windows",
 ]
 
-# name -> (module, class); imported on first use so that one dataset's optional imports cost nothing to others
-DATASETS: dict[str, tuple[str, str]] = {
-    "gopro": ("gopro", "GoProDataset"),
-    "reds": ("reds", "REDSDataset"),
-    "vimeo": ("vimeo", "VimeoDataset"),
-    "mfqe": ("mfqe", "MFQEDataset"),
-    "paired": ("paired", "PairedDataset"),
-    "video_folder": ("video_folder", "VideoFolderDataset"),
-    "synthetic": ("synthetic", "SyntheticDataset"),
+# name -> (module, class, the task kinds it serves); a module is imported on first use, so that one
+# dataset's optional imports cost nothing to others, and a task it does not serve is refused before that
+DATASETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "gopro": ("gopro", "GoProDataset", ("deblur",)),
+    "reds": ("reds", "REDSDataset", ("vsr",)),
+    "vimeo": ("vimeo", "VimeoDataset", ("vsr",)),
+    "mfqe": ("mfqe", "MFQEDataset", ("cve",)),
+    "paired": ("paired", "PairedDataset", TASK_KINDS),
+    "video_folder": ("video_folder", "VideoFolderDataset", TASK_KINDS),
+    "synthetic": ("synthetic", "SyntheticDataset", TASK_KINDS),
 }
-
-#: the task each benchmark dataset is made for (``paired``, ``video_folder`` and ``synthetic`` serve any
-#: task)
-DEFAULT_TASK = {"gopro": "deblur", "reds": "vsr", "vimeo": "vsr", "mfqe": "cve"}
 
 
 def dataset_class(name: str) -> type:
     if name not in DATASETS:
         raise ValueError(f"expected dataset name in {sorted(DATASETS)}, got {name!r}")
-    module, cls = DATASETS[name]
+    module, cls, _ = DATASETS[name]
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
@@ -62,9 +59,10 @@ def build_dataset(options: Mapping[str, Any], *, task: str, scale: int, seed: in
         raise ValueError(
             f"expected the dataset options to have a 'name' key (one of {sorted(DATASETS)}), got {options}"
         )
+    serves = DATASETS[name][2] if name in DATASETS else TASK_KINDS
+    if task not in serves:
+        raise ValueError(f"the {name} dataset is a {' / '.join(serves)} benchmark, got task={task!r}")
     cls = dataset_class(name)
-    if task not in cls.tasks:
-        raise ValueError(f"the {name} dataset serves the task(s) {list(cls.tasks)}, got task={task!r}")
     try:
         return cls(task=task, scale=scale, seed=seed, **options)
     except TypeError as err:  # an unknown keyword: say which options exist

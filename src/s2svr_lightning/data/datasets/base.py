@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ...metrics import quantize_8bit
-from ...task import TASK_KINDS, Task
+from ...task import Task
 from ..errors import DatasetError
 from ..media.store import Crop, FrameStore
 
@@ -68,13 +68,13 @@ def require_dir(dataset: str, path: os.PathLike | str, layout: str, what: str = 
 class DatasetEntry:
     """Base of the dataset entries: the task kind, the scale, the seed and the root folder.
 
-    Subclasses set ``name``, ``tasks`` (the kinds they serve) and ``layout`` (the expected layout, for
-    messages), take their own options as keyword arguments and pass the rest (``task``, ``scale``,
-    ``seed``, ``root``) on to this constructor; ``source(split)`` lists one split.
+    Subclasses set ``name`` and ``layout`` (the expected layout, for messages; the task kinds each one
+    serves are in :data:`~s2svr_lightning.data.datasets.DATASETS`), take their own options as keyword
+    arguments and pass the rest (``task``, ``scale``, ``seed``, ``root``) on to this constructor;
+    ``source(split)`` lists one split.
     """
 
     name: str = ""
-    tasks: tuple[str, ...] = TASK_KINDS
     layout: str = ""
 
     def __init__(

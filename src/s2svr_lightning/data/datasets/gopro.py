@@ -34,7 +34,6 @@ class GoProDataset(DatasetEntry):
     """
 
     name = "gopro"
-    tasks = ("deblur",)
     layout = LAYOUT
 
     def __init__(self, *, lq: str = "blur", hq: str = "sharp", val_split: str = "test", **common) -> None:

@@ -132,7 +132,6 @@ class MFQEDataset(DatasetEntry):
     """
 
     name = "mfqe"
-    tasks = ("cve",)
     layout = LAYOUT
 
     def __init__(

@@ -38,7 +38,6 @@ class REDSDataset(DatasetEntry):
     """
 
     name = "reds"
-    tasks = ("vsr",)
     layout = LAYOUT
 
     def __init__(

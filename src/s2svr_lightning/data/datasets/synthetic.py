@@ -365,7 +365,6 @@ class SyntheticDataset:
     """
 
     name = "synthetic"
-    tasks = TASK_KINDS
 
     def __init__(self, *, task: str, scale: int, seed: int = 0, size: int | None = None, **options) -> None:
         fields = set(SyntheticConfig.__dataclass_fields__)

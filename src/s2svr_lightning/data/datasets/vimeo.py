@@ -46,7 +46,6 @@ class VimeoDataset(DatasetEntry):
     """
 
     name = "vimeo"
-    tasks = ("vsr",)
     layout = LAYOUT
 
     def __init__(
