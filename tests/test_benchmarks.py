@@ -300,8 +300,19 @@ def test_real_footage_scores_every_flow_and_restorer_on_held_out_clips(
     train = make_video(tmp_path / "pan.mp4", moving_photo(frames=12, height=64, width=96, step=(1, 3)))
     other = make_video(tmp_path / "other.mp4", moving_photo(frames=6, height=48, width=64, step=(2, 0)))
     out = tmp_path / "real.json"
-    argv = ["--video", str(train), "--holdout", "5", "--extra-test", str(other), "--crop", "32"]
-    argv += ["--teacher-steps", "2", "--synthetic-teacher-steps", "1", "--student-steps", "1"]
+    argv = [
+        "--video",
+        str(train),
+        "--train-frames",
+        "0:7",
+        "--test-frames",
+        "7:12",
+        "--extra-test",
+        str(other),
+    ]
+    argv += ["--crop", "32"]
+    argv += ["--teacher-steps", "2", "--synthetic-teacher-steps", "1", "--synthetic-sequences", "1"]
+    argv += ["--student-steps", "1"]
     argv += ["--restorer-steps", "1", "--channels", "8", "--jobs", "1", "--json", str(out)]
     assert real_footage.main(argv) == 0
     result = json.loads(out.read_text())
@@ -316,5 +327,6 @@ def test_real_footage_scores_every_flow_and_restorer_on_held_out_clips(
         assert set(result["restorer"][clip]) == set(real_footage.RESTORER_ROWS)
     assert result["footage"] == {"train/pan": 7, "test/pan": 5, "test/other": 6}
     assert "| student_distilled |" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        real_footage.parse_args(["--video", str(train), "--crop", "30"])
+    for bad in (["--crop", "30"], ["--test-frames", "9:3"], ["--train-frames", "a:b"]):
+        with pytest.raises(SystemExit):
+            real_footage.parse_args(["--video", str(train), *bad])
