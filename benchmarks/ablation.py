@@ -397,7 +397,9 @@ def seeds_done(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
         return {}
     saved = json.loads(args.json.read_text())
     if saved.get("settings") != run_settings(args):
-        print(f"--resume: {args.json} was written with other settings; every seed runs again", file=sys.stderr)
+        print(
+            f"--resume: {args.json} was written with other settings; every seed runs again", file=sys.stderr
+        )
         return {}
     return {int(seed): row for seed, row in zip(saved["seeds"], saved["per_seed"], strict=True)}
 
@@ -411,7 +413,8 @@ def render(summary: dict[str, Any], args: argparse.Namespace, seconds: float) ->
 
     def row(label: str, group: str, name: str) -> str:
         seeds = " / ".join(f"{s[group][name]:.2f}" for s in per_seed)
-        return f"| {label} | {name} | {summary[group][name]:.2f} | {summary['spread'][group][name]:.2f} | {seeds} |"
+        mean, spread = summary[group][name], summary["spread"][group][name]
+        return f"| {label} | {name} | {mean:.2f} | {spread:.2f} | {seeds} |"
 
     for group, names in (("alignment", ALIGNMENT), ("radius", [str(r) for r in RADII])):
         lines += [row(group, group, n) for n in names if n in summary.get(group, {})]
