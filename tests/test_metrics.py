@@ -95,7 +95,7 @@ def test_ssim_matches_skimage_gaussian_ssim():
 @pytest.mark.parametrize("y_channel", [False, True])
 def test_ssim_equals_torchmetrics_2d_gaussian_ssim_on_the_valid_region(y_channel):
     """The separable filter is the 2-D window's: the same map as torchmetrics' (which the library used, and
-    whose float64 convolution took 2.8 GB for one 512x384 frame), 5 px cropped from each side."""
+    whose float64 convolution took about 1 GB for one 512x384 frame), 5 px cropped from each side."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     from s2svr_lightning.metrics import crop_border, prepare

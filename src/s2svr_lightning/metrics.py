@@ -187,8 +187,8 @@ def _gaussian_valid(x: torch.Tensor) -> torch.Tensor:
     frame: MATLAB's ``filter2(window, x, 'valid')``, ``(N, C, H - 10, W - 10)``.
 
     The window is the outer product of a 1-D Gaussian, so it is applied as 11 shifted rows then 11 shifted
-    columns, accumulated in place: memory a few frames' worth. (torchmetrics' 2-D float64 convolution
-    unfolds the frame into 121 copies on the CPU: 2.8 GB and seconds for one 512x384 RGB frame.)
+    columns, accumulated in place: memory a few frames' worth. (torchmetrics' 2-D float64 convolution, used
+    before, took about 1 GB more and seconds on the CPU for one 512x384 RGB frame.)
     """
     k = _SSIM_KERNEL
     taps = [math.exp(-0.5 * ((i - k // 2) / _SSIM_SIGMA) ** 2) for i in range(k)]
