@@ -188,3 +188,18 @@ def test_frame_folder_output_is_numbered_on_across_segments(tmp_path, restorer_c
         np.testing.assert_array_equal(
             read_image(tmp_path / "two" / name), read_image(tmp_path / "one" / name)
         )
+
+
+@pytest.mark.slow
+def test_a_10_bit_source_stays_10_bit_through_the_segments(tmp_path, restorer_ckpt):
+    from test_restore_metadata import _ten_bit_video
+
+    src = _ten_bit_video(tmp_path / "ten.mkv", frames=6)
+    one, two = tmp_path / "one.mkv", tmp_path / "two.mkv"
+    assert _restore(restorer_ckpt, src, one) == 0
+    assert _restore(restorer_ckpt, src, two, "--workers", "2", "--warmup-frames", "3") == 0
+    readers = VideoReader(one), VideoReader(two)
+    assert [r.bit_depth for r in readers] == [10, 10]
+    deep = [np.stack([f for f, _ in r.iter_timed_frames(deep=True)]) for r in readers]
+    assert deep[0].dtype == np.uint16 and deep[0].shape == (6, 64, 96, 3)
+    np.testing.assert_array_equal(deep[1], deep[0])  # the segments kept 16 bits until the one encode
