@@ -25,7 +25,7 @@ whole-sequence pass (this script's ``--whole`` child decodes the first N frames 
 ``S2SVR.forward`` once and encodes the output) at 50, 200 and 800 frames of 64x96 LQ, no audio.
 
 Run: ``python benchmarks/memory.py [--quick] [--repeats N] [--modes degrade,reference] [--json PATH]``
-(the CLI table; 35 min on a 2-core machine shared with other jobs, load average 7 to 12) or
+(the CLI table; 527 s on 2 cores shared with other jobs at load average 1 to 3, 35 min at 7 to 12) or
 ``python benchmarks/memory.py --whole-sequence [--quick]``.
 """
 
