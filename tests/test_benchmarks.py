@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,6 +50,63 @@ def test_run_child_caps_memory_instead_of_meeting_the_oom_killer():
     assert code == 1 and "MemoryError" in tail
     code, peak, _, _ = memory.run_child([sys.executable, "-c", "b = bytearray(2**20)"], memory_limit=2**30)
     assert code == 0 and 0 < peak < 2**30
+
+
+def test_clips_are_h264_with_a_sound_track_as_long_as_the_video(tmp_path):
+    import av
+
+    frames = list(memory.panned_frames(30, (32, 48)))
+    assert len(frames) == 30 and frames[0].shape == (32, 48, 3) and frames[0].dtype == np.uint8
+    assert not np.array_equal(frames[0], frames[5])  # the camera moves
+    path = memory.write_clip(tmp_path / "clip.mp4", frames)
+    with av.open(str(path)) as clip:
+        video, audio = clip.streams.video[0], clip.streams.audio[0]
+        assert video.codec_context.name == "h264" and audio.codec_context.name == "aac"
+        assert sum(1 for _ in clip.decode(video=0)) == 30
+        clip.seek(0)
+        packets = [p for p in clip.demux(audio) if p.size]
+        end = max(p.pts + p.duration for p in packets) * audio.time_base
+    assert abs(float(end) - 30 / 25) <= 1024 / memory.AUDIO_RATE  # within one AAC frame of 1.2 s
+
+
+@pytest.mark.slow
+def test_cli_memory_rows_give_each_runs_peak_of_the_command_users_run(monkeypatch):
+    commands = []
+    measured = memory.run_measured
+
+    def spy(cmd, **kwargs):
+        commands.append(cmd)
+        return measured(cmd, **kwargs)
+
+    monkeypatch.setattr(memory, "run_measured", spy)
+    rows = memory.bench_cli(**{**memory.quick_cli_settings(), "lengths": (2, 4)}, log=lambda m: None)
+    assert [(r["frames"], r["mode"]) for r in rows] == [
+        (n, mode) for n in (2, 4) for mode in ("degrade", "reference")
+    ]
+    assert len(commands) == 8 and all(c[1:3] == ["-m", "s2svr_lightning.restore"] for c in commands)
+    assert "--degrade" in commands[0] and "--reference" in commands[2]
+    for row in rows:
+        assert len(row["peaks"]) == 2 and all(200 < p < 4000 for p in row["peaks"])  # MiB: torch is loaded
+        assert row["spread_mib"] == pytest.approx(max(row["peaks"]) - min(row["peaks"]))
+        assert row["median_mib"] == pytest.approx(sum(row["peaks"]) / 2)
+    assert rows[0]["vs_shortest"] == rows[1]["vs_shortest"] == 1.0
+    assert rows[2]["vs_shortest"] == pytest.approx(rows[2]["median_mib"] / rows[0]["median_mib"])
+
+
+@pytest.mark.slow
+def test_segments_rows_measure_the_distance_to_one_stream():
+    import segments
+
+    rows = segments.bench_segments(frames=8, workers=2, warmups=(0, 4), lq_size=(16, 24), log=lambda m: None)
+    stream, k0, k4 = rows
+    assert stream["identical"] == "8/8" and stream["ref_delta_db"] == 0
+    # the second segment starts at frame 4: K = 4 restores it from frame 0, as one stream does
+    assert k4["identical"] == "8/8" and k4["vs_stream_db"] == 60.0 and k4["ref_delta_db"] == 0
+    assert k0["vs_stream_db"] < 60.0 and k0["join_min_db"] < 60.0 and k0["extra"] == 0
+    assert k4["extra"] == 0.5  # (2 - 1) x 4 / 8
+    assert segments.choose_warmup(rows, join_floor=59.9) == 4
+    join, near = segments.after_join(rows, 2, count=3)
+    assert join == 4 and [list(r) for r in near] == [["run", "+0", "+1", "+2"]] * 3
 
 
 def test_speed_rows_at_tiny_size():

@@ -92,6 +92,28 @@ def test_ssim_matches_skimage_gaussian_ssim():
     assert ssim(_to_tensor(pred), _to_tensor(hq)).item() == pytest.approx(ref, abs=1e-6)
 
 
+@pytest.mark.parametrize("y_channel", [False, True])
+def test_ssim_equals_torchmetrics_2d_gaussian_ssim_on_the_valid_region(y_channel):
+    """The separable filter is the 2-D window's: the same map as torchmetrics' (which the library used, and
+    whose float64 convolution took about 1 GB for one 512x384 frame), 5 px cropped from each side."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from s2svr_lightning.metrics import crop_border, prepare
+
+    torch.manual_seed(0)
+    pred, target = torch.rand(3, 3, 40, 52), torch.rand(3, 3, 40, 52)
+    target[1] = (pred[1] + 0.05 * target[1]).clamp(0, 1)  # one pair close, SSIM near 1
+    p, t = prepare(pred, y_channel=y_channel), prepare(target, y_channel=y_channel)
+    _, full = structural_similarity_index_measure(
+        p, t, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, k1=0.01, k2=0.03,
+        reduction="none", return_full_image=True,
+    )  # fmt: skip
+    expected = crop_border(full, 5).mean(dim=(1, 2, 3))
+    got = ssim(pred, target, y_channel=y_channel)
+    assert got[1] > 0.9 > got[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
 def test_rounding_and_channel_conventions_change_the_score():
     hq, pred = _photo_pair("coffee", seed=1)
     p, t = _to_tensor(pred), _to_tensor(hq)

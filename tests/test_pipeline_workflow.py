@@ -268,8 +268,8 @@ def test_predict_stage_equals_restore_and_refuses_bad_inputs(logged_run, tmp_pat
     predict = ["+task=demo", "stage=predict", f"paths.log_dir={tmp_path}", f"ckpt.restorer={ckpt}"]
     predict += [f"predict.input={frames}"]
     run(_compose(*predict, f"predict.output={tmp_path / 'pred'}", f"paths.output_dir={tmp_path / 'run'}"))
-    # predict.precision is fp32; restore_video's "auto" would pick bf16 on a CPU with bf16 units
-    restore_video(ckpt, frames, tmp_path / "restored", progress=False, precision="fp32")
+    # the same options: predict.* has the command line's defaults (device, precision, tile auto)
+    restore_video(ckpt, frames, tmp_path / "restored", progress=False)
     names = sorted(p.name for p in (tmp_path / "restored").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "pred").iterdir()) and len(names) == 4
     for name in names:

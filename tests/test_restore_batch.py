@@ -46,12 +46,14 @@ def _make_video(
     audio: str | None = "aac",
     seconds: float | None = None,
     color: dict | None = None,
+    frames: int = N_FRAMES,
 ) -> Path:
-    """Write the frames with libx264 (4:4:4, lossless) and, unless ``audio`` is None, a sine track of
+    """Write ``frames`` frames with libx264 (4:4:4, lossless) and, unless ``audio`` is None, a sine track of
     ``seconds`` (default: the video's length) in that codec. ``pts_ms``: variable-rate timestamps."""
     import av
 
-    frames = _frames()
+    count = frames
+    frames = _frames(count)
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
@@ -72,7 +74,7 @@ def _make_video(
             out.mux(video.encode(vf))
         out.mux(video.encode(None))
         if sound is not None:
-            total = int((seconds or N_FRAMES / float(fps)) * RATE)
+            total = int((seconds or count / float(fps)) * RATE)
             wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / RATE)).astype(np.float32)
             step = sound.codec_context.frame_size or 1024
             for start in range(0, total, step):

@@ -224,3 +224,41 @@ def test_other_errors_pass_through():
     net.encode_step = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         StreamingRestorer(net, tile="auto", memory=lambda d: 64 * GIB).push(torch.rand(3, 32, 64))
+
+
+# -------------------------------------------------------------------------------------- stage=predict
+def _predict_cfg(*overrides: str):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    import s2svr_lightning
+
+    conf = Path(s2svr_lightning.__file__).parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(config_name="config", overrides=["+task=demo", "stage=predict", *overrides])
+
+
+def _cli_options(*args: str) -> RestoreOptions:
+    from s2svr_lightning.restore.cli import build_parser, options_from_args
+
+    return options_from_args(build_parser().parse_args(["--ckpt", "c", "in.mp4", "out.mp4", *args]))
+
+
+def test_stage_predict_builds_the_command_lines_options_auto_defaults_included():
+    from s2svr_lightning.pipeline import ConfigError
+    from s2svr_lightning.pipeline.stages import predict_options
+
+    defaults = _cli_options("--no-progress")
+    assert (defaults.device, defaults.precision, defaults.tile) == ("auto", "auto", "auto")
+    assert predict_options(_predict_cfg()) == defaults
+    chosen = ["predict.device=cpu", "predict.precision=bf16", "predict.tile=64", "predict.overwrite=true"]
+    expected = _cli_options(
+        "--no-progress", "--device", "cpu", "--precision", "bf16", "--tile", "64", "--overwrite"
+    )
+    assert predict_options(_predict_cfg(*chosen)) == expected
+    assert predict_options(_predict_cfg("predict.tile=off")).tile is None
+    with pytest.raises(
+        ConfigError, match=r"^predict.tile: expected auto, off or a number of LQ pixels, got 'big'$"
+    ):
+        predict_options(_predict_cfg("predict.tile=big"))

@@ -277,29 +277,39 @@ def check_predict(cfg: DictConfig) -> tuple[Path, Path | None]:
     return Path(source), (Path(target) if target else None)
 
 
+def predict_options(cfg: DictConfig):
+    """The :class:`~s2svr_lightning.restore.options.RestoreOptions` that ``predict.*`` sets: the command
+    line's, defaults included (device, precision and tile ``auto``), with no progress bar."""
+    from s2svr_lightning.restore.options import RestoreOptions, parse_tile
+
+    try:
+        return RestoreOptions(
+            device=str(cfg.predict.device),
+            precision=str(cfg.predict.precision),
+            tile=parse_tile(get(cfg, "predict.tile")),
+            overwrite=bool(cfg.predict.overwrite),
+            progress=False,
+            compile=bool(cfg.predict.compile),
+        )
+    except ValueError as err:
+        raise ConfigError(f"predict.tile: {err}") from None
+
+
 def run_predict(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     """Restore ``predict.input`` with ``ckpt.restorer`` through
     :func:`~s2svr_lightning.restore.run.restore_video` (the streaming path of the ``restore`` command), with
     the :class:`~s2svr_lightning.restore.options.RestoreOptions` that ``predict.*`` sets."""
-    from s2svr_lightning.restore.options import RestoreOptions
     from s2svr_lightning.restore.run import restore_video
 
     source, target = check_predict(cfg)
     if target is None:
         target = out / "predict" / source.name
-    device = (
-        "cuda" if str(cfg.hardware.accelerator) in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
-    )
+    try:
+        options, chosen = predict_options(cfg).resolved()  # device and precision "auto" as the CLI does
+    except ValueError as err:
+        raise ConfigError(f"predict: {err}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    log_message(f"[predict] restoring {source} -> {target} with {cfg.ckpt.restorer}")
-    options = RestoreOptions(
-        device=device,
-        precision=str(cfg.predict.precision),
-        tile=get(cfg, "predict.tile"),
-        overwrite=bool(cfg.predict.overwrite),
-        progress=False,
-        compile=bool(cfg.predict.compile),
-    )
+    log_message(f"[predict] restoring {source} -> {target} with {cfg.ckpt.restorer}: {chosen}")
     try:
         summary = restore_video(cfg.ckpt.restorer, source, target, options)
     except FileExistsError as err:

@@ -2,7 +2,9 @@
 
 - :mod:`~s2svr_lightning.restore.stream`: :class:`StreamingRestorer` (carried states, bounded memory,
   spatial tiles);
-- :mod:`~s2svr_lightning.restore.run`: :func:`restore_video`, one input into one output;
+- :mod:`~s2svr_lightning.restore.run`: :func:`restore_video`, one input into one output (the loop of one
+  stream: :mod:`~s2svr_lightning.restore.loop`; several processes on one video:
+  :mod:`~s2svr_lightning.restore.segments`);
 - :mod:`~s2svr_lightning.restore.batch`: many inputs into one folder;
 - :mod:`~s2svr_lightning.restore.export`: one streaming step as TorchScript / ONNX;
 - :mod:`~s2svr_lightning.restore.options`: :class:`RestoreOptions`, built once by the command line
@@ -20,7 +22,8 @@ from ..lazy import lazy_exports
 _EXPORTS = {  # module: the names it exports
     ".stream": ("StreamingRestorer",),
     ".options": ("RestoreOptions",),
-    ".run": ("RestoreSummary", "restore_video"),
+    ".loop": ("RestoreSummary",),
+    ".run": ("restore_video",),
     ".export": ("export_step",),
     ".cli": ("build_parser", "main"),
 }

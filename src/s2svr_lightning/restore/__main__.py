@@ -4,4 +4,5 @@ import sys
 
 from s2svr_lightning.restore.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not in a process that multiprocessing spawns
+    sys.exit(main())

@@ -5,7 +5,8 @@
 many (:mod:`~s2svr_lightning.restore.batch`); ``--export pt2|onnx|torchscript`` writes one streaming step of
 the network instead (:mod:`~s2svr_lightning.restore.export`). The options are parsed here, once, into a
 :class:`~s2svr_lightning.restore.options.RestoreOptions`; nothing below this module sees ``argparse``.
-``--metrics-json`` writes the scores (batch: one entry per input); ``--threads`` sets torch's CPU threads.
+``--metrics-json`` writes the scores (batch: one entry per input); ``--threads`` sets torch's CPU threads;
+``--workers N`` restores each video in N processes (:mod:`~s2svr_lightning.restore.segments`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from ..atomic import write_json
 from ..commands import command_parser
 from .batch import is_video_folder, restore_batch
-from .options import RestoreOptions
+from .options import WARMUP_FRAMES, RestoreOptions, parse_tile
 from .run import export_to, restore_video
 from .tiles import OutOfMemory
 
@@ -36,14 +37,10 @@ class RestoreInterrupted(KeyboardInterrupt):
 
 
 def _tile(value: str) -> int | str | None:
-    if value in ("auto", "off"):
-        return None if value == "off" else value
     try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected auto, off or a number of LQ pixels, got {value!r}"
-        ) from None
+        return parse_tile(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
         "video drops its audio",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice), shared among --workers",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes restoring the video side by side, a time segment each, joined into one output "
+        "(default 1: one stream)",
+    )
+    p.add_argument(
+        "--warmup-frames",
+        type=int,
+        default=WARMUP_FRAMES,
+        help=f"with --workers: frames each segment restores before its own and drops, so that the "
+        f"recurrent states have settled (default {WARMUP_FRAMES}; docs/restoring.md measures the choice)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(

@@ -20,9 +20,21 @@ from typing import Any
 
 import torch
 
-__all__ = ["Hardware", "RestoreOptions", "detect_hardware", "free_memory", "resolve_hardware"]
+__all__ = [
+    "Hardware",
+    "RestoreOptions",
+    "detect_hardware",
+    "free_memory",
+    "parse_tile",
+    "resolve_hardware",
+]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# frames a segment restores before its own with several workers: the smallest K measured (0, 2, 5, 10, 20)
+# whose output scores within 0.01 dB of one stream's against the reference, with no frame below 40 dB
+# against one stream's (benchmarks/segments.py on the demo checkpoint: K = 10 missed by 0.013 dB and
+# 46 dB, K = 20 was 0.0004 dB and 56 dB; docs/restoring.md, "Several processes on one video")
+WARMUP_FRAMES = 20
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,20 @@ def resolve_hardware(
     return dev, precision, why
 
 
+def parse_tile(value: int | str | None) -> int | str | None:
+    """A tile option as ``--tile`` and ``predict.tile`` take it: ``"auto"``, ``"off"`` or None (whole
+    frames), or a number of LQ pixels (an int, or its digits); raises ValueError for anything else."""
+    if value is None or value == "off":
+        return None
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ValueError(f"expected auto, off or a number of LQ pixels, got {value!r}")
+
+
 def free_memory(device: torch.device) -> int | None:
     """Bytes free for activations on ``device`` (None where unknown): CUDA's free memory plus what its
     caching allocator holds unused; on the CPU, the kernel's MemAvailable (psutil where installed)."""
@@ -179,6 +205,10 @@ class RestoreOptions:
         temporal: with a reference (``reference`` or ``degrade``), also score temporal consistency:
             ``"off"``, ``"warp"`` (warping error) or ``"full"`` (and tOF); :mod:`s2svr_lightning.temporal`.
         flow: the temporal scores' flow estimator: ``"tvl1"`` or a flow / restorer checkpoint.
+    Processes (:mod:`~s2svr_lightning.restore.segments`):
+        workers: processes restoring one video side by side, each a time segment of it (1: one stream).
+        warmup_frames: with ``workers``, frames each segment restores before its first one and drops, so
+            that the recurrent states have settled when its frames start.
     """
 
     device: str | torch.device = "auto"
@@ -204,6 +234,9 @@ class RestoreOptions:
     progress: bool = True
     temporal: str = "off"
     flow: str = "tvl1"
+
+    workers: int = 1
+    warmup_frames: int = WARMUP_FRAMES
 
     def resolved(self, hardware: Hardware | None = None) -> tuple[RestoreOptions, str]:
         """These options with ``device`` and ``precision`` resolved (:func:`resolve_hardware`), and the

@@ -2,8 +2,10 @@
 
 Frames are decoded one at a time, pushed through :class:`~s2svr_lightning.restore.stream.StreamingRestorer`
 (S2SVR's encoder is causal and its local attention looks ``r`` frames ahead, so output ``t`` is final
-once input ``t + r`` has arrived) and encoded as soon as they come out: memory does not grow with the
-length of the video, and the output equals a whole-sequence pass. The command line is
+once input ``t + r`` has arrived) and encoded as soon as they come out (:mod:`~s2svr_lightning.restore.loop`):
+memory does not grow with the length of the video, and the output equals a whole-sequence pass. With
+``workers`` above 1, several processes restore time segments of the video side by side and the segments
+are joined into the one output (:mod:`~s2svr_lightning.restore.segments`). The command line is
 :mod:`~s2svr_lightning.restore.cli`; many inputs are :mod:`~s2svr_lightning.restore.batch`.
 
 - INPUT: a video file (anything PyAV / decord reads) or a folder of frames (png, jpg, ...).
@@ -26,72 +28,22 @@ length of the video, and the output equals a whole-sequence pass. The command li
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
-import sys
-import time
-from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..atomic import AtomicOutput
 from ..checkpoint import load_restorer
-from ..data.media.frames import FolderSink, FrameSource, VideoSink, open_source
+from ..data.media.frames import open_source
 from ..task import Task
 from .export import export_step
+from .loop import RestoreSummary, restore_stream
 from .options import RestoreOptions
-from .stream import StreamingRestorer
+from .segments import restore_segmented
 
 __all__ = ["RestoreSummary", "export_to", "restore_video"]
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
-DEFAULT_FOLDER_FPS = Fraction(25)
-
-
-@dataclass
-class RestoreSummary:
-    """What a run did: frames written, wall time, and the scores when a reference was given."""
-
-    frames: int
-    seconds: float
-    output: str
-    video_fps: float | None = None
-    psnr: list[float] = field(default_factory=list)
-    ssim: list[float] = field(default_factory=list)
-    baseline_psnr: list[float] = field(default_factory=list)
-    baseline_ssim: list[float] = field(default_factory=list)
-    warp_error: list[float] = field(default_factory=list)  # RestoreOptions.temporal
-    tof: list[float] = field(default_factory=list)
-
-    @property
-    def fps(self) -> float:
-        """Restored frames per second of wall time."""
-        return self.frames / self.seconds if self.seconds > 0 else float("nan")
-
-    def metrics(self) -> dict[str, Any]:
-        """``{"psnr", "ssim", "baseline_psnr", "baseline_ssim", "frames", "fps", ...}``; means over frames."""
-
-        def mean(v: list[float]) -> float | None:
-            return float(sum(v) / len(v)) if v else None
-
-        return {
-            "psnr": mean(self.psnr),
-            "ssim": mean(self.ssim),
-            "baseline_psnr": mean(self.baseline_psnr),
-            "baseline_ssim": mean(self.baseline_ssim),
-            "frames": self.frames,
-            "fps": self.fps,
-            "seconds": self.seconds,
-            "video_fps": self.video_fps,
-            "per_frame_psnr": list(self.psnr),
-            **({"warp_error": mean(self.warp_error), "tof": mean(self.tof)} if self.warp_error else {}),
-            **({"per_frame_warp_error": list(self.warp_error)} if self.warp_error else {}),
-        }
 
 
 def _output_is_dir(path: Path) -> bool:
@@ -103,16 +55,6 @@ def _output_is_dir(path: Path) -> bool:
     raise ValueError(
         f"expected OUTPUT a video file ({', '.join(VIDEO_SUFFIXES)}) or a folder (no extension), got {path}"
     )
-
-
-def _fit_reference(ref: torch.Tensor, size: tuple[int, int], scale: int, name: str) -> torch.Tensor:
-    """Mod-crop a reference frame to the output size (the benchmarks crop HQ to a multiple of the scale)."""
-    h, w = ref.shape[-2:]
-    if (h, w) == size:
-        return ref
-    if size[0] <= h < size[0] + scale and size[1] <= w < size[1] + scale:
-        return ref[..., : size[0], : size[1]]
-    raise ValueError(f"expected reference frames of size {size[0]}x{size[1]} in {name}, got {h}x{w}")
 
 
 def restore_video(
@@ -134,15 +76,19 @@ def restore_video(
 
     A video output keeps the source video's timestamps (unless ``fps`` retimes it or ``degrade`` makes
     fewer frames), colour description and, with ``audio``, its audio streams (not when ``fps`` retimes).
+    With ``workers`` above 1 the video is restored in that many processes, a time segment each
+    (:func:`~s2svr_lightning.restore.segments.restore_segmented`).
     """
-    from ..metrics import psnr, ssim
-
     opts = dataclasses.replace(options or RestoreOptions(), **changes)
-    max_frames, degrade, fps = opts.max_frames, opts.degrade, opts.fps
+    max_frames, degrade = opts.max_frames, opts.degrade
 
     in_path, out_path = Path(input), Path(output)
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"expected --max-frames >= 1, got {max_frames}")
+    if opts.workers < 1:
+        raise ValueError(f"expected --workers >= 1, got {opts.workers}")
+    if opts.warmup_frames < 0:
+        raise ValueError(f"expected --warmup-frames >= 0, got {opts.warmup_frames}")
     if degrade and reference is not None:
         raise ValueError("expected either --degrade (INPUT is the reference) or --reference, got both")
     if not in_path.exists():
@@ -154,126 +100,14 @@ def restore_video(
     out = AtomicOutput(out_path, overwrite=opts.overwrite, is_dir=_output_is_dir(out_path))
     out.check()  # refuse before any heavy work
 
-    net, task = net_and_task if net_and_task is not None else load_restorer(ckpt)
-    # frame i out is frame i in: a video keeps the source's timestamps unless retimed or degraded
-    source = open_source(in_path, timed=fps is None and not degrade and not out.is_dir)
-    frames: Iterable[torch.Tensor] = source.frames
-    if degrade:
-        pairs: Iterator[tuple[torch.Tensor, torch.Tensor | None]] = task.degrade_stream(
-            frames, chunk=opts.degrade_chunk
-        )
-    elif reference is not None:
-        ref_source = open_source(reference)
-        pairs = _zip_reference(frames, ref_source)
-    else:
-        pairs = ((f, None) for f in frames)
-    if max_frames is not None:
-        pairs = itertools.islice(pairs, max_frames)
-    total = source.length
-    if degrade and total is not None:
-        total = task.degraded_length(total)
-    if max_frames is not None:
-        total = max_frames if total is None else min(total, max_frames)
-
-    video_fps = Fraction(fps).limit_denominator(1001 * 1000) if fps is not None else source.fps
-    if video_fps is None:
-        video_fps = DEFAULT_FOLDER_FPS
-    if degrade:
-        video_fps = video_fps / task.frame_span[1]  # deblurring: one blurred frame per window of sub-frames
-
-    restorer = StreamingRestorer(net, **opts.stream_kwargs())
-    summary = RestoreSummary(frames=0, seconds=0.0, output=str(out_path), video_fps=float(video_fps))
-    scored = degrade or reference is not None
-    pending: deque[tuple[torch.Tensor | None, torch.Tensor | None]] = deque()
-    temporal = None
-    if scored and opts.temporal != "off":  # warping error / tOF of consecutive frames
-        from ..flow_estimators import flow_estimator
-        from ..temporal import PairStream
-
-        temporal = PairStream(
-            mode=opts.temporal,
-            estimator=flow_estimator(opts.flow),
-            y_channel=task.y_channel,
-            border=task.border,
-        )
-
-    bar = _progress(total, opts.progress, in_path.name)
-    start = time.perf_counter()
+    ref_path = Path(reference) if reference is not None else None
+    if opts.workers > 1:
+        return restore_segmented(ckpt, in_path, out, opts, reference=ref_path, net_and_task=net_and_task)
+    net_and_task = net_and_task if net_and_task is not None else load_restorer(ckpt)
     with out as tmp:
-        sink = (
-            FolderSink(tmp, bit_depth=source.bit_depth)
-            if out.is_dir
-            else VideoSink(
-                tmp,
-                video_fps,
-                source=source,
-                audio=opts.audio and fps is None,
-                trim_audio=max_frames is not None,
-                **opts.encoder_kwargs(),
-            )
-        )
-        try:
-
-            def emit(restored: torch.Tensor) -> None:
-                restored = restored.detach().float().cpu()
-                if restored.dim() == 4:
-                    restored = restored[0]
-                lq, ref = pending.popleft()
-                sink.write(restored)
-                if scored and ref is not None:
-                    size = tuple(restored.shape[-2:])
-                    ref = _fit_reference(ref, size, task.scale, "the reference")
-                    base = task.baseline(lq)
-                    kw = {"y_channel": task.y_channel, "border": task.border}
-                    summary.psnr.append(float(psnr(restored, ref, **kw)[0]))
-                    summary.ssim.append(float(ssim(restored, ref, **kw)[0]))
-                    summary.baseline_psnr.append(float(psnr(base, ref, **kw)[0]))
-                    summary.baseline_ssim.append(float(ssim(base, ref, **kw)[0]))
-                    pair = temporal.push(restored, ref) if temporal is not None else None
-                    if pair is not None:
-                        summary.warp_error.append(pair["warp_error"])
-                        summary.tof.append(pair["tof"])
-                summary.frames += 1
-                if bar is not None:
-                    bar.update(1)
-                    if summary.psnr:
-                        bar.set_postfix(psnr=f"{summary.psnr[-1]:.2f}", refresh=False)
-
-            for lq, ref in pairs:
-                pending.append((lq if scored else None, ref))
-                for restored in restorer.push(lq):
-                    emit(restored)
-            for restored in restorer.flush():
-                emit(restored)
-            if summary.frames == 0:
-                raise ValueError(f"expected at least one frame in {source.name}, got none")
-        finally:
-            sink.close()
-            if bar is not None:
-                bar.close()
-        summary.seconds = time.perf_counter() - start
+        summary, _ = restore_stream(net_and_task, in_path, tmp, opts, is_dir=out.is_dir, reference=ref_path)
+    summary.output = str(out_path)
     return summary
-
-
-def _zip_reference(
-    frames: Iterable[torch.Tensor], ref: FrameSource
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    ref_frames = iter(ref.frames)
-    for i, lq in enumerate(frames):
-        target = next(ref_frames, None)
-        if target is None:
-            raise ValueError(
-                f"expected the reference {ref.name} to have as many frames as the input, got only {i}"
-            )
-        yield lq, target
-
-
-def _progress(total: int | None, enabled: bool, name: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="frame", desc=name, dynamic_ncols=True, file=sys.stderr)
 
 
 def export_to(
