@@ -43,6 +43,35 @@ def _tile(value: str) -> int | str | None:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+# How the output is encoded: each defaults to None, the writer's own choice (RestoreOptions' encoder fields)
+_ENCODER_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    (
+        "--codec",
+        str,
+        "video codec: libx264 (default, visually lossless at crf 18, yuv420p), ffv1 (lossless RGB, write "
+        ".mkv), libx265, mpeg4, ...",
+    ),
+    ("--crf", int, "x264/x265 quality: 0 lossless, 18 default, 23 smaller"),
+    ("--preset", str, "x264/x265 speed preset (default: medium)"),
+    (
+        "--pix-fmt",
+        str,
+        "pixel format (default: yuv420p, yuv444p for odd sizes; bgr0 (RGB) for ffv1), e.g. yuv444p",
+    ),
+    (
+        "--audio-codec",
+        str,
+        "re-encode the audio with this codec (default: copy it where the container takes it, else AAC)",
+    ),
+    (
+        "--fps",
+        float,
+        "output frame rate (default: the source's timestamps; 25 for frame folders); retiming a video "
+        "drops its audio",
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser(
         prog="s2svr-restore",
@@ -140,34 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the scores and speed to this JSON file (batch: one entry per input)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT (batch: outputs) if it exists")
-    p.add_argument(
-        "--codec",
-        default=None,
-        help="video codec: libx264 (default, visually lossless at crf 18, yuv420p), ffv1 (lossless RGB, "
-        "write .mkv), libx265, mpeg4, ...",
-    )
-    p.add_argument(
-        "--crf", type=int, default=None, help="x264/x265 quality: 0 lossless, 18 default, 23 smaller"
-    )
-    p.add_argument("--preset", default=None, help="x264/x265 speed preset (default: medium)")
-    p.add_argument(
-        "--pix-fmt",
-        default=None,
-        help="pixel format (default: yuv420p, yuv444p for odd sizes; bgr0 (RGB) for ffv1), e.g. yuv444p",
-    )
+    for flag, kind, text in _ENCODER_OPTIONS:
+        p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--no-audio", action="store_true", help="drop the source's audio (kept by default)")
-    p.add_argument(
-        "--audio-codec",
-        default=None,
-        help="re-encode the audio with this codec (default: copy it where the container takes it, else AAC)",
-    )
-    p.add_argument(
-        "--fps",
-        type=float,
-        default=None,
-        help="output frame rate (default: the source's timestamps; 25 for frame folders); retiming a "
-        "video drops its audio",
-    )
     p.add_argument(
         "--threads",
         type=int,
