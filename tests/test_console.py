@@ -83,13 +83,16 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
-def test_quiet_third_party_drops_lightnings_noise_and_keeps_the_rest(monkeypatch):
+def test_quiet_third_party_drops_lightnings_noise_and_keeps_the_rest(monkeypatch, request):
     # a handler on Lightning's logger itself, enabled: an earlier Hydra run in the same test process
     # configures logging with disable_existing_loggers, which disables it (and caplog hears nothing)
     logger = logging.getLogger(LIGHTNING_LOGGERS[0])
     records = _Records()
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    # setLevel, not a patched attribute: it also clears the loggers' isEnabledFor caches, which otherwise
+    # keep the answer an earlier test's level gave (INFO off) and drop every record here
     monkeypatch.setattr(logger, "disabled", False)
+    request.addfinalizer(lambda level=logger.level: logger.setLevel(level))
+    logger.setLevel(logging.INFO)
     logger.addHandler(records)
     filters_before = list(warnings.filters)
     try:
