@@ -340,7 +340,10 @@ def run(args: argparse.Namespace) -> str:
             if args.flo is not None:
                 write_flo(tmp[1] / f"{name}.flo", flow)
     if scale is not None:
-        where = "--max-flow" if isinstance(scale_mode, float) else f"{PERCENTILE:g}th percentile of the {'pair' if args.pair else 'video'}"
+        whole = "pair" if args.pair else "video"
+        where = (
+            "--max-flow" if isinstance(scale_mode, float) else f"{PERCENTILE:g}th percentile of the {whole}"
+        )
         rule = f"{scale:.3g} px at full saturation ({where})"
     else:
         rule = f"{min(scales):.3g} to {max(scales):.3g} px at full saturation (each image's own)"
