@@ -22,8 +22,14 @@ from s2svr_lightning import commands
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
-COMMANDS = ("s2svr-train", "s2svr-restore", "s2svr-prepare", "s2svr-report", "s2svr-score")
-MODULES = ("s2svr_lightning", "s2svr_lightning.restore", "s2svr_lightning.prepare", "s2svr_lightning.report")
+COMMANDS = ("s2svr-train", "s2svr-restore", "s2svr-prepare", "s2svr-report", "s2svr-score", "s2svr-flow")
+MODULES = (
+    "s2svr_lightning",
+    "s2svr_lightning.restore",
+    "s2svr_lightning.prepare",
+    "s2svr_lightning.report",
+    "s2svr_lightning.flow",
+)
 
 
 def _source_env() -> dict[str, str]:

@@ -3,8 +3,8 @@ process-wide settings of a command's process.
 
 ``import s2svr_lightning`` changes nothing in the importing process (no environment variables, no
 torch settings, no warnings filters, no logging handlers). The commands (``s2svr-train`` /
-``python -m s2svr_lightning``, ``s2svr-restore``, ``s2svr-prepare``, ``s2svr-report``) own their process
-and set it up with :func:`apply_process_settings` before torch is imported.
+``python -m s2svr_lightning``, ``s2svr-restore``, ``s2svr-prepare``, ``s2svr-report``, ``s2svr-score``,
+``s2svr-flow``) own their process and set it up with :func:`apply_process_settings` before torch is imported.
 
 Importing this module is cheap (the standard library only).
 """
@@ -25,6 +25,7 @@ __all__ = [
     "PROCESS_ENV",
     "command_parser",
     "apply_process_settings",
+    "flow",
     "package_version",
     "prepare",
     "report",
@@ -147,3 +148,4 @@ restore = _entry("s2svr_lightning.restore.cli:main", "s2svr-restore")
 prepare = _entry("s2svr_lightning.prepare:main", "s2svr-prepare")
 report = _entry("s2svr_lightning.report:main", "s2svr-report")
 score = _entry("s2svr_lightning.score:main", "s2svr-score")
+flow = _entry("s2svr_lightning.flow:main", "s2svr-flow")

@@ -7,7 +7,9 @@ themselves (:mod:`s2svr_lightning.temporal`) know nothing of checkpoints.
 
 ``"tvl1"``: scikit-image's ``optical_flow_tvl1`` on the BT.601 luma (no weights needed; CPU: about 20 ms
 per flow at 64x64, 0.3 s at 256x256, 3.7 s at 1280x720). A checkpoint path: its PWC-Lite flow net runs on
-the full-size frames, on the frames' device (use a GPU for large videos).
+the full-size frames, on the frames' device (use a GPU for large videos); with ``rule=True``
+(``s2svr-flow``) it reads them as its checkpoint's flow-input rule says (the student's and the
+restorer's: the LQ pair resized to the flow size, the flow resized back).
 """
 
 from __future__ import annotations
@@ -58,15 +60,28 @@ class NetworkFlow:
     Args:
         net: ``net(im1, im2) -> (N, 2, H, W)``, RGB in [0, 1].
         name: how messages and results name it (the checkpoint path).
+        flow_input: a :class:`~s2svr_lightning.models.FlowInput` rule the frames go through (resized to
+            the flow size, the flow resized back to their grid); None: the net reads them as they are.
+        spec: the checkpoint's :class:`~s2svr_lightning.models.FlowSpec`, when it came from one.
     """
 
-    def __init__(self, net: torch.nn.Module, name: str = "network") -> None:
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        name: str = "network",
+        *,
+        flow_input: Any | None = None,
+        spec: Any | None = None,
+    ) -> None:
         self.net = net.eval()
         self.name = name
+        self.flow_input = flow_input
+        self.spec = spec
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> NetworkFlow:
-        """The flow net of a teacher, student or restorer checkpoint, run on full-size frames."""
+    def from_checkpoint(cls, path: str | os.PathLike, *, rule: bool = False) -> NetworkFlow:
+        """The flow net of a teacher, student or restorer checkpoint, run on full-size frames (``rule``:
+        through the checkpoint's flow-input rule, as training and restoring run it)."""
         from s2svr_lightning.checkpoint import check_kind, read_checkpoint, sub_state_dict
         from s2svr_lightning.models import FlowSpec
 
@@ -79,13 +94,16 @@ class NetworkFlow:
             net.load_state_dict(sub_state_dict(ckpt, prefix, path=path), strict=True)
         except RuntimeError as err:
             raise ValueError(f"expected the weights of a {spec.flownet} flow net in {path}: {err}") from err
-        return cls(net, name=str(path))
+        return cls(net, name=str(path), flow_input=spec.flow_input if rule else None, spec=spec)
 
     @torch.no_grad()
     def __call__(self, im1: torch.Tensor, im2: torch.Tensor) -> torch.Tensor:
         expect_shape(im1, "(N, 3, H, W)", "im1")
         self.net.to(im1.device)
-        return self.net(im1.float(), im2.float().to(im1.device)).float()
+        im1, im2 = im1.float(), im2.float().to(im1.device)
+        if self.flow_input is not None:
+            return self.flow_input(self.net, im1, im2).float()
+        return self.net(im1, im2).float()
 
 
 def flow_estimator(spec: str | os.PathLike | None) -> FlowFn | None:
