@@ -247,8 +247,6 @@ def _options(layout: Layout, root: Path) -> dict:
         options["lq_root"] = str(root / "BIx4")
     if name == "paired":
         return {**options, "lq": str(root / "lq"), "hq": str(root / "hq")}
-    if name == "video_folder" and layout.task == "deblur":
-        options["blur_frames"] = layout.blur_frames
     return {**options, "root": str(root)}
 
 
@@ -333,6 +331,8 @@ def _datamodule(layout: Layout, options: dict, workers: int = 0):
     return VideoRestorationDataModule(
         dataset=options,
         task=layout.task,
+        # how LQ is made is the task's (video_folder blurs this many frames; GoPro's stored blur had as many)
+        degradation={"blur_frames": layout.blur_frames} if layout.task == "deblur" else {},
         num_frames=layout.frames,
         crop_size=layout.crop,
         batch_size=layout.batch,

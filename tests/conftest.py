@@ -15,17 +15,20 @@ def synthetic_datamodule():
     """Factory for a tiny synthetic ``VideoRestorationDataModule`` (64x64 frames, 6 per sequence).
 
     ``synthetic_datamodule(task="deblur", num_frames=3, dataset={"frames": 8})``: keyword arguments go to
-    the DataModule; ``dataset`` entries update the synthetic dataset options.
+    the DataModule; ``dataset`` entries update the synthetic dataset options. A deblurring task blurs
+    3 sub-frames unless ``degradation`` says otherwise.
     """
     from s2svr_lightning.data import VideoRestorationDataModule
 
     def make(task: str = "vsr", *, dataset: dict | None = None, **kwargs):
         options = {"name": "synthetic", "size": 64, "frames": 6, "train_sequences": 4}
-        options.update({"val_sequences": 2, "test_sequences": 2, "blur_frames": 3})
+        options.update({"val_sequences": 2, "test_sequences": 2})
         options.update(dataset or {})
         kwargs.setdefault("num_frames", 4)
         kwargs.setdefault("crop_size", 32)
         kwargs.setdefault("batch_size", 2)
+        if task == "deblur":
+            kwargs.setdefault("degradation", {"blur_frames": 3})
         return VideoRestorationDataModule(dataset=options, task=task, **kwargs)
 
     return make

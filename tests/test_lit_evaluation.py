@@ -137,8 +137,9 @@ def test_frame_names_of_paired_degraded_and_synthetic_sources(tmp_path, moving_p
     for t, frame in enumerate(moving_photo(frames=7, height=16, width=16)):
         Image.fromarray(frame).save(folder / f"{47 + t:06d}.png")
     dm = VideoRestorationDataModule(
-        dataset={"name": "video_folder", "root": str(tmp_path / "clips"), "blur_frames": 3},
+        dataset={"name": "video_folder", "root": str(tmp_path / "clips")},
         task="deblur",
+        degradation={"blur_frames": 3},
         num_frames=2,
     )
     with pytest.warns(UserWarning, match="no held-out footage"):
@@ -154,10 +155,13 @@ def test_frame_names_of_paired_degraded_and_synthetic_sources(tmp_path, moving_p
         assert vsr.source("test").frame_names(0) == [f"{47 + t:06d}" for t in range(7)]
 
     vimeo = _vimeo_tree(tmp_path / "vimeo", moving_photo, entries=("00002/0001",))
+    lq = tmp_path / "vimeo_lq" / "00002" / "0001"  # stored x4 LQ (the task's scale)
+    lq.mkdir(parents=True)
+    for png in (vimeo / "sequences" / "00002" / "0001").glob("*.png"):
+        Image.open(png).resize((16, 16), Image.BICUBIC).save(lq / png.name)
     paired = VideoRestorationDataModule(
-        dataset={"name": "vimeo", "root": str(vimeo), "lq_root": str(vimeo)},
+        dataset={"name": "vimeo", "root": str(vimeo), "lq_root": str(tmp_path / "vimeo_lq")},
         task="vsr",
-        scale=1,
         num_frames=3,
     ).source("test")
     assert paired.frame_names(0) == [f"im{t}" for t in range(1, 8)]

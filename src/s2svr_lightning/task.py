@@ -17,6 +17,7 @@ Kinds:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -136,6 +137,17 @@ class Task:
         if self.kind == "vsr":
             kwargs["scale"] = self.scale
         return kwargs
+
+    def degradation_option(self, key: str) -> Any:
+        """The value of one degradation option in effect: the task's, else the degradation's default
+        (``blur_frames`` 7, ``qp`` 37); what any dataset making LQ for this task uses."""
+        if key not in _DEGRADATION_KEYS[self.kind]:
+            raise ValueError(f"expected a degradation option of the {self.kind} task, got {key!r}")
+        if key == "scale":
+            return self.scale
+        if key in self.degradation:
+            return self.degradation[key]
+        return inspect.signature(degrade).parameters[key].default
 
     def degrade(
         self, hq: torch.Tensor, *, return_target: bool = False

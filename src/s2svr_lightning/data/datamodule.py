@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..task import TASK_KINDS
+from ..task import TASK_KINDS, Task
 from ..utils import to_plain
 from .datasets import EvalSequenceDataset, SequenceSource, TrainClipDataset, build_dataset
 from .datasets.base import VERIFY_LEVELS
@@ -108,7 +108,11 @@ class VideoRestorationDataModule(L.LightningDataModule):
         dataset: ``{"name": <gopro|reds|vimeo|mfqe|paired|video_folder|synthetic>, **options}``
             (e.g. ``root``); default: the built-in synthetic video.
         task: ``"vsr"``, ``"deblur"`` or ``"cve"``.
-        scale: HQ/LQ size ratio: default 4 for VSR, and must be 1 for the other tasks.
+        scale: HQ/LQ size ratio: 4 for VSR (the default) and 1 for the other tasks.
+        degradation: how LQ is made, the options of the task kind's degradation (``{"blur_frames": 13}``,
+            ``{"qp": 37}``): the config's one ``degradation`` node, which the restorer checkpoint records
+            too. The DataModule builds the :class:`~s2svr_lightning.task.Task` once (``self.spec``) and
+            hands it to the dataset, which makes its LQ (or picks its stored LQ) by it.
         num_frames: frames per training clip (N).
         crop_size: HQ crop side of training clips (the LQ crop is ``crop_size / scale``); None: whole frames.
         batch_size: training clips per batch (evaluation always uses 1).
@@ -135,6 +139,7 @@ class VideoRestorationDataModule(L.LightningDataModule):
         dataset: Mapping[str, Any] | None = None,
         task: str = "vsr",
         scale: int | None = None,
+        degradation: Mapping[str, Any] | None = None,
         num_frames: int = 7,
         crop_size: int | None = None,
         batch_size: int = 4,
@@ -163,12 +168,11 @@ class VideoRestorationDataModule(L.LightningDataModule):
             raise ValueError(f"expected dataset to be a mapping with a 'name' key, got {dataset!r}")
         if task not in TASK_KINDS:
             raise ValueError(f"expected task in {TASK_KINDS}, got {task!r}")
-        if scale is None:
-            scale = 4 if task == "vsr" else 1
-        if not isinstance(scale, int) or scale < 1 or (task != "vsr" and scale != 1):
-            raise ValueError(
-                f"expected an integer scale >= 1 (1 unless task is 'vsr'), got scale={scale!r} for {task}"
-            )
+        try:  # the one Task of the data: the dataset's LQ, the test stage and the checkpoint all read it
+            spec = Task.create(task, scale=scale, degradation=to_plain(degradation) or {})
+        except ValueError as err:
+            raise ValueError(f"the task of the data (task, scale, degradation): {err}") from None
+        scale = spec.scale
         if worker_start not in WORKER_STARTS:
             raise ValueError(f"expected worker_start in {WORKER_STARTS}, got {worker_start!r}")
         if verify not in VERIFY_LEVELS:
@@ -182,7 +186,8 @@ class VideoRestorationDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.dataset_options = dataset
         self.task, self.scale, self.seed, self.verify = task, scale, int(seed), verify
-        self.dataset = build_dataset(dataset, task=task, scale=scale, seed=self.seed)
+        self.spec = spec
+        self.dataset = build_dataset(dataset, task=self.spec, seed=self.seed)
         self.num_frames, self.crop_size, self.batch_size, self.num_workers = (
             num_frames,
             crop_size,

@@ -48,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 from s2svr_lightning.atomic import write_json
 from s2svr_lightning.checkpoint import peek
 from s2svr_lightning.conf import TASKS, ConfigError, check_schema, stage_paths
+from s2svr_lightning.data.datasets import check_dataset_options
 from s2svr_lightning.console import STAGE_PURPOSE, quiet_third_party
 from s2svr_lightning.models.s2svr import CHECKPOINTING
 from s2svr_lightning.pipeline.build import (
@@ -61,6 +62,7 @@ from s2svr_lightning.pipeline.common import get, is_global_zero, log_message, re
 from s2svr_lightning.pipeline.loggers import logger_nodes
 from s2svr_lightning.pipeline.stages import RUNNERS, check_predict
 from s2svr_lightning.task import Task
+from s2svr_lightning.utils import to_plain
 
 __all__ = [
     "ConfigError",
@@ -105,6 +107,10 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         raise
     except ValueError as err:
         raise ConfigError(f"the task (kind, scale, degradation, metrics): {err}") from None
+    try:  # how LQ is made is the task's degradation only: a dataset option of the old kind says so
+        check_dataset_options(to_plain(cfg.dataset) or {})
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     stages = list(cfg.stage.run)
     unknown = [s for s in stages if s not in STAGES]
     if not stages or unknown:

@@ -240,6 +240,12 @@ def run_test(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], bool]:
     if limit is not None:
         trainer.limit_test_batches = limit
     datamodule = build_datamodule(cfg, "test")
+    made, recorded = getattr(datamodule, "spec", None), getattr(module, "task", None)
+    if made is not None and recorded is not None and dict(made.degradation) != dict(recorded.degradation):
+        log_message(  # a checkpoint from another run: say that its input was made otherwise
+            f"[test] note: the checkpoint's LQ was made with degradation {dict(recorded.degradation)}, "
+            f"the test data's with {dict(made.degradation)}"
+        )
     log_message(f"[test] scoring {ckpt} ({choice}) on the held-out sequences")
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = _scalar_metrics(results[0] if results else trainer.callback_metrics, "test")

@@ -66,21 +66,24 @@ def require_dir(dataset: str, path: os.PathLike | str, layout: str, what: str = 
 
 
 class DatasetEntry:
-    """Base of the dataset entries: the task kind, the scale, the seed and the root folder.
+    """Base of the dataset entries: the task, the seed and the root folder.
 
     Subclasses set ``name`` and ``layout`` (the expected layout, for messages; the task kinds each one
     serves are in :data:`~s2svr_lightning.data.datasets.DATASETS`), take their own options as keyword
-    arguments and pass the rest (``task``, ``scale``, ``seed``, ``root``) on to this constructor;
-    ``source(split)`` lists one split.
+    arguments and pass the rest (``task``, ``seed``, ``root``) on to this constructor; ``source(split)``
+    lists one split. ``task`` is the :class:`~s2svr_lightning.task.Task` (kept as ``spec``; ``task`` and
+    ``scale`` are its kind and scale): any LQ a dataset makes is made by its degradation, never by
+    options of the dataset's own.
     """
 
     name: str = ""
     layout: str = ""
 
-    def __init__(
-        self, *, task: str, scale: int, seed: int = 0, root: str | os.PathLike | None = None
-    ) -> None:
-        self.task, self.scale, self.seed = task, int(scale), int(seed)
+    def __init__(self, *, task: Task, seed: int = 0, root: str | os.PathLike | None = None) -> None:
+        if not isinstance(task, Task):
+            raise ValueError(f"expected a Task, got {type(task).__name__}")
+        # the task's kind and scale, and the Task itself: its degradation makes any LQ this dataset makes
+        self.task, self.scale, self.seed, self.spec = task.kind, task.scale, int(seed), task
         self.root = None if root is None else Path(os.path.expanduser(str(root)))
 
     def require_root(self) -> Path:

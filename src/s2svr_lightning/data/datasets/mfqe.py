@@ -127,7 +127,8 @@ class MFQEDataset(DatasetEntry):
     Args:
         root: the MFQEv2 folder.
         train_folder, test_folder: split folders (validation uses the test folder).
-        qp: picks the compressed folder ``HM16.5_LDP/QP<qp>`` unless ``lq_folder`` is given.
+        lq_folder: the compressed folder inside a split; default ``HM16.5_LDP/QP<qp>`` with the task's
+            ``degradation.qp`` (37 unless set), so the checkpoint records the QP the data was made at.
         hq_folder: the lossless folder inside a split (``raw``).
     """
 
@@ -139,14 +140,15 @@ class MFQEDataset(DatasetEntry):
         *,
         train_folder: str = "train_108",
         test_folder: str = "test_18",
-        qp: int = 37,
         lq_folder: str | None = None,
         hq_folder: str = "raw",
         **common,
     ) -> None:
         super().__init__(**common)
         self.folders = {"train": train_folder, "val": test_folder, "test": test_folder}
-        self.lq_folder = lq_folder if lq_folder is not None else f"HM16.5_LDP/QP{qp}"
+        self.lq_folder = (
+            lq_folder if lq_folder is not None else f"HM16.5_LDP/QP{self.spec.degradation_option('qp')}"
+        )
         self.hq_folder = hq_folder
 
     def check(self) -> None:

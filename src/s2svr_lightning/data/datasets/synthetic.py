@@ -53,7 +53,7 @@ import torch
 
 from ...atomic import atomic_write_bytes
 from ...models.warp import pixel_grid
-from ...task import TASK_KINDS
+from ...task import TASK_KINDS, Task
 from ...utils import to_float_frames, to_uint8_frames
 from ..degradations import degrade
 from ..errors import DatasetError
@@ -62,6 +62,8 @@ from .synthetic_scene import HELDOUT_PHOTOS, TRAIN_PHOTOS, SyntheticScene
 
 __all__ = ["HELDOUT_PHOTOS", "TRAIN_PHOTOS", "SyntheticConfig", "SyntheticDataset", "SyntheticSource"]
 
+# SyntheticConfig fields that a SyntheticDataset takes from its task's degradation, by the kind they serve
+_FROM_TASK = {"blur_frames": "deblur", "qp": "cve"}
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 _CACHE_VERSION = 3  # 2: deblur scenes move blur_motion; 3: motion in LQ px, shake, log-normal speeds
 
@@ -358,16 +360,19 @@ class SyntheticDataset:
     """The ``synthetic`` dataset entry: options -> one :class:`SyntheticSource` per split.
 
     Options are the fields of :class:`SyntheticConfig` (``height``, ``width``, ``frames``,
-    ``train_sequences``, ``val_sequences``, ``test_sequences``, ``blur_frames``, ``exposure``, ``qp``,
-    ``lq_motion``, ``max_motion``, ``motion_spread``, ``shake``, ``blur_motion``, ``num_sprites``,
+    ``train_sequences``, ``val_sequences``, ``test_sequences``, ``exposure``, ``lq_motion``, ``max_motion``, ``motion_spread``, ``shake``, ``blur_motion``, ``num_sprites``,
     ``cache_size``, ``cache_dir``) plus ``size`` as a
-    shortcut for a square ``height = width``.
+    shortcut for a square ``height = width``. ``blur_frames`` and ``qp`` are not options: they are the
+    task's ``degradation`` (:meth:`Task.degradation_option <s2svr_lightning.task.Task.degradation_option>`),
+    the one place that says how LQ is made.
     """
 
     name = "synthetic"
 
-    def __init__(self, *, task: str, scale: int, seed: int = 0, size: int | None = None, **options) -> None:
-        fields = set(SyntheticConfig.__dataclass_fields__)
+    def __init__(self, *, task: Task, seed: int = 0, size: int | None = None, **options) -> None:
+        if not isinstance(task, Task):
+            raise ValueError(f"expected a Task, got {type(task).__name__}")
+        fields = set(SyntheticConfig.__dataclass_fields__) - set(_FROM_TASK)
         unknown = sorted(set(options) - fields)
         if unknown:
             raise ValueError(
@@ -381,8 +386,12 @@ class SyntheticDataset:
             options["num_sprites"] = (
                 (int(lo_hi), int(lo_hi)) if isinstance(lo_hi, int) else tuple(int(x) for x in lo_hi)
             )
+        # how LQ is made: the task's degradation (the options of its kind; the others keep their defaults)
+        for key, kind in _FROM_TASK.items():
+            if task.kind == kind:
+                options[key] = task.degradation_option(key)
         self.config = SyntheticConfig(**options)
-        self.task, self.scale, self.seed = task, scale, seed
+        self.task, self.scale, self.seed, self.spec = task.kind, task.scale, seed, task
 
     def check(self) -> None:
         """Nothing on disk to check: the photographs ship with scikit-image."""

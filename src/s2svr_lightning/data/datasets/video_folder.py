@@ -1,7 +1,7 @@
 """``video_folder``: the user's own footage as a training or test set for any task.
 
 A folder of video files (mp4, mkv, avi, mov, webm, ...) and/or frame folders (sub-folders of images).
-Each is one HQ sequence; its LQ is made on the fly by the task's degradation (bicubic x4, temporal
+Each is one HQ sequence; its LQ is made on the fly by the task's degradation (its ``degradation`` node) (bicubic x4, temporal
 blur of consecutive frames, HEVC QP37; see :class:`~s2svr_lightning.data.datasets.base.DegradedSource`).
 
 Splits: if ``root`` holds ``train/``, ``val/`` or ``test/`` folders, those are the splits (validation
@@ -15,7 +15,6 @@ import os
 import warnings
 from pathlib import Path
 
-from ...task import Task
 from ..media.image_io import IMAGE_EXTENSIONS, ImageFolderStore, list_frame_files, natural_key
 from ..media.video_io import VideoStore, is_video_file
 from .base import DatasetEntry, DegradedSource, FrameStore, layout_error, require_dir
@@ -51,8 +50,6 @@ class VideoFolderDataset(DatasetEntry):
     Args:
         root: the folder of videos / frame folders (or of ``train``/``val``/``test`` folders of them).
         val_root, test_root: held-out folders when ``root`` has no split folders.
-        blur_frames, blur_stride: deblurring: frames averaged per blurred frame, and window step.
-        qp: compressed video: HEVC QP.
         backend: video reader backend (see :class:`~s2svr_lightning.data.media.video_io.VideoReader`).
     """
 
@@ -64,9 +61,6 @@ class VideoFolderDataset(DatasetEntry):
         *,
         val_root: str | os.PathLike | None = None,
         test_root: str | os.PathLike | None = None,
-        blur_frames: int = 7,
-        blur_stride: int | None = None,
-        qp: int = 37,
         backend: str = "auto",
         **common,
     ) -> None:
@@ -74,11 +68,6 @@ class VideoFolderDataset(DatasetEntry):
         self.val_root = None if val_root is None else Path(os.path.expanduser(str(val_root)))
         self.test_root = None if test_root is None else Path(os.path.expanduser(str(test_root)))
         self.backend = backend
-        options = {"vsr": {}, "deblur": {"blur_frames": blur_frames, "blur_stride": blur_stride}}
-        # the LQ's degradation: the task's kind and scale with this dataset's options
-        self.degradation = Task(
-            kind=self.task, scale=self.scale, degradation=options.get(self.task, {"qp": qp})
-        )
 
     def check(self) -> None:
         self.require_root()
@@ -114,4 +103,4 @@ class VideoFolderDataset(DatasetEntry):
             raise layout_error(
                 self.name, folder, f"empty {split} split: no video files or frame folders", LAYOUT
             )
-        return DegradedSource(items, task=self.degradation)
+        return DegradedSource(items, task=self.spec)

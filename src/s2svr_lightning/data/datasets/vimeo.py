@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ...task import Task
 from ..errors import DatasetError
 from ..media.image_io import ImageFolderStore
 from .base import DatasetEntry, DegradedSource, PairedSource, SequenceSource, layout_error, require_dir
@@ -93,7 +92,7 @@ class VimeoDataset(DatasetEntry):
                 raise DatasetError(f"{list_path}: entry {entry!r} has no folder {folder}")
             hq_stores.append((f"vimeo/{entry}", ImageFolderStore([folder / n for n in names], path=folder)))
         if self.lq_root is None:
-            return DegradedSource(hq_stores, task=Task(kind="vsr", scale=self.scale), score=score)
+            return DegradedSource(hq_stores, task=self.spec, score=score)
         lq_base = self._lq_base()
         sequences = []
         for (key, hq), entry in zip(hq_stores, entries):
