@@ -16,8 +16,8 @@ Kinds:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
 import inspect
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

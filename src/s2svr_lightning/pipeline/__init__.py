@@ -48,8 +48,8 @@ from omegaconf import DictConfig, OmegaConf
 from s2svr_lightning.atomic import write_json
 from s2svr_lightning.checkpoint import peek
 from s2svr_lightning.conf import TASKS, ConfigError, check_schema, stage_paths
-from s2svr_lightning.data.datasets import check_dataset_options
 from s2svr_lightning.console import STAGE_PURPOSE, quiet_third_party
+from s2svr_lightning.data.datasets import check_dataset_options
 from s2svr_lightning.models.s2svr import CHECKPOINTING
 from s2svr_lightning.pipeline.build import (
     FIT_STAGES,

@@ -360,11 +360,11 @@ class SyntheticDataset:
     """The ``synthetic`` dataset entry: options -> one :class:`SyntheticSource` per split.
 
     Options are the fields of :class:`SyntheticConfig` (``height``, ``width``, ``frames``,
-    ``train_sequences``, ``val_sequences``, ``test_sequences``, ``exposure``, ``lq_motion``, ``max_motion``, ``motion_spread``, ``shake``, ``blur_motion``, ``num_sprites``,
-    ``cache_size``, ``cache_dir``) plus ``size`` as a
-    shortcut for a square ``height = width``. ``blur_frames`` and ``qp`` are not options: they are the
-    task's ``degradation`` (:meth:`Task.degradation_option <s2svr_lightning.task.Task.degradation_option>`),
-    the one place that says how LQ is made.
+    ``train_sequences``, ``val_sequences``, ``test_sequences``, ``exposure``, ``lq_motion``,
+    ``max_motion``, ``motion_spread``, ``shake``, ``blur_motion``, ``num_sprites``, ``cache_size``,
+    ``cache_dir``) plus ``size`` as a shortcut for a square ``height = width``. ``blur_frames`` and ``qp``
+    are no options of the dataset: they are the task's ``degradation`` (the one place that says how LQ is
+    made; :meth:`Task.degradation_option <s2svr_lightning.task.Task.degradation_option>`).
     """
 
     name = "synthetic"

@@ -1,8 +1,9 @@
 """``video_folder``: the user's own footage as a training or test set for any task.
 
 A folder of video files (mp4, mkv, avi, mov, webm, ...) and/or frame folders (sub-folders of images).
-Each is one HQ sequence; its LQ is made on the fly by the task's degradation (its ``degradation`` node) (bicubic x4, temporal
-blur of consecutive frames, HEVC QP37; see :class:`~s2svr_lightning.data.datasets.base.DegradedSource`).
+Each is one HQ sequence; its LQ is made on the fly by the task's degradation, the config's one
+``degradation`` node (bicubic x4, temporal blur of ``blur_frames`` consecutive frames, HEVC at ``qp``;
+see :class:`~s2svr_lightning.data.datasets.base.DegradedSource`).
 
 Splits: if ``root`` holds ``train/``, ``val/`` or ``test/`` folders, those are the splits (validation
 falls back to test and test to validation); otherwise ``root`` is the training set and ``val_root`` /
