@@ -183,7 +183,9 @@ class VideoRestorationDataModule(L.LightningDataModule):
                 raise ValueError(
                     f"expected {name}_chunk >= 1 and 0 <= {name}_overlap < {name}_chunk, got {value}"
                 )
-        self.save_hyperparameters()
+        # not degradation: the restorer's hparams log it, and a checkpoint from another run scored here may
+        # hold another one, which Lightning's merge of the two hparams would refuse (the test stage notes it)
+        self.save_hyperparameters(ignore=["degradation"])
         self.dataset_options = dataset
         self.task, self.scale, self.seed, self.verify = task, scale, int(seed), verify
         self.spec = spec
