@@ -198,8 +198,21 @@ def logged_run(tmp_path_factory):
 def test_offline_wandb_run_has_one_prefix_per_key_a_table_and_model_artifacts(logged_run):
     out, _, _ = logged_run
     (run_file,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    # wandb's service writes the run file on its own thread and can still be writing after wandb.finish()
+    # returns (seen under load: no history record yet, all of them there a moment later); its last record
+    # is the run's exit, so wait for that before reading
+    deadline = time.monotonic() + 60
+    while True:
+        try:  # a record still being written reads as truncated
+            records = list(_wandb_records(run_file))
+        except Exception:
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        assert time.monotonic() < deadline, f"{run_file}: no exit record after 60 s"
+        time.sleep(0.5)
     keys, artifacts = set(), []
-    for record in _wandb_records(run_file):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
