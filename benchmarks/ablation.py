@@ -197,6 +197,23 @@ def _quiet(threads: int) -> None:
     warnings.filterwarnings("ignore", module="lightning")
 
 
+def flow_module(
+    stage: str, steps: int, *, teacher_checkpoint: str, w_dis: float, lr: float | None = None
+) -> TeacherFlowModule | StudentFlowModule:
+    """The CPU recipe's teacher or x4 student (``stage``) for a run of ``steps`` steps."""
+    module_options = FLOW_RECIPE[stage]["module"]
+    options = {
+        **module_options,
+        **({} if lr is None else {"lr": lr}),
+        # the recipe's warm-up, shortened for runs too short for it
+        "occlusion_warmup_steps": min(module_options["occlusion_warmup_steps"], steps // 2),
+        "val_log_images": 0,
+    }
+    if stage == "teacher":
+        return TeacherFlowModule(**options)
+    return StudentFlowModule(teacher_checkpoint=teacher_checkpoint, w_dis=w_dis, scale=4, **options)
+
+
 def train_flow(args: argparse.Namespace, seed: int, workdir: str, row: str, threads: int = 0) -> str:
     """The teacher (``row="teacher"``) or a student (``student_plain`` / ``student_distilled``) checkpoint."""
     _quiet(threads)
@@ -204,23 +221,14 @@ def train_flow(args: argparse.Namespace, seed: int, workdir: str, row: str, thre
     recipe = FLOW_RECIPE[stage]
     dm = datamodule(args, seed, clip_frames=recipe["data"]["num_frames"], batch_size=args.flow_batch_size)
     steps = args.teacher_steps if stage == "teacher" else args.student_steps
-    options = {
-        **recipe["module"],
-        "lr": args.teacher_lr if stage == "teacher" else args.flow_lr,
-        # the recipe's warm-up, shortened for runs too short for it
-        "occlusion_warmup_steps": min(recipe["module"]["occlusion_warmup_steps"], steps // 2),
-        "val_log_images": 0,
-    }
     L.seed_everything(seed, verbose=False)
-    if stage == "teacher":
-        module = TeacherFlowModule(**options)
-    else:
-        module = StudentFlowModule(
-            teacher_checkpoint=str(Path(workdir) / "teacher.ckpt"),
-            w_dis=args.w_dis if row == "student_distilled" else 0.0,
-            scale=4,
-            **options,
-        )
+    module = flow_module(
+        stage,
+        steps,
+        lr=args.teacher_lr if stage == "teacher" else args.flow_lr,
+        teacher_checkpoint=str(Path(workdir) / "teacher.ckpt"),
+        w_dis=args.w_dis if row == "student_distilled" else 0.0,
+    )
     fit = trainer(args, steps)
     L.seed_everything(seed, workers=True, verbose=False)
     fit.fit(module, train_dataloaders=dm.train_dataloader())

@@ -210,24 +210,15 @@ def train_flow(args: argparse.Namespace, root: str, workdir: str, row: str) -> s
     """``teacher_real`` or a student on the real frames; the checkpoint's path."""
     ablation._quiet(1)
     stage = "teacher" if row == "teacher_real" else "student"
-    recipe = ablation.FLOW_RECIPE[stage]
     steps = args.teacher_steps if stage == "teacher" else args.student_steps
     dm = datamodule(Path(root), args, clip_frames=3, batch_size=args.flow_batch_size, steps=steps)
-    options = {
-        **recipe["module"],
-        "occlusion_warmup_steps": min(recipe["module"]["occlusion_warmup_steps"], steps // 2),
-        "val_log_images": 0,
-    }
     L.seed_everything(args.seed, verbose=False)
-    if stage == "teacher":
-        module = TeacherFlowModule(**options)
-    else:
-        module = StudentFlowModule(
-            teacher_checkpoint=str(Path(workdir) / "teacher_real.ckpt"),
-            w_dis=args.w_dis if row == "student_distilled" else 0.0,
-            scale=4,
-            **options,
-        )
+    module = ablation.flow_module(
+        stage,
+        steps,
+        teacher_checkpoint=str(Path(workdir) / "teacher_real.ckpt"),
+        w_dis=args.w_dis if row == "student_distilled" else 0.0,
+    )
     return _fit_and_save(module, dm, steps, args.seed, Path(workdir) / f"{row}.ckpt")
 
 
